@@ -1,0 +1,128 @@
+"""The model behind the service: a small protocol, and its implementation over a trained run.
+
+The web app only needs four things from a model (:class:`ServedModel`): a description of itself, the
+preprocessed image it sees, a score and a saliency overlay. :class:`RunModel` provides them for a
+``cacxr.run.LoadedRun`` through the package's one inference path (``cacxr.inference.score_image``,
+``cacxr.explain.explain_png``), so the service scores an upload exactly as ``cacxr predict`` scores a file.
+
+The run's torch modules are shared by every request; one lock serialises the calls that run them
+(scoring and attributions, whose Grad-CAM hooks on shared layers must not interleave). Decoding and
+preprocessing stay outside the lock, so they run in parallel in the worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from cacxr.run import LoadedRun
+
+__all__ = ["ServedModel", "RunModel", "png_bytes"]
+
+
+@runtime_checkable
+class ServedModel(Protocol):
+    """What the web app needs from a model (see :class:`RunModel`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Name and version: arch, task, threshold, run name/id, package versions."""
+        ...
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The model's input (uint8 S x S) from a decoded radiograph (float32 [0, 1], bone bright)."""
+        ...
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        """``cacxr.inference.score_image``'s answer for a decoded radiograph."""
+        ...
+
+    def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
+        """A saliency overlay PNG of a decoded radiograph and the score it explains."""
+        ...
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 grey image as PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class RunModel:
+    """A trained run served by the app: the run loaded once, its model calls serialised by a lock.
+
+    Args:
+        run: a run from ``cacxr.run.load_run`` (one fold or the ensemble of its folds).
+    """
+
+    def __init__(self, run: LoadedRun) -> None:
+        self.run = run
+        self._lock = threading.Lock()
+        self._description = _describe_run(run)
+
+    def describe(self) -> dict[str, Any]:
+        """The model's name and version, as answered by ``/health`` and with every prediction.
+
+        Returns:
+            ``run_name`` (the run folder's name), ``run_id`` (the first 12 hex digits of the sha256 of
+            the run's config.json and of the served folds' weight files: it changes whenever the model
+            does), ``arch``, ``task``, ``threshold`` (positive means CAC > threshold),
+            ``decision_threshold``, ``profile``, ``image_size``, ``folds``, ``cacxr_version`` (the serving
+            package) and ``trained_with`` (the package version recorded in config.json at training).
+        """
+        return dict(self._description)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The run's preprocessing (profile and size) of a decoded radiograph: uint8 (S, S)."""
+        from cacxr.preprocess import preprocess_image
+
+        return preprocess_image(image, self.run.profile, self.run.image_size)
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        """Score a decoded radiograph (``cacxr.inference.score_image``), one request at a time."""
+        from cacxr.inference import score_image
+
+        with self._lock:
+            return score_image(self.run, image)
+
+    def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
+        """Saliency overlay PNG and the explained score (``cacxr.explain.explain_png``), one at a time."""
+        from cacxr.explain import explain_png
+
+        with self._lock:
+            return explain_png(self.run, image, method=method, steps=steps)
+
+
+def _describe_run(run: LoadedRun) -> dict[str, Any]:
+    """See :meth:`RunModel.describe`; the digest reads the weight files once, at start-up."""
+    from cacxr import __version__
+    from cacxr.training.runfiles import MODEL_FILE, fold_dir
+
+    config_file = run.run_dir / "config.json"
+    digest = hashlib.sha256(config_file.read_bytes())
+    for fold, _ in run.models:
+        with open(fold_dir(run.run_dir, fold) / MODEL_FILE, "rb") as fp:
+            for block in iter(lambda fp=fp: fp.read(2**20), b""):
+                digest.update(block)
+    recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    return {
+        "run_name": run.run_dir.resolve().name,
+        "run_id": digest.hexdigest()[:12],
+        "arch": run.config.arch,
+        "task": run.task,
+        "threshold": run.threshold,
+        "decision_threshold": run.decision_threshold,
+        "profile": run.profile,
+        "image_size": run.image_size,
+        "folds": [fold for fold, _ in run.models],
+        "cacxr_version": __version__,
+        "trained_with": str(recorded.get("cacxr_version", "")),
+    }

@@ -1,0 +1,205 @@
+"""Building the app for a run and running it with uvicorn (in the foreground, or in a background thread)."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from cacxr.errors import CacxrError, missing_dependency
+from cacxr.serving.model import RunModel, ServedModel
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from cacxr.run import LoadedRun
+
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "create_app",
+    "serve",
+    "serve_in_background",
+    "is_loopback",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 50.0
+# 50 MP: well above any chest detector (about 4300 x 4300 = 18.5 MP), far below a decompression bomb.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+_APP_MODULES = (("fastapi", "fastapi"), ("python_multipart", "python-multipart"))
+
+
+def _require(*modules: tuple[str, str]) -> None:
+    """Raise the install hint for the first missing ``(module, package)`` of the ``serve`` extra."""
+    import importlib.util
+
+    for module, package in modules:
+        if importlib.util.find_spec(module) is None:
+            raise missing_dependency(package, "serve")
+
+
+def create_app(
+    run: LoadedRun | ServedModel,
+    *,
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    worker_threads: int = 2,
+    explain_steps: int = 32,
+) -> FastAPI:
+    """Build the FastAPI app serving a trained run.
+
+    Args:
+        run: a loaded run (``cacxr.run.load_run``), or any :class:`ServedModel`.
+        max_upload_bytes: the largest accepted upload (enforced while reading; 413 above it).
+        max_image_pixels: the largest accepted rows x columns, checked before decoding (413 above it).
+        worker_threads: uploads decoded and scored at once; further uploads wait in a queue.
+        explain_steps: default integrated-gradients steps of ``/explain``.
+
+    Returns:
+        The app (run it with uvicorn, or test it with ``fastapi.testclient.TestClient``).
+
+    Raises:
+        CacxrError: a limit below 1, or fastapi / python-multipart not installed.
+    """
+    _require(*_APP_MODULES)
+    from cacxr.serving.app import Limits, build_app
+
+    limits = Limits(
+        max_upload_bytes=max_upload_bytes,
+        max_image_pixels=max_image_pixels,
+        worker_threads=worker_threads,
+        explain_steps=explain_steps,
+    )
+    model = run if isinstance(run, ServedModel) else RunModel(run)
+    return build_app(model, limits)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback interface only (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a readable error (uvicorn itself would exit the process)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CacxrError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise CacxrError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(app: FastAPI, access_log: bool):
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, log_level="info", access_log=access_log, server_header=False, timeout_graceful_shutdown=5
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    run_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    fold: int | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    worker_threads: int = 2,
+    explain_steps: int = 32,
+) -> None:
+    """Load a run once and serve it with uvicorn until interrupted (Ctrl-C).
+
+    Args:
+        run_dir: a trained run folder.
+        host: the interface to bind; loopback only unless told otherwise.
+        port: the TCP port (0: any free port).
+        fold: serve fold ``fold``'s model only (default: the ensemble of all folds).
+        max_upload_mb: the largest accepted upload, in MB (2**20 bytes).
+        worker_threads: uploads decoded and scored at once.
+        explain_steps: default integrated-gradients steps of ``/explain``.
+
+    Raises:
+        CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
+    """
+    _require(*_APP_MODULES, ("uvicorn", "uvicorn"))
+    from cacxr.run import load_run
+
+    if max_upload_mb <= 0:
+        raise CacxrError(f"--max-upload-mb must be positive (got {max_upload_mb:g})")
+    if not 0 <= port <= 65535:
+        raise CacxrError(f"--port must be between 0 and 65535 (got {port})")
+    app = create_app(
+        load_run(run_dir, fold=fold),
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        worker_threads=worker_threads,
+        explain_steps=explain_steps,
+    )
+    with _bind(host, port) as sock:
+        if not is_loopback(host):
+            logger.warning("listening on %s: reachable from other machines, and there is no login", host)
+        logger.info("cacxr serve: open %s/ in a browser (API docs at %s/docs)", _url(sock), _url(sock))
+        _server(app, access_log=True).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def serve_in_background(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0
+) -> Iterator[str]:
+    """Run an app with uvicorn in a background thread (for tests, benchmarks and notebooks).
+
+    Args:
+        app: the app (:func:`create_app`).
+        host: the interface (loopback by default).
+        port: the port (0: a free one, chosen by the system).
+        start_timeout: seconds to wait for the server to start.
+
+    Yields:
+        The server's base URL, e.g. ``http://127.0.0.1:53817``; the server stops when the block ends.
+
+    Raises:
+        CacxrError: the server did not start in time.
+    """
+    _require(("uvicorn", "uvicorn"))
+    with _bind(host, port) as sock:
+        server = _server(app, access_log=False)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="cacxr-serve", daemon=True
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise CacxrError(f"the server on {_url(sock)} did not start within {start_timeout:g} s")
+                time.sleep(0.02)
+            yield _url(sock)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=start_timeout)
