@@ -1,0 +1,236 @@
+"""Benchmark: the seed's per-sample preprocessing against the image store (run by hand, not in CI).
+
+    python benchmarks/bench_preprocess.py --n 16
+
+Makes ``--n`` synthetic ``--size`` x ``--size`` 16-bit uncompressed DICOMs (``cacxr.synth.make_cohort``
+without faults when it is available, else a built-in writer), then on the same files measures:
+
+(a) baseline: the original per-sample path in one process: pydicom ``dcmread(force=True)`` ->
+    ``apply_voi_lut`` -> ``skimage.exposure.equalize_hist`` -> uint8 -> MONOCHROME1 inversion ->
+    PIL bilinear resize to round(1.21875 S) -> centre crop S -> float tensor -> normalise;
+(b) first pass: ``build_store`` with every core;
+(c) a later epoch: ``StoreDataset`` over every image (store read + normalise), as a training loop does;
+
+plus bytes per image on disk, RSS growth, and the mean absolute difference between the baseline's
+uint8 pixels and the store's. Targets (2-core machine): (b) >= 8x (a), (c) >= 200 images/s,
+<= 1.1 MiB per image, difference <= 1 grey level on average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB since start (or the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS, where the kernel allows it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (the store's pool workers are not counted: they are not our children)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def make_data(folder: Path, n: int, size: int) -> list:
+    """The benchmark's DICOMs as manifest rows (one frontal image per patient)."""
+    from cacxr.manifest import ManifestRow
+
+    try:
+        from cacxr.synth import make_cohort
+    except ImportError:
+        make_cohort = None
+    if make_cohort is not None:
+        make_cohort(folder, patients=n, size=size, faults=False, progress=False)
+        files = [sorted((folder / d.name).rglob("*.dcm"))[0] for d in sorted(folder.iterdir()) if d.is_dir()]
+        source = "cacxr.synth.make_cohort"
+    else:
+        files = [write_dicom(folder / f"CAC_{i:03d}" / "rx" / "IM-1.dcm", size, seed=i) for i in range(n)]
+        source = "built-in writer"
+    print(f"data: {len(files[:n])} DICOMs {size}x{size} 16-bit uncompressed ({source}) in {folder}")
+    return [
+        ManifestRow(patient_id=path.parts[-3], path=str(path), site="internal", cac_score=0.0)
+        for path in files[:n]
+    ]
+
+
+def write_dicom(path: Path, size: int, seed: int) -> Path:
+    """A chest-like 12-bit DX image with a window: smooth anatomy, ribs and quantum noise."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    y, x = (np.mgrid[0:size, 0:size].astype(np.float32) / size) - 0.5
+    body = np.exp(-(x**2) / 0.12 - y**2 / 0.2)
+    lungs = np.exp(-((np.abs(x) - 0.18) ** 2) / 0.012 - (y + 0.02) ** 2 / 0.06)
+    ribs = 0.08 * np.maximum(0, np.sin(40 * (y + 0.1 * x**2) + seed)) * lungs
+    heart = np.exp(-((x + 0.06) ** 2) / 0.01 - (y - 0.1) ** 2 / 0.012)
+    image = 600 + 2600 * body - 1500 * lungs + 900 * heart + 2500 * ribs
+    image += rng.normal(0, 25, image.shape).astype(np.float32)
+    pixels = np.clip(image, 0, 4095).astype(np.uint16)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2000, 3600
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def baseline_sample(path: str, image_size: int):
+    """The seed's per-sample path; returns (uint8 crop, normalised tensor)."""
+    import pydicom
+    import torch
+    from PIL import Image
+    from pydicom.pixels import apply_voi_lut
+    from skimage.exposure import equalize_hist
+
+    ds = pydicom.dcmread(path, force=True)
+    image = apply_voi_lut(ds.pixel_array, ds)
+    image = (equalize_hist(image) * 255).astype(np.uint8)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        image = 255 - image
+    resized = round(1.21875 * image_size)
+    offset = (resized - image_size) // 2
+    image = np.asarray(Image.fromarray(image).resize((resized, resized), Image.BILINEAR))
+    crop = image[offset : offset + image_size, offset : offset + image_size]
+    tensor = (torch.from_numpy(crop.copy()).float()[None] / 255 - 0.5024) / 0.2898
+    return crop, tensor
+
+
+class Measure:
+    """Wall time, CPU time of this process, and peak RSS growth of one block."""
+
+    def __enter__(self) -> Measure:
+        reset_peak_rss()
+        self._rss, self._wall, self._cpu = rss_mib(), time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = cpu_seconds() - self._cpu
+        self.rss_growth = peak_rss_mib() - self._rss
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=40, help="number of images (default 40)")
+    parser.add_argument("--size", type=int, default=2048, help="side of the synthetic DICOMs (default 2048)")
+    parser.add_argument("--image-size", type=int, default=1024, help="stored image side S (default 1024)")
+    parser.add_argument("--workers", type=int, default=None, help="store build workers (default: all cores)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch folder (default: a new temporary one)"
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from cacxr.data import StoreDataset
+    from cacxr.store import build_store, default_workers
+
+    torch.set_num_threads(1)
+    scratch = Path(tempfile.mkdtemp(prefix="cacxr-bench-")) if args.dir is None else args.dir
+    try:
+        rows = make_data(scratch / "data", args.n, args.size)
+        n = len(rows)
+        workers = args.workers or default_workers()
+        build = {"image_size": args.image_size, "progress": False}
+
+        with Measure() as baseline_m:  # (a)
+            baseline = [baseline_sample(row.path, args.image_size)[0] for row in rows]
+        with Measure() as first_m:  # (b) every core
+            store = build_store(rows, scratch / "store", workers=workers, **build)
+        with Measure() as serial_m:  # (b) in this process only: the per-core cost
+            build_store(rows, scratch / "store-1", workers=1, **build)
+        assert len(store) == n, store.failed
+
+        # (c) later epochs: the dataset a training loop iterates, repeated for at least 2 s
+        dataset = StoreDataset(store, store.ids)
+        epochs = 0
+        with Measure() as epoch_m:
+            while epochs < 2 or time.perf_counter() - epoch_m._wall < 2.0:
+                for index in range(len(dataset)):
+                    assert dataset[index]["image"].shape == (1, args.image_size, args.image_size)
+                epochs += 1
+
+        npy_bytes = sum(store.entry_path(pid).stat().st_size for pid in store.ids) / n
+        store_bytes = sum(p.stat().st_size for p in (scratch / "store").rglob("*") if p.is_file()) / n
+        diffs = [
+            np.abs(b.astype(np.int16) - store.get(r.patient_id)).mean()
+            for b, r in zip(baseline, rows, strict=True)
+        ]
+    finally:
+        if args.dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    rate_a = n / baseline_m.wall
+    table = [
+        ("(a) baseline, per sample, 1 process", baseline_m, 1),
+        (f"(b) store first pass, {workers} processes", first_m, 1),
+        ("(b) store first pass, 1 process", serial_m, 1),
+        ("(c) later epoch (StoreDataset, normalised)", epoch_m, epochs),
+    ]
+    print(f"\n{n} images {args.size}x{args.size} -> S={args.image_size}; {default_workers()} cores available")
+    print(f"{'path':<44}{'images/s':>10}{'ratio':>8}{'ms/image (CPU here)':>21}{'RSS growth':>12}")
+    rates = {}
+    for name, m, repeats in table:
+        rates[name] = rate = n * repeats / m.wall
+        cpu = f"{m.cpu / (n * repeats) * 1e3:.1f}" if m is not first_m else "(pool)"
+        print(f"{name:<44}{rate:>10.1f}{rate / rate_a:>8.2f}{cpu:>21}{m.rss_growth:>9.1f} MiB")
+    print(
+        f"disk per image: {npy_bytes / 2**20:.4f} MiB (.npy), {store_bytes / 2**20:.4f} MiB with sidecar + index"
+    )
+    print(
+        f"mean |baseline - store| over the images: {np.mean(diffs):.3f} grey levels (worst image {np.max(diffs):.3f})"
+    )
+    rate_b, rate_c = rates[table[1][0]], rates[table[3][0]]
+    checks = {
+        "first pass >= 8x baseline": rate_b / rate_a >= 8,
+        "later epoch >= 200 images/s": rate_c >= 200,
+        "<= 1.1 MiB per image": npy_bytes <= 1.1 * 2**20 * (args.image_size / 1024) ** 2,
+        "mean difference <= 1 grey level": float(np.mean(diffs)) <= 1.0,
+    }
+    for name, ok in checks.items():
+        print(f"  [{'ok' if ok else 'MISSED'}] {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
