@@ -1,0 +1,35 @@
+"""`cacxr export RUN --format onnx|torchscript --out FILE`: one deployable model with its contract."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the command's flags."""
+    from cacxr.export import FORMATS
+
+    parser.add_argument("run_dir", metavar="RUN", help="a trained run folder")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="the model file to write (e.g. model.onnx)"
+    )
+    parser.add_argument(
+        "--fold", type=int, metavar="K", help="export fold K's model only (default: the ensemble)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print what the file contains."""
+    from cacxr.export import export_run
+    from cacxr.run import load_run
+
+    info = export_run(load_run(args.run_dir, fold=args.fold), args.out, format=args.format)
+    print(
+        f"{info['path']}: {info['format']} {info['arch']} (folds {', '.join(map(str, info['folds']))}), "
+        f"input image (N, 1, {info['image_size']}, {info['image_size']}) normalised with profile "
+        f"{info['profile']} v{info['profile_version']}; output {info['output']}"
+    )
+    return 0

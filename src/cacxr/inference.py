@@ -1,0 +1,356 @@
+"""From a file to a score: the one inference path shared by ``predict``, ``explain`` and ``serve``.
+
+A trained run (``cacxr.run.load_run``) scores images that go through exactly the steps of training:
+``imaging.read_image`` (float32 [0, 1], bone bright) -> ``preprocess.preprocess_image`` with the run's
+profile and image size (uint8 S x S) -> ``LoadedRun.score`` (normalisation and the fold models, averaged
+as an ensemble unless one fold was chosen).
+
+Inputs are files or folders. Folders are searched recursively for DICOM files (``*.dcm``, ``*.dicom`` and
+extension-less files whose content parses as DICOM) and PNG/JPEG images. A file given explicitly is always
+tried, whatever its name, so that a bad file gets a row with its error instead of vanishing.
+
+Each input gets one :class:`PredictionRow`. Inputs that cannot be read get an ``error`` (the reader's reason
+code and detail) and the others are still scored; inputs that can be scored but deserve caution get a
+``warning`` (lateral or unknown view, small image, PNG/JPEG without view information). Rows name inputs by
+their path only: no DICOM header field that could identify a patient is ever copied.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cacxr.atomic import write_text
+from cacxr.errors import CacxrError
+
+if TYPE_CHECKING:
+    from cacxr.run import LoadedRun
+
+__all__ = [
+    "PredictionRow",
+    "PREDICTION_COLUMNS",
+    "SMALL_IMAGE_PX",
+    "expand_inputs",
+    "score_paths",
+    "score_image",
+    "score_module",
+    "load_input",
+    "image_warnings",
+    "write_predictions_csv",
+    "format_table",
+]
+
+logger = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+# Below this many pixels on the short side a radiograph has far less detail than the training images.
+SMALL_IMAGE_PX = 512
+
+
+@dataclass
+class PredictionRow:
+    """The result for one input file.
+
+    Attributes:
+        input: the file's path (the only identifier written: never a DICOM header field).
+        probability: P(CAC > threshold), the ensemble mean (classification runs; ``None`` otherwise).
+        label: 1 when the score is above the run's validation-chosen decision threshold, else 0.
+        predicted_cac: the predicted CAC score (regression runs).
+        agatston_band: the Agatston band of ``predicted_cac`` (regression runs).
+        warning: reasons to be careful with this score, separated by ``"; "`` ("" when none).
+        error: why the input could not be scored ("" when it was).
+    """
+
+    input: str
+    probability: float | None = None
+    label: int | None = None
+    predicted_cac: float | None = None
+    agatston_band: str = ""
+    warning: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the input was scored."""
+        return not self.error and self.label is not None
+
+
+PREDICTION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(PredictionRow))
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Whether an extension-less file is DICOM: a part-10 preamble, or a forced parse with image tags."""
+    import pydicom
+    from pydicom.misc import is_dicom
+
+    try:
+        if is_dicom(path):
+            return True
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        return any(keyword in ds for keyword in ("SOPClassUID", "Modality", "Rows"))
+    except Exception:  # any parse failure simply means "not DICOM"
+        return False
+
+
+def _is_candidate(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or suffix in IMAGE_SUFFIXES:
+        return True
+    return suffix == "" and _looks_like_dicom(path)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+    """Turn files and folders into the list of files to score.
+
+    Args:
+        inputs: files (always kept) and folders (searched recursively, in sorted order, for DICOM and
+            PNG/JPEG files; other files are skipped).
+
+    Returns:
+        ``(path, error)`` pairs in input order; ``error`` is "" for a file to score, or says why the input
+        yields nothing (missing path, folder without images).
+    """
+    out: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            out.append((str(path), ""))
+        elif path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if p.is_file() and _is_candidate(p)]
+            if not found:
+                out.append((str(path), "folder contains no DICOM, PNG or JPEG file"))
+            out.extend((str(p), "") for p in found)
+        else:
+            out.append((str(path), "no such file or folder"))
+    return out
+
+
+def image_warnings(meta: Any) -> list[str]:
+    """Reasons to be careful with a readable image (view and size), from its ``ImageMeta``.
+
+    Args:
+        meta: the ``cacxr.imaging.ImageMeta`` of a decoded file.
+
+    Returns:
+        Short notes ("lateral view ...", "unknown view ...", "small image ...", "PNG: view unknown ...").
+    """
+    from cacxr.imaging import is_frontal, is_lateral
+
+    notes: list[str] = []
+    if meta.source_format != "dicom":
+        notes.append(f"{meta.source_format.upper()}: view unknown (assumed frontal)")
+    elif is_lateral(meta):
+        notes.append("lateral view (the model was trained on frontal radiographs)")
+    elif not is_frontal(meta):
+        if meta.view:
+            view = f"ViewPosition {meta.view!r}"
+        else:
+            view = "no ViewPosition" + (
+                "; the description says frontal" if meta.view_hint == "frontal" else ""
+            )
+        notes.append(f"unknown view ({view}; assumed frontal)")
+    if 0 < min(meta.rows, meta.cols) < SMALL_IMAGE_PX:
+        notes.append(f"small image ({meta.rows}x{meta.cols} px, under {SMALL_IMAGE_PX} px)")
+    return notes
+
+
+def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, list[str], str]:
+    """Read and preprocess one file for ``run``.
+
+    Args:
+        run: the loaded run (its profile and image size are used).
+        path: a DICOM, PNG or JPEG file.
+
+    Returns:
+        ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
+        error ("" when the image is usable).
+    """
+    from cacxr.imaging import read_image
+    from cacxr.preprocess import preprocess_image
+
+    try:
+        result = read_image(path)
+        if not result.ok or result.image is None:
+            return None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
+        image = preprocess_image(result.image, run.profile, run.image_size)
+    except Exception as exc:  # a batch goes on whatever one file does; the reason is kept in the row
+        logger.debug("cannot prepare %s", path, exc_info=True)
+        return None, [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
+    return image, image_warnings(result.meta), ""
+
+
+def _fill(run: LoadedRun, row: PredictionRow, score: float) -> None:
+    """Write a run score into ``row`` (probability, or predicted CAC and its band) with its label."""
+    from cacxr.metrics import AGATSTON_BANDS, agatston_band
+
+    row.label = int(np.asarray(run.predict_label(np.array([score])))[0])
+    if run.task == "regression":
+        row.predicted_cac = float(score)
+        row.agatston_band = AGATSTON_BANDS[int(np.asarray(agatston_band([score]))[0])]
+    else:
+        row.probability = float(score)
+
+
+def score_paths(
+    run: LoadedRun,
+    inputs: Sequence[str | os.PathLike[str]],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[PredictionRow]:
+    """Score files and folders with a trained run.
+
+    Args:
+        run: a run from ``cacxr.run.load_run`` (one fold, or the ensemble of its folds).
+        inputs: files and folders (see :func:`expand_inputs`).
+        batch_size: images scored together (memory: batch_size x S x S).
+        progress: show a progress bar.
+
+    Returns:
+        One row per file found, in input order; unreadable inputs have ``error`` set.
+
+    Raises:
+        CacxrError: ``batch_size`` is not positive.
+    """
+    if batch_size < 1:
+        raise CacxrError(f"--batch-size must be at least 1 (got {batch_size})")
+    rows = [PredictionRow(input=path, error=error) for path, error in expand_inputs(inputs)]
+    todo = [row for row in rows if not row.error]
+    with tqdm(total=len(todo), unit="image", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            ready: list[tuple[PredictionRow, np.ndarray]] = []
+            for row in todo[start : start + batch_size]:
+                image, notes, error = load_input(run, row.input)
+                row.warning, row.error = "; ".join(notes), error
+                if image is not None:
+                    ready.append((row, image))
+                bar.update()
+            if ready:
+                scores = np.asarray(run.score(np.stack([image for _, image in ready])), dtype=float)
+                for (row, _), score in zip(ready, scores.reshape(-1), strict=True):
+                    _fill(run, row, float(score))
+    return rows
+
+
+def score_image(run: LoadedRun, image: np.ndarray) -> dict[str, Any]:
+    """Score one decoded radiograph (float32 [0, 1], bone bright, as ``imaging.read_image`` gives).
+
+    Args:
+        run: the loaded run.
+        image: a 2-D float array in [0, 1].
+
+    Returns:
+        ``{"task", "threshold", "decision_threshold", "probability", "label", "predicted_cac",
+        "agatston_band"}`` (``probability`` for classification runs, the last two for regression runs,
+        the others ``None``/"").
+
+    Raises:
+        CacxrError: ``image`` is not a 2-D array.
+    """
+    from cacxr.preprocess import preprocess_image
+
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise CacxrError(f"expected a 2-D grey image, got an array of shape {array.shape}")
+    prepared = preprocess_image(array.astype(np.float32, copy=False), run.profile, run.image_size)
+    row = PredictionRow(input="")
+    _fill(run, row, float(np.asarray(run.score(prepared[None]), dtype=float).reshape(-1)[0]))
+    return {
+        "task": run.task,
+        "threshold": float(run.threshold),
+        "decision_threshold": float(run.decision_threshold),
+        "probability": row.probability,
+        "label": row.label,
+        "predicted_cac": row.predicted_cac,
+        "agatston_band": row.agatston_band,
+    }
+
+
+class _EnsembleScore(torch.nn.Module):
+    """A differentiable run score from a normalised batch (N, 1, S, S): shape (N,).
+
+    Classification: the mean over models of P(positive class). Regression: the mean over models of the
+    predicted log-CAC (each model's standardised output mapped back with its fold's target mean/std).
+    """
+
+    def __init__(self, models: list[torch.nn.Module], task: str, target_stats: list[tuple[float, float]]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+        self.task = task
+        self.register_buffer("target_mean", torch.tensor([m for m, _ in target_stats], dtype=torch.float32))
+        self.register_buffer("target_std", torch.tensor([s for _, s in target_stats], dtype=torch.float32))
+
+    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The score of one model (probability or log-CAC), shape (N,)."""
+        out = self.models[index](x)
+        if self.task == "regression":
+            return out[:, 0] * self.target_std[index] + self.target_mean[index]
+        return torch.softmax(out, dim=1)[:, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.member(i, x) for i in range(len(self.models))]).mean(dim=0)
+
+
+def score_module(run: LoadedRun) -> torch.nn.Module:
+    """The run's score as one ``torch.nn.Module`` (for attributions and export).
+
+    It takes a normalised float batch (N, 1, S, S) (``preprocess.normalise`` of the uint8 images) and
+    returns the score, shape (N,): the ensemble-mean probability of CAC > threshold (classification) or
+    the ensemble-mean predicted log-CAC, ``log(clip(CAC, 0, 2000) + 0.001)`` (regression).
+
+    Args:
+        run: the loaded run.
+
+    Returns:
+        A module in eval mode sharing the run's model weights.
+    """
+    stats = [_target_stats(run, fold) for fold, _ in run.models]
+    module = _EnsembleScore([model for _, model in run.models], run.task, stats)
+    return module.eval()
+
+
+def _target_stats(run: LoadedRun, fold: int) -> tuple[float, float]:
+    """The regression target's training mean/std of ``fold`` ((0, 1) for classification)."""
+    if run.task != "regression":
+        return 0.0, 1.0
+    stats = run.target_stats[fold]
+    return float(stats[0]), float(stats[1])
+
+
+def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike[str]) -> None:
+    """Write rows as CSV (columns :data:`PREDICTION_COLUMNS`) atomically; missing values are empty."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(value) for key, value in asdict(row).items()})
+    write_text(path, buf.getvalue())
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_table(rows: Sequence[PredictionRow]) -> str:
+    """A plain-text table of the rows for the terminal (empty columns left out)."""
+    columns = [c for c in PREDICTION_COLUMNS if c == "input" or any(_cell(getattr(r, c)) for r in rows)]
+    cells = [[_cell(getattr(row, c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells]
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""`cacxr predict` and cacxr.inference on a tiny trained run, synthetic DICOMs and the real radiographs."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
+from cacxr.cli import main
+from cacxr.imaging import read_image
+from cacxr.inference import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
+from cacxr.metrics import AGATSTON_BANDS
+from cacxr.preprocess import preprocess_image
+from cacxr.run import load_run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_cohort(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def run(run_dir: Path):
+    return load_run(run_dir)
+
+
+def _synth_files(cohort: Path, n: int) -> list[Path]:
+    """The first ``n`` external patients' radiographs (not used for training)."""
+    return sorted(p for p in cohort.rglob("*.dcm") if "CAC" not in p.relative_to(cohort).parts[0])[:n]
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory: pytest.TempPathFactory, cohort: Path, real_cxr_dir: Path) -> Path:
+    """A folder mixing synthetic DICOMs, a garbage file and a text file named .dcm."""
+    folder = tmp_path_factory.mktemp("mix")
+    for i, path in enumerate(_synth_files(cohort, 3)):
+        shutil.copy(path, folder / f"synth_{i}.dcm")
+    (folder / "garbage.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
+    (folder / "notes.dcm").write_text("not an image, only text\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mix_rows(run, mix: Path, real_cxr_dir: Path) -> dict[str, object]:
+    rows = score_paths(run, [real_cxr_dir, mix], batch_size=4, progress=False)
+    return {Path(row.input).name: row for row in rows}
+
+
+# (file, expected warning substring or "" for none); every one of these must be scored.
+REAL_FILES = [
+    ("highdicom_dx_image_CANINE_lateral_thorax.dcm", "small image (169x211"),
+    ("nhsx_nih-cxr14_google_DX.dcm", "unknown view (no ViewPosition"),
+    ("panimg_cxr_CR-MONO1-10-chest.dcm", "small image (440x440"),
+    ("pydicomdata_RG1_J2KI.dcm", ""),
+    ("txv_nih_00000001_000.png", "PNG: view unknown"),
+    ("txv_siim_chest_pa.dcm", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "warning"), REAL_FILES)
+def test_real_radiographs_are_scored_with_their_warnings(mix_rows, name: str, warning: str) -> None:
+    row = mix_rows[name]
+    assert row.error == ""
+    assert 0.0 <= row.probability <= 1.0
+    assert row.label in (0, 1)
+    assert row.predicted_cac is None
+    if warning:
+        assert warning in row.warning
+    else:
+        assert row.warning == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("garbage.dcm", "unreadable"), ("notes.dcm", "unreadable")],
+)
+def test_bad_files_get_an_error_row_and_the_batch_goes_on(mix_rows, name: str, error: str) -> None:
+    row = mix_rows[name]
+    assert row.error.startswith(error)
+    assert row.probability is None and row.label is None
+
+
+def test_every_input_gets_exactly_one_row(mix_rows, real_cxr_dir: Path, mix: Path) -> None:
+    expected = {p.name for p in real_cxr_dir.iterdir() if p.suffix != ".md"} | {p.name for p in mix.iterdir()}
+    assert set(mix_rows) == expected  # SOURCES.md is skipped inside a folder
+    assert sum(1 for name in mix_rows if name.startswith("synth_") and mix_rows[name].ok) == 3
+
+
+def test_labels_follow_the_decision_threshold(run, mix_rows) -> None:
+    for row in mix_rows.values():
+        if row.ok:
+            assert row.label == int(row.probability >= run.decision_threshold)
+
+
+def test_file_score_equals_the_score_of_the_training_pipeline(run, cohort: Path) -> None:
+    """read_image + preprocess + run.score on a path gives what score_image and the store path give."""
+    path = _synth_files(cohort, 1)[0]
+    image = read_image(path).image
+    expected = float(run.score(preprocess_image(image, run.profile, IMAGE_SIZE)[None])[0])
+    (row,) = score_paths(run, [path], progress=False)
+    assert row.probability == pytest.approx(expected, abs=1e-6)
+    assert score_image(run, image)["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_ensemble_probability_is_the_mean_of_the_folds(run_dir: Path, cohort: Path) -> None:
+    files = _synth_files(cohort, 2)
+    ensemble = [r.probability for r in score_paths(load_run(run_dir), files, progress=False)]
+    per_fold = [
+        [r.probability for r in score_paths(load_run(run_dir, fold=k), files, progress=False)] for k in (0, 1)
+    ]
+    np.testing.assert_allclose(ensemble, np.mean(per_fold, axis=0), atol=1e-6)
+
+
+def test_folders_are_searched_recursively(run, tmp_path: Path, cohort: Path) -> None:
+    source = _synth_files(cohort, 1)[0]
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    shutil.copy(source, deep / "x.dcm")
+    shutil.copy(source, tmp_path / "a" / "IM0001")  # extension-less DICOM: found by content
+    (tmp_path / "a" / "readme.txt").write_text("ignored")
+    (tmp_path / "a" / "b" / "README").write_text("extension-less but not DICOM: ignored")
+    rows = score_paths(run, [tmp_path / "a"], progress=False)
+    assert sorted(Path(r.input).relative_to(tmp_path).as_posix() for r in rows) == ["a/IM0001", "a/b/c/x.dcm"]
+    assert all(r.ok for r in rows)
+    assert rows[0].probability == pytest.approx(rows[1].probability)
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda p: p / "missing.dcm", "no such file or folder"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "folder contains no DICOM, PNG or JPEG file"),
+    ],
+)
+def test_inputs_that_yield_nothing_are_reported(tmp_path: Path, make, error: str) -> None:
+    path = make(tmp_path)
+    assert expand_inputs([path]) == [(str(path), error)]
+
+
+def test_cli_writes_csv_with_every_column(run_dir: Path, mix: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run_dir), str(mix), "--out", str(out), "--no-progress"]) == 0
+    with out.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        records = list(reader)
+    assert tuple(reader.fieldnames) == PREDICTION_COLUMNS
+    assert len(records) == 5
+    by_name = {Path(r["input"]).name: r for r in records}
+    assert (
+        by_name["notes.dcm"]["error"].startswith("unreadable") and by_name["notes.dcm"]["probability"] == ""
+    )
+    assert 0 <= float(by_name["synth_0.dcm"]["probability"]) <= 1
+    assert "scored 3 of 5 inputs, 2 failed" in capsys.readouterr().err
+
+
+def test_cli_prints_a_table_without_out_and_no_identifying_header(run_dir: Path, mix: Path, capsys) -> None:
+    assert main(["predict", str(run_dir), str(mix / "synth_0.dcm"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    header, line = printed.strip().splitlines()
+    assert header.split()[:3] == ["input", "probability", "label"]
+    assert "synth_0.dcm" in line
+    ds = pydicom.dcmread(mix / "synth_0.dcm", stop_before_pixels=True)
+    for keyword in ("PatientName", "PatientBirthDate"):
+        value = str(ds.get(keyword, "") or "")
+        if value:
+            assert value not in printed
+
+
+def test_regression_run_gives_cac_and_band(tmp_path_factory: pytest.TempPathFactory, cohort: Path) -> None:
+    reg = load_run(tiny_run(tmp_path_factory, "regression"))
+    rows = score_paths(reg, _synth_files(cohort, 3), progress=False)
+    for row in rows:
+        assert row.ok and row.probability is None
+        assert row.predicted_cac >= 0
+        assert row.agatston_band in AGATSTON_BANDS
+        assert row.label == int(row.predicted_cac >= reg.decision_threshold)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "not a trained run folder"),
+        ("no_models", "model"),
+    ],
+)
+def test_bad_run_is_refused(
+    run_dir: Path, mix: Path, tmp_path: Path, capsys, setup: str, message: str
+) -> None:
+    bad = tmp_path / "bad_run"
+    if setup == "no_models":
+        bad.mkdir()
+        shutil.copy(run_dir / "config.json", bad / "config.json")
+    assert main(["predict", str(bad), str(mix), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and message in err.lower()
+
+
+def test_nothing_scored_is_an_error(run_dir: Path, mix: Path, capsys) -> None:
+    assert (
+        main(["predict", str(run_dir), str(mix / "garbage.dcm"), str(mix / "notes.dcm"), "--no-progress"])
+        == 2
+    )
+    assert "none of the 2 inputs could be scored" in capsys.readouterr().err
