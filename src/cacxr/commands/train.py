@@ -1,0 +1,152 @@
+"""`cacxr train DATA|MANIFEST --task classification|regression --out RUN`: k-fold cross-validated training.
+
+``cacxr train RUN --merge`` (or ``cacxr train DATA --out RUN --merge``) writes the run-level files of a run
+whose folds were trained as separate ``--fold K`` jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
+from cacxr.errors import CacxrError
+
+__all__ = ["add_arguments", "run", "ARCH_CHOICES", "PROFILE_CHOICES"]
+
+# Literal copies of cacxr.models.ARCHS / cacxr.preprocess.PROFILES, so that `--help` does not load torch
+# (tests/test_train.py checks that they match).
+ARCH_CHOICES = ("densenet121", "resnet18", "efficientnet-b0")
+PROFILE_CHOICES = ("seed", "xrv", "clahe")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `cacxr train` (defaults are those of ``TrainConfig``)."""
+    d = TrainConfig()
+    switch = argparse.BooleanOptionalAction
+    parser.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA|MANIFEST",
+        help="DICOM data folder (ingested into RUN/ingest) or a manifest.csv; with --merge, the run folder",
+    )
+    parser.add_argument("--task", choices=TASKS, help="classification (CAC > --threshold) or regression (log CAC)")
+    parser.add_argument("--out", metavar="RUN", help="the run folder (new or empty, or an existing run with --resume)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per fold (default {d.epochs})")
+    parser.add_argument("--lr", type=float, help="learning rate (default 3e-4 classification, 1e-3 regression)")
+    parser.add_argument("--arch", choices=ARCH_CHOICES, default=d.arch, help=f"encoder (default {d.arch})")
+    parser.add_argument("--viz", action=switch, default=d.viz, help="write PNG plots (default on)")
+    parser.add_argument("--save", action=switch, default=d.save, help="save each fold's model (default on)")
+    parser.add_argument("--wd", type=float, default=d.wd, help=f"weight decay (default {d.wd})")
+    parser.add_argument("--batchsize", type=int, default=d.batchsize, help=f"batch size (default {d.batchsize})")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum, regression (default {d.momentum})")
+    parser.add_argument("--kfold", type=int, default=d.kfold, help=f"cross-validation folds (default {d.kfold})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of folds, model and order (default {d.seed})")
+    parser.add_argument("--image-size", type=int, default=d.image_size, help=f"model input side in px (default {d.image_size})")
+    parser.add_argument(
+        "--threshold", type=float, default=d.threshold, help="positive means CAC > threshold (default 0)"
+    )
+    parser.add_argument(
+        "--weights", default=d.weights, metavar="none|PATH|NAME", help="pretrained weights (default none)"
+    )
+    parser.add_argument(
+        "--finetune",
+        choices=FINETUNE_MODES,
+        help="what trains: last block + head, all, or head only (default: last with --weights, all without)",
+    )
+    parser.add_argument("--fold", type=int, metavar="K", help="train fold K only (a job of a run shared by jobs)")
+    parser.add_argument("--device", default=d.device, metavar="auto|cpu|cuda", help="default auto (CUDA if present)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="regression loss (default mae)")
+    parser.add_argument("--profile", choices=PROFILE_CHOICES, default=d.profile, help="preprocessing (default seed)")
+    parser.add_argument(
+        "--feature-cache",
+        action=switch,
+        default=d.feature_cache,
+        help="with a frozen trunk and no augmentation, compute trunk features once (default on)",
+    )
+    parser.add_argument("--augment", action=switch, default=d.augment, help="random augmentation (default off)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=d.val_fraction, help="validation share of each training part (0.2)"
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="processes for ingest and preprocessing")
+    parser.add_argument(
+        "--store", metavar="DIR", help="image store folder (default RUN/../cacxr-cache/<data>-<hash>/store-...)"
+    )
+    parser.add_argument("--feature-cache-dir", metavar="DIR", help="feature cache folder (default <store>/features)")
+    parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--site", choices=("internal", "external", "all"), default=d.site, help="patients to train on (internal)"
+    )
+    parser.add_argument(
+        "--milestones",
+        type=_int_list,
+        metavar="E1,E2,...",
+        help="epochs where the learning rate is multiplied by --gamma (default 20,35 or 20,40,60)",
+    )
+    parser.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay (default {d.gamma})")
+    parser.add_argument("--patience", type=int, metavar="N", help="stop a fold after N epochs without improvement")
+    parser.add_argument("--merge", action="store_true", help="merge the finished folds of RUN into the run's results")
+    parser.add_argument("--progress", action=switch, default=d.progress, help="progress bars (default on)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or merge) and print the pooled result and the report's path."""
+    from cacxr.train import merge_folds, train_run
+
+    if args.merge:
+        run_dir = args.out or args.data
+        if not run_dir:
+            raise CacxrError("--merge needs the run folder: cacxr train RUN --merge")
+        metrics = merge_folds(run_dir)
+    else:
+        missing = [flag for flag, value in (("DATA|MANIFEST", args.data), ("--task", args.task), ("--out", args.out)) if not value]
+        if missing:
+            raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
+        run_dir = args.out
+        metrics = train_run(config_from_args(args))
+    print(summary(metrics, Path(run_dir)))
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of parsed `cacxr train` arguments."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+
+
+def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """The lines printed after training: pooled AUC with its CI (regression: MAE, Spearman) and the report."""
+    if not metrics.get("complete", True):
+        done = ", ".join(map(str, metrics["folds_done"]))
+        todo = ", ".join(map(str, metrics["folds_missing"]))
+        return (
+            f"folds finished: {done}; still to train: {todo}\n"
+            f"once they have finished: cacxr train {run_dir} --merge"
+        )
+    pooled = metrics["pooled"]
+    lines = [f"pooled AUC {_fmt(pooled.get('auc'))} (95% CI {_ci(pooled.get('auc_ci'))}), "
+             f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}"]
+    if metrics["task"] == "regression":
+        lines.append(f"MAE of log CAC {_fmt(pooled.get('mae_log'))}, Spearman {_fmt(pooled.get('spearman'))}")
+    lines.append(f"report: {run_dir / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(ci: Any) -> str:
+    if not ci or None in ci:
+        return "n/a"
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 20,35, got {text!r}") from None
+

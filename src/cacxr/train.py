@@ -1,0 +1,359 @@
+"""k-fold cross-validated training of a CAC classifier or regressor into a run folder.
+
+``train_run(config)`` goes from a DICOM data folder (ingested into ``RUN/ingest/`` first) or a manifest.csv
+to a finished run folder::
+
+    RUN/config.json        every setting, versions, the manifest's sha256, the store, per-fold epochs
+    RUN/folds.csv          patient_id, fold, role (train | val | test)
+    RUN/fold_<k>/          model.safetensors, predictions.csv, fold.json, roc.png, loss.png
+    RUN/predictions.csv    out-of-fold predictions, every patient once
+    RUN/metrics.json       per fold, mean/std and pooled, with bootstrap CIs (cacxr.metrics.build_metrics)
+    RUN/plots/*.png        ROC, confusion, losses, error by band, calibration (regression: scatter, bands)
+    RUN/report.html        the page to read first
+
+The image store is cached outside the run, by default in ``RUN/../cacxr-cache/<data>-<hash>/``, so that
+runs in the same folder share it; trunk features of a frozen trunk are cached in ``<store>/features``.
+
+Jobs: ``config.fold = K`` trains one fold (several jobs may share one run folder); once every fold has
+finished, the last job (or ``merge_folds``) writes the run-level files. ``config.resume`` continues an
+interrupted run: finished folds are kept and an interrupted fold continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cacxr import __version__
+from cacxr.atomic import write_json
+from cacxr.config import TrainConfig, resolve_device
+from cacxr.errors import CacxrError
+from cacxr.manifest import ManifestRow, manifest_hash, read_manifest
+from cacxr.splits import make_folds
+from cacxr.training import runfiles
+from cacxr.training.loop import CHECKPOINT, build_fold_model, train_fold
+
+__all__ = ["TrainConfig", "train_run", "merge_folds", "default_store_dir", "CONFIG_FILE"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+
+
+def train_run(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) a cross-validated run and write its run folder.
+
+    Args:
+        config: the settings (``config.data`` and ``config.out`` are required).
+
+    Returns:
+        The metrics.json content once every fold has finished. A ``--fold K`` job that leaves folds to
+        other jobs returns ``{"task", "complete": False, "folds_done", "folds_missing", "folds"}`` with
+        the test metrics of each finished fold.
+
+    Raises:
+        CacxrError: invalid settings, a non-empty run folder without ``resume``, a run folder holding other
+            settings or data, unreadable data, or folds that lack a class (cacxr.splits).
+    """
+    cfg = config.resolved()
+    _check_choices(cfg)
+    if not cfg.out:
+        raise CacxrError("the run folder (--out RUN) is required")
+    if not cfg.data:
+        raise CacxrError("the data (a DICOM folder or a manifest.csv) is required")
+    run_dir = Path(cfg.out)
+    previous = _check_run_folder(run_dir, cfg)
+    with _torch_settings(cfg.num_threads):
+        return _train(cfg, run_dir, previous)
+
+
+def merge_folds(run_dir: str | Path) -> dict[str, Any]:
+    """Write the run-level files once every fold has finished: metrics, predictions, plots, report.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The metrics.json content.
+
+    Raises:
+        CacxrError: not a run folder, or folds not finished yet (all of them are listed).
+    """
+    from cacxr.metrics import build_metrics
+    from cacxr.report import write_report
+
+    run_dir = Path(run_dir)
+    record = _read_config(run_dir)
+    if record is None:
+        raise CacxrError(f"{run_dir}: not a cacxr run folder (no {CONFIG_FILE})")
+    cfg = TrainConfig.from_dict(record)
+    missing = [k for k in range(cfg.kfold) if not runfiles.fold_done(run_dir, k)]
+    if missing:
+        raise CacxrError(
+            f"{run_dir}: cannot merge, fold(s) {', '.join(map(str, missing))} of {cfg.kfold} have not finished "
+            f"(no fold_<k>/{runfiles.FOLD_RECORD}); train them with `cacxr train DATA --out {run_dir} --fold K` "
+            "(or --resume), then merge"
+        )
+    folds = {k: runfiles.read_fold_record(run_dir, k) for k in range(cfg.kfold)}
+    rows = [row for k in range(cfg.kfold) for row in runfiles.read_predictions(run_dir, k)]
+    twice = sorted(pid for pid, n in Counter(row["patient_id"] for row in rows).items() if n > 1)
+    if twice:
+        raise CacxrError(f"{run_dir}: patients in the test part of two folds: {', '.join(twice[:5])}")
+    per_fold = []
+    for k, fold in folds.items():
+        mine = [row for row in rows if row["fold"] == k]
+        per_fold.append(
+            {
+                "fold": k,
+                "score": [row["score"] for row in mine],
+                "y_true": [row["label"] for row in mine],
+                "cac_true": [row["cac_score"] for row in mine],
+                "decision_threshold": fold["decision_threshold"],
+            }
+        )
+    metrics = build_metrics(cfg.task, cfg.threshold, per_fold)
+    thresholds = {k: float(fold["decision_threshold"]) for k, fold in folds.items()}
+    runfiles.write_run_predictions(run_dir / runfiles.PREDICTIONS, cfg.task, rows, thresholds)
+    if cfg.viz:
+        histories = {k: fold["history"] for k, fold in folds.items()}
+        best = {k: int(fold["best_epoch"]) for k, fold in folds.items()}
+        runfiles.write_run_plots(run_dir / "plots", cfg.task, cfg.threshold, rows, metrics, histories, best)
+    write_json(run_dir / "metrics.json", metrics)
+    record["best_epochs"] = {str(k): int(fold["best_epoch"]) for k, fold in folds.items()}
+    write_json(run_dir / CONFIG_FILE, record)
+    write_report(run_dir)
+    return metrics
+
+
+def default_store_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Where the image store of ``cfg.data`` is kept when ``--store`` is not given.
+
+    ``RUN/../cacxr-cache/<data name>-<hash of the data's path>/store-<profile>-<size>``: outside the run,
+    so that runs in one folder share it, and never inside the user's data.
+    """
+    source = Path(cfg.data).resolve()
+    name = source.parent.name if source.is_file() else source.name
+    digest = hashlib.sha1(str(source).encode()).hexdigest()[:8]
+    cache = run_dir.resolve().parent / "cacxr-cache" / f"{name or 'data'}-{digest}"
+    return cache / f"store-{cfg.profile}-{cfg.image_size}"
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+
+def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
+    from cacxr.features import FeatureCache
+    from cacxr.store import build_store
+    from cacxr.weights import save_model
+
+    device = resolve_device(cfg.device)
+    manifest = _manifest(cfg, run_dir)
+    sha = manifest_hash(manifest)
+    if previous is not None and previous.get("manifest_sha256") != sha:
+        raise CacxrError(
+            f"{run_dir}: the data changed since this run started (the manifest's sha256 differs from the "
+            f"one in {CONFIG_FILE}); train into another --out"
+        )
+    rows = _labelled_rows(manifest, cfg.site)
+    store_dir = Path(cfg.store) if cfg.store else default_store_dir(cfg, run_dir)
+    store = build_store(rows, store_dir, cfg.profile, cfg.image_size, cfg.workers, cfg.progress)
+    usable = [row for row in rows if row.patient_id in store]
+    if len(usable) < len(rows):
+        logger.warning("%d of %d patients have no stored image and are left out", len(rows) - len(usable), len(rows))
+    if not usable:
+        raise CacxrError(f"{manifest}: no image could be preprocessed (see the warnings above)")
+    cac = {row.patient_id: float(row.cac_score) for row in usable}
+    ids = list(cac)
+    labels = [int(cac[i] > cfg.threshold) for i in ids]
+    folds = make_folds(ids, labels, cfg.kfold, cfg.seed, cfg.val_fraction)
+
+    template = build_fold_model(cfg)
+    use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
+    feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else store.root / "features"
+    record = {
+        **cfg.to_dict(settings_only=True),
+        "data": str(Path(cfg.data).resolve()),
+        "out": str(run_dir.resolve()),
+        "store": str(store.root.resolve()),
+        "feature_cache_dir": str(feature_dir.resolve()),
+        "cacxr_version": __version__,
+        "torch_version": torch.__version__,
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": sha,
+        "store_profile": store.profile,
+        "store_profile_version": store.profile_version,
+        "store_image_size": store.image_size,
+        "n_patients": len(ids),
+        "n_positive": int(sum(labels)),
+        "n_not_stored": len(rows) - len(usable),
+        "feature_cache_used": use_cache,
+    }
+    write_json(run_dir / CONFIG_FILE, record)
+    runfiles.write_folds_csv(run_dir / "folds.csv", folds)
+
+    chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
+    pending = [k for k in chosen if not runfiles.fold_done(run_dir, k)]
+    for k in sorted(set(chosen) - set(pending)):
+        logger.info("fold %d already finished; kept", k)
+    features = None
+    if pending and use_cache:
+        needed = sorted({pid for k in pending for pid in (*folds[k].train, *folds[k].val, *folds[k].test)})
+        features = FeatureCache.build(template, store, needed, feature_dir, device=device, progress=cfg.progress)
+    del template
+    for k in pending:
+        directory = runfiles.fold_dir(run_dir, k)
+        directory.mkdir(parents=True, exist_ok=True)
+        result, model = train_fold(cfg, folds[k], cac, store, directory, device, features, cfg.progress)
+        if cfg.save:
+            save_model(model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
+        runfiles.write_fold_files(
+            directory, cfg.task, result.record, result.test_ids, result.test_scores, cac, cfg.threshold, cfg.viz
+        )
+        (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
+        logger.info(
+            "fold %d: best epoch %d of %d, test %s", k, result.record["best_epoch"], result.record["epochs_run"],
+            _summary(result.record["test_metrics"]),
+        )
+
+    done = [k for k in range(cfg.kfold) if runfiles.fold_done(run_dir, k)]
+    if len(done) == cfg.kfold:
+        return merge_folds(run_dir)
+    return {
+        "task": cfg.task,
+        "complete": False,
+        "folds_done": done,
+        "folds_missing": [k for k in range(cfg.kfold) if k not in done],
+        "folds": [{"fold": k, **runfiles.read_fold_record(run_dir, k)["test_metrics"]} for k in done],
+    }
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    """Options whose valid values live in other modules."""
+    from cacxr.models import ARCHS
+    from cacxr.preprocess import PROFILES
+
+    if cfg.arch not in ARCHS:
+        raise CacxrError(f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
+    if cfg.profile not in PROFILES:
+        raise CacxrError(f"--profile must be one of {', '.join(PROFILES)} (got {cfg.profile!r})")
+
+
+def _read_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacxrError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict) or "task" not in record:
+        raise CacxrError(f"{path}: not a cacxr run configuration")
+    return record
+
+
+def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """Refuse a run folder that cannot take this job; return its recorded config when it has one.
+
+    An empty or new folder always can. A folder holding a run can with ``resume`` and the same settings,
+    or for a ``fold`` job whose fold has not started there (jobs of one run share its folder).
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CacxrError(f"{run_dir}: exists and is not a folder; choose a folder for --out")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    record = _read_config(run_dir)
+    if record is None:
+        raise CacxrError(f"{run_dir}: not empty and not a cacxr run (no {CONFIG_FILE}); choose a new --out")
+    sibling_job = cfg.fold is not None and not runfiles.fold_dir(run_dir, cfg.fold).exists()
+    if not (cfg.resume or sibling_job):
+        state = "a finished run" if (run_dir / "metrics.json").is_file() else "an unfinished run"
+        raise CacxrError(
+            f"{run_dir}: not empty (it holds {state}); add --resume to continue it, or choose another --out"
+        )
+    recorded = TrainConfig.from_dict(record)
+    changed = cfg.differences(recorded)
+    if changed:
+        details = ", ".join(f"{n}: {getattr(recorded, n)!r} there, {getattr(cfg, n)!r} now" for n in changed)
+        raise CacxrError(f"{run_dir}: holds a run with other settings ({details}); choose another --out")
+    return record
+
+
+def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The manifest to train on: ``cfg.data`` itself, or RUN/ingest/manifest.csv of a data folder."""
+    from cacxr.ingest import ingest
+
+    data = Path(cfg.data)
+    if data.is_file():
+        return data
+    if not data.is_dir():
+        raise CacxrError(f"{data}: no such data folder or manifest file")
+    out = run_dir / "ingest"
+    manifest = out / "manifest.csv"
+    if not (manifest.is_file() and (out / "ingest.json").is_file()):  # a job of this run may have done it
+        ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress)
+    return manifest
+
+
+def _labelled_rows(manifest: Path, site: str) -> list[ManifestRow]:
+    """The manifest's rows of ``site`` that have a CAC score."""
+    rows = read_manifest(manifest)
+    if site != "all":
+        rows = [row for row in rows if row.site == site]
+        if not rows:
+            raise CacxrError(f"{manifest}: no patient of site {site!r} (choose --site external or all)")
+    labelled = [row for row in rows if not math.isnan(row.cac_score)]
+    if len(labelled) < len(rows):
+        logger.warning("%s: %d patients without a CAC score are left out", manifest, len(rows) - len(labelled))
+    if not labelled:
+        raise CacxrError(f"{manifest}: no patient has a CAC score, so nothing can be trained")
+    return labelled
+
+
+def _model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
+    """String metadata stored beside each fold's weights (the file then stands on its own)."""
+    values = {
+        "task": cfg.task,
+        "fold": record["fold"],
+        "threshold": cfg.threshold,
+        "decision_threshold": record["decision_threshold"],
+        "target_mean": record["target_mean"],
+        "target_std": record["target_std"],
+        "profile": cfg.profile,
+        "image_size": cfg.image_size,
+        "best_epoch": record["best_epoch"],
+    }
+    return {k: "" if v is None else str(v) for k, v in values.items()}
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("auc", "balanced_accuracy", "mae_log")
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), float))
+
+
+@contextmanager
+def _torch_settings(num_threads: int | None) -> Iterator[None]:
+    """Thread count and deterministic kernels for the run, restored afterwards."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    # warn_only: an op without a deterministic kernel warns instead of failing the run.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+

@@ -1,0 +1,428 @@
+"""Training of one cross-validation fold: epochs, validation, best-epoch choice, resumable checkpoints.
+
+A fold trains on its ``train`` patients, scores its ``val`` patients after every epoch, keeps the epoch
+with the best validation score (classification: AUC, ties and undefined AUCs decided by the validation
+loss; regression: MAE of log CAC), chooses the decision threshold on the validation patients with those
+weights, and only then scores its ``test`` patients, once.
+
+Reproducibility: the model is initialised from ``seed`` alone (every fold starts from the same weights,
+so a frozen trunk is the same function in all folds and its feature cache is shared); the training order
+of each epoch comes from a generator seeded by (seed, fold, epoch); the global torch generator (dropout,
+stochastic depth) is seeded per fold and saved in each checkpoint. A fold resumed from
+``fold_<k>/checkpoint.pt`` therefore continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cacxr.atomic import atomic_path
+from cacxr.config import TrainConfig
+from cacxr.data import Augment, StoreDataset
+from cacxr.errors import CacxrError
+from cacxr.features import FeatureCache
+from cacxr.metrics import (
+    cac_to_target,
+    choose_threshold,
+    classification_metrics,
+    regression_metrics,
+    target_to_cac,
+)
+from cacxr.models import CACNet, build_model
+from cacxr.splits import Fold
+from cacxr.store import ImageStore
+from cacxr.weights import load_pretrained
+
+__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+_CHECKPOINT_FORMAT = 1
+_EVAL_BATCH = 32
+
+
+def fold_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed derived from the run's seed and e.g. (fold,) or (fold, epoch)."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def build_fold_model(cfg: TrainConfig) -> CACNet:
+    """The model every fold starts from: initialised from ``cfg.seed``, pretrained weights, fine-tuning mode.
+
+    Args:
+        cfg: a resolved config.
+
+    Returns:
+        The model on the CPU, in training mode.
+
+    Raises:
+        CacxrError: unknown architecture, or weights that cannot be loaded (cacxr.weights).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, 2 if cfg.task == "classification" else 1)
+    report = load_pretrained(model, cfg.weights)
+    logger.info("%s: %s", cfg.arch, report.summary())
+    return model.set_finetune(cfg.finetune)
+
+
+@dataclass
+class FoldResult:
+    """What a finished fold hands to the run: its record (fold.json) and its test predictions."""
+
+    record: dict[str, Any]
+    test_ids: list[str]
+    test_scores: np.ndarray
+
+
+class _Task:
+    """Targets, loss and scores of a task: CE on 0/1 labels, or L1/MSE on the standardised log CAC."""
+
+    def __init__(self, cfg: TrainConfig, cac: dict[str, float], train_ids: list[str]) -> None:
+        self.name = cfg.task
+        self.threshold = cfg.threshold
+        self.loss_name = cfg.loss
+        self.cac = cac
+        self.mean, self.std = 0.0, 1.0
+        if self.name == "regression":
+            logs = cac_to_target([cac[i] for i in train_ids])
+            # The training part's statistics only: validation and test stay unseen.
+            self.mean = float(logs.mean())
+            self.std = float(logs.std()) or 1.0
+
+    def labels(self, ids: list[str]) -> np.ndarray:
+        return np.array([self.cac[i] > self.threshold for i in ids], dtype=np.int64)
+
+    def targets(self, ids: list[str]) -> np.ndarray:
+        if self.name == "classification":
+            return self.labels(ids).astype(np.float32)
+        return ((cac_to_target([self.cac[i] for i in ids]) - self.mean) / self.std).astype(np.float32)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.name == "classification":
+            return F.cross_entropy(out, target.long())
+        fn = F.l1_loss if self.loss_name == "mae" else F.mse_loss
+        return fn(out[:, 0], target)
+
+    def scores(self, out: torch.Tensor) -> np.ndarray:
+        """Probability of the positive class, or predicted CAC."""
+        if self.name == "classification":
+            return torch.softmax(out.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
+        return target_to_cac(self.log_cac(out))
+
+    def log_cac(self, out: torch.Tensor) -> np.ndarray:
+        return out[:, 0].float().cpu().numpy().astype(np.float64) * self.std + self.mean
+
+    def val_metric(self, ids: list[str], out: torch.Tensor) -> float | None:
+        """Validation AUC (classification) or MAE of log CAC (regression)."""
+        if self.name == "classification":
+            return classification_metrics(self.labels(ids), self.scores(out))["auc"]
+        return float(np.mean(np.abs(self.log_cac(out) - cac_to_target([self.cac[i] for i in ids]))))
+
+    def selection_key(self, val_loss: float, metric: float | None) -> tuple[float, float]:
+        """Larger is better: (AUC, -loss) or (-MAE, -loss); an undefined value counts as the worst."""
+        loss = -val_loss if math.isfinite(val_loss) else -math.inf
+        if metric is None or not math.isfinite(metric):
+            return -math.inf, loss
+        return (metric if self.name == "classification" else -metric), loss
+
+
+class _FeatureDataset(Dataset):
+    """Cached trunk maps in place of images (same item layout as ``StoreDataset``)."""
+
+    def __init__(self, cache: FeatureCache, ids: list[str], targets: np.ndarray) -> None:
+        self.cache, self.ids, self.targets = cache, ids, targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "image": self.cache.get([self.ids[index]])[0],
+            "target": torch.tensor(self.targets[index], dtype=torch.float32),
+        }
+
+
+class _Inputs:
+    """Datasets and the forward function of a fold: cached maps -> ``model.tail``, images -> ``model``."""
+
+    def __init__(self, store: ImageStore, features: FeatureCache | None, augment: Augment | None) -> None:
+        self.store, self.features, self.augment = store, features, augment
+
+    def dataset(self, ids: list[str], targets: np.ndarray, train: bool) -> Dataset:
+        if self.features is not None:
+            return _FeatureDataset(self.features, ids, targets)
+        return StoreDataset(self.store, ids, targets, augment=self.augment if train else None)
+
+    def forward(self, model: CACNet) -> Callable[[torch.Tensor], torch.Tensor]:
+        return model.tail if self.features is not None else model
+
+
+def train_fold(
+    cfg: TrainConfig,
+    fold: Fold,
+    cac: dict[str, float],
+    store: ImageStore,
+    fold_dir: Path,
+    device: torch.device,
+    features: FeatureCache | None = None,
+    progress: bool = True,
+) -> tuple[FoldResult, CACNet]:
+    """Train one fold, resuming from ``fold_dir/checkpoint.pt`` when it exists.
+
+    Args:
+        cfg: the resolved run config.
+        fold: the fold's patients by role.
+        cac: true CAC score of every patient.
+        store: the image store.
+        fold_dir: the fold's folder (the checkpoint is written there after every epoch).
+        device: where to train.
+        features: the frozen trunk's cached maps (then only the tail trains), or None.
+        progress: show a progress bar over the epochs.
+
+    Returns:
+        The fold's result and the model with the selected epoch's weights (in eval mode, on ``device``).
+    """
+    started = time.perf_counter()
+    train_ids, val_ids, test_ids = list(fold.train), list(fold.val), list(fold.test)
+    task = _Task(cfg, cac, train_ids)
+    augment = Augment(seed=fold_seed(cfg.seed, fold.index, 1)) if cfg.augment else None
+    inputs = _Inputs(store, features, augment)
+    model = build_fold_model(cfg).to(device)
+    forward = inputs.forward(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.task == "classification":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+
+    train_set = inputs.dataset(train_ids, task.targets(train_ids), train=True)
+    val_set = inputs.dataset(val_ids, task.targets(val_ids), train=False)
+    torch.manual_seed(fold_seed(cfg.seed, fold.index))
+    state = _State(history=[], best_epoch=0, best_key=(-math.inf, -math.inf), best_model=None, epoch=0)
+    checkpoint = fold_dir / CHECKPOINT
+    if checkpoint.is_file():
+        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device) or state
+
+    bar = tqdm(
+        total=cfg.epochs, initial=state.epoch, desc=f"fold {fold.index}", unit="epoch", disable=not progress
+    )
+    with bar:
+        while state.epoch < cfg.epochs and not _patience_over(cfg, state):
+            epoch = state.epoch + 1
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)  # the epoch's augmentations
+            train_loss = _train_epoch(model, forward, train_set, task, optimizer, cfg, fold.index, epoch, device)
+            scheduler.step()
+            val_out, val_loss = _predict(model, forward, val_set, task, device)
+            metric = task.val_metric(val_ids, val_out)
+            state.history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_metric": metric,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+            )
+            key = task.selection_key(val_loss, metric)
+            if state.best_model is None or key > state.best_key:
+                state.best_key, state.best_epoch = key, epoch
+                state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state.epoch = epoch
+            _save_checkpoint(checkpoint, state, model, optimizer, scheduler)
+            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=_fmt(metric), best=state.best_epoch)
+
+    model.load_state_dict(state.best_model)
+    model.eval()
+    val_out, _ = _predict(model, forward, val_set, task, device)
+    if cfg.task == "classification":
+        decision_threshold = choose_threshold(task.labels(val_ids), task.scores(val_out))
+    else:
+        # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
+        decision_threshold = float(cfg.threshold) + 0.5
+    test_set = inputs.dataset(test_ids, task.targets(test_ids), train=False)
+    test_out, _ = _predict(model, forward, test_set, task, device)
+    test_scores = task.scores(test_out)
+    test_cac = np.array([cac[i] for i in test_ids])
+    if cfg.task == "classification":
+        test_metrics = classification_metrics(task.labels(test_ids), test_scores, decision_threshold)
+    else:
+        test_metrics = regression_metrics(test_cac, test_scores, cfg.threshold, decision_threshold)
+    record = {
+        "fold": fold.index,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.epoch < cfg.epochs,
+        "selection": "validation AUC, then validation loss"
+        if cfg.task == "classification"
+        else "validation MAE of log CAC",
+        "decision_threshold": float(decision_threshold),
+        "target_mean": task.mean if cfg.task == "regression" else None,
+        "target_std": task.std if cfg.task == "regression" else None,
+        "n": {"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
+        "n_positive": {
+            role: int(task.labels(ids).sum()) for role, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids))
+        },
+        "feature_cache": features is not None,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 2),
+        "test_metrics": test_metrics,
+        "history": state.history,
+    }
+    return FoldResult(record, test_ids, test_scores), model
+
+
+@dataclass
+class _State:
+    """What a checkpoint restores besides the model, optimizer and scheduler."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_key: tuple[float, float]
+    best_model: dict[str, torch.Tensor] | None
+    epoch: int  # completed epochs
+
+
+def _patience_over(cfg: TrainConfig, state: _State) -> bool:
+    return cfg.patience is not None and state.epoch - state.best_epoch >= cfg.patience
+
+
+def _loader(dataset: Dataset, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+    shuffle = generator is not None
+    # A last batch of one image would break BatchNorm in training mode; drop it (it is reshuffled next epoch).
+    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+
+
+def _train_epoch(
+    model: CACNet,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    task: _Task,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    fold: int,
+    epoch: int,
+    device: torch.device,
+) -> float:
+    """One pass over the training patients in an order fixed by (seed, fold, epoch); the mean loss."""
+    model.train()
+    order = torch.Generator().manual_seed(fold_seed(cfg.seed, fold, epoch))
+    total, count = 0.0, 0
+    for batch in _loader(dataset, cfg.batchsize, order):
+        x, target = batch["image"].to(device), batch["target"].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(forward(x), target)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _predict(
+    model: CACNet,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    task: _Task,
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """Outputs (on the CPU) and mean loss of the model in eval mode, restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    outs, losses = [], []
+    for batch in _loader(dataset, _EVAL_BATCH):
+        out = forward(batch["image"].to(device)).float()
+        losses.append(float(task.loss(out, batch["target"].to(device))) * len(out))
+        outs.append(out.cpu())
+    model.train(was_training)
+    return torch.cat(outs), sum(losses) / max(len(dataset), 1)
+
+
+def _save_checkpoint(
+    path: Path,
+    state: _State,
+    model: CACNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Everything needed to continue the fold after ``state.epoch`` epochs (only tensors and plain values)."""
+    payload = {
+        "format": _CHECKPOINT_FORMAT,
+        "epoch": state.epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best_model": state.best_model,
+        "best_epoch": state.best_epoch,
+        "best_key": list(state.best_key),
+        "history": state.history,
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(
+    path: Path,
+    model: CACNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> _State | None:
+    """Restore a fold from its checkpoint; None (train the fold from the start) when the file is unreadable.
+
+    Raises:
+        CacxrError: a readable checkpoint that does not fit this fold's model or optimizer.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError("not a cacxr fold checkpoint")
+    except Exception as exc:  # truncated, foreign or pickled objects: nothing of it is used
+        logger.warning("%s: cannot resume from it (%s); the fold starts again", path, exc)
+        return None
+    try:
+        model.load_state_dict(payload["model"])
+        model.to(device)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng_torch"])
+        if payload["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng_cuda"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CacxrError(
+            f"{path}: does not fit this fold's model ({type(exc).__name__}: {str(exc)[:200]}); "
+            "it belongs to other settings: move it away to train the fold again"
+        ) from None
+    logger.info("%s: resuming after epoch %d", path, payload["epoch"])
+    return _State(
+        history=copy.deepcopy(payload["history"]),
+        best_epoch=int(payload["best_epoch"]),
+        best_key=tuple(payload["best_key"]),
+        best_model=payload["best_model"],
+        epoch=int(payload["epoch"]),
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,102 @@
+"""Loading a trained run for inference: scores match training's predictions, ensemble rule, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _tiny_run import IMAGE_SIZE, tiny_run
+from cacxr.errors import CacxrError
+from cacxr.metrics import cac_to_target
+from cacxr.preprocess import normalise
+from cacxr.run import load_run
+from cacxr.store import ImageStore
+
+
+@pytest.fixture(scope="module", params=["classification", "regression"])
+def run_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run(tmp_path_factory, request.param)
+
+
+def store_of(run: Path) -> ImageStore:
+    return ImageStore.open(json.loads((run / "config.json").read_text())["store"])
+
+
+def predictions(run: Path) -> list[dict[str, str]]:
+    with (run / "predictions.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def comparable(task: str, scores: np.ndarray) -> np.ndarray:
+    """Probabilities as they are; predicted CAC on the log scale the models work in."""
+    return cac_to_target(scores) if task == "regression" else np.asarray(scores)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_fold_scores_its_test_patients_as_training_did(run_dir: Path, fold: int) -> None:
+    loaded = load_run(run_dir, fold=fold)
+    rows = [row for row in predictions(run_dir) if row["fold"] == str(fold)]
+    store = store_of(run_dir)
+    scores = loaded.score(np.stack([store.get(row["patient_id"]) for row in rows]))
+    expected = np.array([float(row["score"]) for row in rows])
+    # Training scored cached float16 trunk maps; load_run runs the whole network in float32.
+    np.testing.assert_allclose(comparable(loaded.task, scores), comparable(loaded.task, expected), atol=2e-3)
+    labels = loaded.predict_label(scores)
+    assert labels.tolist() == [int(row["predicted_label"]) for row in rows]
+
+
+def test_the_ensemble_averages_the_folds(run_dir: Path) -> None:
+    ensemble = load_run(run_dir)
+    assert [fold for fold, _ in ensemble.models] == [0, 1]
+    assert all(not model.training for _, model in ensemble.models)
+    images = np.stack([store_of(run_dir).get(pid) for pid in store_of(run_dir).ids[:6]])
+    per_fold = [comparable(ensemble.task, load_run(run_dir, fold=k).score(images)) for k in (0, 1)]
+    np.testing.assert_allclose(comparable(ensemble.task, ensemble.score(images)), np.mean(per_fold, axis=0), atol=1e-9)
+    thresholds = [json.loads((run_dir / f"fold_{k}" / "fold.json").read_text())["decision_threshold"] for k in (0, 1)]
+    assert ensemble.decision_threshold == pytest.approx(np.mean(thresholds))
+    scores = ensemble.score(images)
+    assert ensemble.predict_label(scores).tolist() == [int(s >= ensemble.decision_threshold) for s in scores]
+
+
+def test_normalised_tensors_and_single_images_are_accepted(run_dir: Path) -> None:
+    loaded = load_run(run_dir, fold=0)
+    assert (loaded.profile, loaded.image_size, loaded.threshold) == ("seed", IMAGE_SIZE, 0.0)
+    image = store_of(run_dir).get(store_of(run_dir).ids[0])
+    from_uint8 = loaded.score(image)
+    from_tensor = loaded.score(normalise(np.array(image)[None, None], loaded.profile))
+    assert from_uint8.shape == (1,)
+    np.testing.assert_allclose(from_uint8, from_tensor, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fold", "message"),
+    [
+        (lambda run: (run / "config.json").unlink(), None, "not a trained run folder \\(no config.json\\)"),
+        (lambda run: (run / "fold_1" / "model.safetensors").unlink(), None, "fold_1/model.safetensors.*--no-save"),
+        (lambda run: (run / "fold_0" / "fold.json").unlink(), 0, "missing .*fold_0/fold.json"),
+        (lambda run: None, 5, "fold 5 does not exist \\(the run has folds 0..1\\)"),
+        (lambda run: (run / "config.json").write_text("{not json"), None, "config.json: unreadable"),
+    ],
+)
+def test_missing_or_broken_runs_are_named(
+    run_dir: Path, tmp_path: Path, damage, fold: int | None, message: str
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    damage(copy)
+    with pytest.raises(CacxrError, match=message):
+        load_run(copy, fold=fold)
+
+
+def test_images_of_another_size_are_refused(run_dir: Path) -> None:
+    loaded = load_run(run_dir, fold=0)
+    with pytest.raises(CacxrError, match=f"expected uint8 images \\(N, {IMAGE_SIZE}, {IMAGE_SIZE}\\)"):
+        loaded.score(np.zeros((2, 32, 32), dtype=np.uint8))
+    with pytest.raises(CacxrError, match="expected normalised images"):
+        loaded.score(torch.zeros((2, IMAGE_SIZE, IMAGE_SIZE)))  # no channel axis
