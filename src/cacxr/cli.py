@@ -69,5 +69,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cacxr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cacxr {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
+        print(f"cacxr {args.command}: interrupted (rerun the same command with --resume to continue)", file=sys.stderr)
         return 130

@@ -114,7 +114,6 @@ def run_demo(
         batchsize=settings.batchsize,
         seed=settings.seed,
         resume=run_dir.is_dir() and any(run_dir.iterdir()),
-        device="cpu",
         num_threads=num_threads,
         progress=progress,
     )

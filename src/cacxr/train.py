@@ -28,6 +28,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from cacxr.config import TrainConfig, resolve_device
 from cacxr.errors import CacxrError
 from cacxr.manifest import ManifestRow, manifest_hash, read_manifest
 from cacxr.splits import make_folds
+from cacxr.store import ImageStore
 from cacxr.training import runfiles
 from cacxr.training.loop import CHECKPOINT, build_fold_model, train_fold
 
@@ -72,8 +74,7 @@ def train_run(config: TrainConfig) -> dict[str, Any]:
         raise CacxrError("the data (a DICOM folder or a manifest.csv) is required")
     run_dir = Path(cfg.out)
     previous = _check_run_folder(run_dir, cfg)
-    with _torch_settings(cfg.num_threads):
-        return _train(cfg, run_dir, previous)
+    return _train(cfg, run_dir, previous)
 
 
 def merge_folds(run_dir: str | Path) -> dict[str, Any]:
@@ -152,10 +153,81 @@ def default_store_dir(cfg: TrainConfig, run_dir: Path) -> Path:
 
 def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
     from cacxr.features import FeatureCache
-    from cacxr.store import build_store
     from cacxr.weights import save_model
 
     device = resolve_device(cfg.device)
+    data = _prepare_data(cfg, run_dir, previous)
+    folds = make_folds(data.ids, data.labels, cfg.kfold, cfg.seed, cfg.val_fraction)
+    template = build_fold_model(cfg)  # every fold starts from these weights
+    use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
+    feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
+    write_json(run_dir / CONFIG_FILE, _config_record(cfg, run_dir, data, feature_dir, use_cache))
+    runfiles.write_folds_csv(run_dir / "folds.csv", folds)
+
+    chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
+    pending = [k for k in chosen if not runfiles.fold_done(run_dir, k)]
+    for k in sorted(set(chosen) - set(pending)):
+        logger.info("fold %d already finished; kept", k)
+    with _torch_settings(cfg.num_threads, device):
+        features = None
+        if pending and use_cache:
+            needed = sorted({pid for k in pending for pid in (*folds[k].train, *folds[k].val, *folds[k].test)})
+            features = FeatureCache.build(
+                template, data.store, needed, feature_dir, device=device, progress=cfg.progress
+            )
+        del template
+        for k in pending:
+            directory = runfiles.fold_dir(run_dir, k)
+            directory.mkdir(parents=True, exist_ok=True)
+            result = train_fold(cfg, folds[k], data.cac, data.store, directory, device, features, cfg.progress)
+            if cfg.save:
+                save_model(result.model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
+            runfiles.write_fold_files(
+                directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac, cfg.threshold,
+                cfg.viz,
+            )  # fmt: skip
+            (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
+            logger.info(
+                "fold %d: best epoch %d of %d, test %s", k, result.record["best_epoch"],
+                result.record["epochs_run"], _summary(result.record["test_metrics"]),
+            )  # fmt: skip
+
+    done = [k for k in range(cfg.kfold) if runfiles.fold_done(run_dir, k)]
+    if len(done) == cfg.kfold:
+        return merge_folds(run_dir)
+    return {
+        "task": cfg.task,
+        "complete": False,
+        "folds_done": done,
+        "folds_missing": [k for k in range(cfg.kfold) if k not in done],
+        "folds": [{"fold": k, **runfiles.read_fold_record(run_dir, k)["test_metrics"]} for k in done],
+    }
+
+
+@dataclass
+class _Data:
+    """The patients a run trains on, with the manifest and the image store they come from."""
+
+    manifest: Path
+    sha256: str
+    store: ImageStore
+    cac: dict[str, float]  # patient id -> true CAC, for every usable patient
+    n_not_stored: int
+    threshold: float
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.cac)
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(c > self.threshold) for c in self.cac.values()]
+
+
+def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> _Data:
+    """Ingest (for a data folder), check the data is the run's, build or open the store."""
+    from cacxr.store import build_store
+
     manifest = _manifest(cfg, run_dir)
     sha = manifest_hash(manifest)
     if previous is not None and previous.get("manifest_sha256") != sha:
@@ -172,67 +244,28 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> 
     if not usable:
         raise CacxrError(f"{manifest}: no image could be preprocessed (see the warnings above)")
     cac = {row.patient_id: float(row.cac_score) for row in usable}
-    ids = list(cac)
-    labels = [int(cac[i] > cfg.threshold) for i in ids]
-    folds = make_folds(ids, labels, cfg.kfold, cfg.seed, cfg.val_fraction)
+    return _Data(manifest, sha, store, cac, len(rows) - len(usable), cfg.threshold)
 
-    template = build_fold_model(cfg)
-    use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
-    feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else store.root / "features"
-    record = {
+
+def _config_record(cfg: TrainConfig, run_dir: Path, data: _Data, feature_dir: Path, use_cache: bool) -> dict:
+    """config.json: the settings (paths made absolute), versions, the data's identity and size."""
+    return {
         **cfg.to_dict(settings_only=True),
         "data": str(Path(cfg.data).resolve()),
         "out": str(run_dir.resolve()),
-        "store": str(store.root.resolve()),
+        "store": str(data.store.root.resolve()),
         "feature_cache_dir": str(feature_dir.resolve()),
         "cacxr_version": __version__,
         "torch_version": torch.__version__,
-        "manifest": str(manifest.resolve()),
-        "manifest_sha256": sha,
-        "store_profile": store.profile,
-        "store_profile_version": store.profile_version,
-        "store_image_size": store.image_size,
-        "n_patients": len(ids),
-        "n_positive": int(sum(labels)),
-        "n_not_stored": len(rows) - len(usable),
+        "manifest": str(data.manifest.resolve()),
+        "manifest_sha256": data.sha256,
+        "store_profile": data.store.profile,
+        "store_profile_version": data.store.profile_version,
+        "store_image_size": data.store.image_size,
+        "n_patients": len(data.cac),
+        "n_positive": int(sum(data.labels)),
+        "n_not_stored": data.n_not_stored,
         "feature_cache_used": use_cache,
-    }
-    write_json(run_dir / CONFIG_FILE, record)
-    runfiles.write_folds_csv(run_dir / "folds.csv", folds)
-
-    chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
-    pending = [k for k in chosen if not runfiles.fold_done(run_dir, k)]
-    for k in sorted(set(chosen) - set(pending)):
-        logger.info("fold %d already finished; kept", k)
-    features = None
-    if pending and use_cache:
-        needed = sorted({pid for k in pending for pid in (*folds[k].train, *folds[k].val, *folds[k].test)})
-        features = FeatureCache.build(template, store, needed, feature_dir, device=device, progress=cfg.progress)
-    del template
-    for k in pending:
-        directory = runfiles.fold_dir(run_dir, k)
-        directory.mkdir(parents=True, exist_ok=True)
-        result, model = train_fold(cfg, folds[k], cac, store, directory, device, features, cfg.progress)
-        if cfg.save:
-            save_model(model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
-        runfiles.write_fold_files(
-            directory, cfg.task, result.record, result.test_ids, result.test_scores, cac, cfg.threshold, cfg.viz
-        )
-        (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
-        logger.info(
-            "fold %d: best epoch %d of %d, test %s", k, result.record["best_epoch"], result.record["epochs_run"],
-            _summary(result.record["test_metrics"]),
-        )
-
-    done = [k for k in range(cfg.kfold) if runfiles.fold_done(run_dir, k)]
-    if len(done) == cfg.kfold:
-        return merge_folds(run_dir)
-    return {
-        "task": cfg.task,
-        "complete": False,
-        "folds_done": done,
-        "folds_missing": [k for k in range(cfg.kfold) if k not in done],
-        "folds": [{"fold": k, **runfiles.read_fold_record(run_dir, k)["test_metrics"]} for k in done],
     }
 
 
@@ -340,20 +373,26 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _torch_settings(num_threads: int | None) -> Iterator[None]:
-    """Thread count and deterministic kernels for the run, restored afterwards."""
+def _torch_settings(num_threads: int | None, device: torch.device) -> Iterator[None]:
+    """Thread count and deterministic kernels while the folds train, restored afterwards.
+
+    On the CPU every kernel used here has a deterministic version, so asking for them costs nothing and
+    the same seed gives the same numbers. On CUDA only cuDNN's deterministic convolutions are asked for
+    (some backward kernels, e.g. adaptive pooling, have no deterministic version): GPU runs may differ in
+    the last digits.
+    """
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    benchmark = torch.backends.cudnn.benchmark
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     if num_threads:
         torch.set_num_threads(int(num_threads))
-    # warn_only: an op without a deterministic kernel warns instead of failing the run.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cudnn.benchmark = benchmark
-
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn

@@ -82,11 +82,12 @@ def build_fold_model(cfg: TrainConfig) -> CACNet:
 
 @dataclass
 class FoldResult:
-    """What a finished fold hands to the run: its record (fold.json) and its test predictions."""
+    """A finished fold: its record (fold.json), its test predictions and the selected model."""
 
     record: dict[str, Any]
     test_ids: list[str]
     test_scores: np.ndarray
+    model: CACNet  # the selected epoch's weights, in eval mode
 
 
 class _Task:
@@ -181,7 +182,7 @@ def train_fold(
     device: torch.device,
     features: FeatureCache | None = None,
     progress: bool = True,
-) -> tuple[FoldResult, CACNet]:
+) -> FoldResult:
     """Train one fold, resuming from ``fold_dir/checkpoint.pt`` when it exists.
 
     Args:
@@ -195,50 +196,107 @@ def train_fold(
         progress: show a progress bar over the epochs.
 
     Returns:
-        The fold's result and the model with the selected epoch's weights (in eval mode, on ``device``).
+        The fold's record, its test scores and the model with the selected epoch's weights (on ``device``).
+
+    Raises:
+        CacxrError: a checkpoint that belongs to other settings.
     """
     started = time.perf_counter()
-    train_ids, val_ids, test_ids = list(fold.train), list(fold.val), list(fold.test)
-    task = _Task(cfg, cac, train_ids)
+    ids = {"train": list(fold.train), "val": list(fold.val), "test": list(fold.test)}
+    task = _Task(cfg, cac, ids["train"])
     augment = Augment(seed=fold_seed(cfg.seed, fold.index, 1)) if cfg.augment else None
     inputs = _Inputs(store, features, augment)
     model = build_fold_model(cfg).to(device)
+    torch.manual_seed(fold_seed(cfg.seed, fold.index))
+    state = _fit(cfg, fold.index, model, inputs, task, ids, fold_dir / CHECKPOINT, device, progress)
+
+    model.load_state_dict(state.best_model)
+    model.eval()
     forward = inputs.forward(model)
+    if cfg.task == "classification":
+        val_out, _ = _predict(model, forward, inputs.dataset(ids["val"], task.targets(ids["val"]), False), task, device)
+        decision_threshold = choose_threshold(task.labels(ids["val"]), task.scores(val_out))
+    else:
+        # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
+        decision_threshold = float(cfg.threshold) + 0.5
+    # The test patients are scored once, with the selected weights and threshold.
+    test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device)
+    test_scores = task.scores(test_out)
+    if cfg.task == "classification":
+        test_metrics = classification_metrics(task.labels(ids["test"]), test_scores, decision_threshold)
+    else:
+        test_cac = np.array([cac[i] for i in ids["test"]])
+        test_metrics = regression_metrics(test_cac, test_scores, cfg.threshold, decision_threshold)
+    record = {
+        "fold": fold.index,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.epoch < cfg.epochs,
+        "selection": _SELECTION[cfg.task],
+        "decision_threshold": float(decision_threshold),
+        "target_mean": task.mean if cfg.task == "regression" else None,
+        "target_std": task.std if cfg.task == "regression" else None,
+        "n": {role: len(members) for role, members in ids.items()},
+        "n_positive": {role: int(task.labels(members).sum()) for role, members in ids.items()},
+        "feature_cache": features is not None,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 2),
+        "test_metrics": test_metrics,
+        "history": state.history,
+    }
+    return FoldResult(record, ids["test"], test_scores, model)
+
+
+_SELECTION = {
+    "classification": "validation AUC, then validation loss",
+    "regression": "validation MAE of log CAC",
+}
+
+
+def _optimiser(
+    cfg: TrainConfig, model: CACNet
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The seed's recipe: AdamW (classification) or SGD with momentum (regression), MultiStepLR."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.task == "classification":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
 
-    train_set = inputs.dataset(train_ids, task.targets(train_ids), train=True)
-    val_set = inputs.dataset(val_ids, task.targets(val_ids), train=False)
-    torch.manual_seed(fold_seed(cfg.seed, fold.index))
+
+def _fit(
+    cfg: TrainConfig,
+    fold: int,
+    model: CACNet,
+    inputs: _Inputs,
+    task: _Task,
+    ids: dict[str, list[str]],
+    checkpoint: Path,
+    device: torch.device,
+    progress: bool,
+) -> _State:
+    """The epochs of a fold (from its checkpoint when there is one), keeping the best by validation."""
+    optimizer, scheduler = _optimiser(cfg, model)
+    forward = inputs.forward(model)
+    train_set = inputs.dataset(ids["train"], task.targets(ids["train"]), train=True)
+    val_set = inputs.dataset(ids["val"], task.targets(ids["val"]), train=False)
     state = _State(history=[], best_epoch=0, best_key=(-math.inf, -math.inf), best_model=None, epoch=0)
-    checkpoint = fold_dir / CHECKPOINT
     if checkpoint.is_file():
         state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device) or state
-
-    bar = tqdm(
-        total=cfg.epochs, initial=state.epoch, desc=f"fold {fold.index}", unit="epoch", disable=not progress
-    )
+    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc=f"fold {fold}", unit="epoch", disable=not progress)
     with bar:
         while state.epoch < cfg.epochs and not _patience_over(cfg, state):
             epoch = state.epoch + 1
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)  # the epoch's augmentations
-            train_loss = _train_epoch(model, forward, train_set, task, optimizer, cfg, fold.index, epoch, device)
+            train_loss = _train_epoch(model, forward, train_set, task, optimizer, cfg, fold, epoch, device)
             scheduler.step()
             val_out, val_loss = _predict(model, forward, val_set, task, device)
-            metric = task.val_metric(val_ids, val_out)
+            metric = task.val_metric(ids["val"], val_out)
+            lr = optimizer.param_groups[0]["lr"]
             state.history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_metric": metric,
-                    "lr": optimizer.param_groups[0]["lr"],
-                }
+                {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": metric, "lr": lr}
             )
             key = task.selection_key(val_loss, metric)
             if state.best_model is None or key > state.best_key:
@@ -248,45 +306,7 @@ def train_fold(
             _save_checkpoint(checkpoint, state, model, optimizer, scheduler)
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.3f}", val=_fmt(metric), best=state.best_epoch)
-
-    model.load_state_dict(state.best_model)
-    model.eval()
-    val_out, _ = _predict(model, forward, val_set, task, device)
-    if cfg.task == "classification":
-        decision_threshold = choose_threshold(task.labels(val_ids), task.scores(val_out))
-    else:
-        # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
-        decision_threshold = float(cfg.threshold) + 0.5
-    test_set = inputs.dataset(test_ids, task.targets(test_ids), train=False)
-    test_out, _ = _predict(model, forward, test_set, task, device)
-    test_scores = task.scores(test_out)
-    test_cac = np.array([cac[i] for i in test_ids])
-    if cfg.task == "classification":
-        test_metrics = classification_metrics(task.labels(test_ids), test_scores, decision_threshold)
-    else:
-        test_metrics = regression_metrics(test_cac, test_scores, cfg.threshold, decision_threshold)
-    record = {
-        "fold": fold.index,
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "stopped_early": state.epoch < cfg.epochs,
-        "selection": "validation AUC, then validation loss"
-        if cfg.task == "classification"
-        else "validation MAE of log CAC",
-        "decision_threshold": float(decision_threshold),
-        "target_mean": task.mean if cfg.task == "regression" else None,
-        "target_std": task.std if cfg.task == "regression" else None,
-        "n": {"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
-        "n_positive": {
-            role: int(task.labels(ids).sum()) for role, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids))
-        },
-        "feature_cache": features is not None,
-        "device": str(device),
-        "seconds": round(time.perf_counter() - started, 2),
-        "test_metrics": test_metrics,
-        "history": state.history,
-    }
-    return FoldResult(record, test_ids, test_scores), model
+    return state
 
 
 @dataclass
@@ -376,7 +396,7 @@ def _save_checkpoint(
         "best_key": list(state.best_key),
         "history": state.history,
         "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -407,7 +427,7 @@ def _load_checkpoint(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng_torch"])
-        if payload["rng_cuda"] and torch.cuda.is_available():
+        if payload["rng_cuda"] and torch.cuda.is_initialized():
             torch.cuda.set_rng_state_all(payload["rng_cuda"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CacxrError(
