@@ -24,7 +24,9 @@ LOSSES = ("mae", "mse")
 
 # How a job runs rather than what it computes: not recorded in config.json, so that every
 # `--fold K` job of a run writes the same file, and free to differ when a run is resumed.
-EXECUTION_FIELDS = ("fold", "resume", "progress", "workers", "num_threads", "device")
+EXECUTION_FIELDS = (
+    "fold", "resume", "progress", "workers", "num_threads", "device", "amp", "channels_last", "compile",
+)
 
 # Settings that locate files rather than define the run: they may change between a run and its resume
 # (a moved data folder or cache); the manifest's hash guards the data itself.
@@ -74,6 +76,11 @@ class TrainConfig:
             20,35 (classification) or 20,40,60 (regression).
         gamma: learning-rate decay factor.
         patience: stop a fold after this many epochs without a better validation score (``None``: never).
+        clinical: clinical covariates fed to the head beside the image features: ``[]``, ``["age"]``,
+            ``["sex"]`` or ``["age", "sex"]`` (a string ``"age,sex"`` is accepted; see cacxr.clinical).
+        amp: mixed precision on CUDA; ``None``: automatic (cacxr.accel); the CPU always stays float32.
+        channels_last: channels-last memory format on CUDA; ``None``: automatic.
+        compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
     """
 
     task: str = "classification"
@@ -110,6 +117,10 @@ class TrainConfig:
     milestones: list[int] | None = field(default=None)
     gamma: float = 0.1
     patience: int | None = None
+    clinical: list[str] = field(default_factory=list)
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -128,6 +139,9 @@ class TrainConfig:
             cfg.milestones = list(_DEFAULT_MILESTONES[cfg.task])
         cfg.milestones = sorted(int(m) for m in cfg.milestones)
         cfg.weights = "none" if _is_none(cfg.weights) else str(cfg.weights)
+        from cacxr.clinical import parse_clinical
+
+        cfg.clinical = parse_clinical(cfg.clinical)
         cfg._validate()
         return cfg
 

@@ -47,6 +47,7 @@ __all__ = [
     "score_module",
     "load_input",
     "image_warnings",
+    "clinical_values",
     "write_predictions_csv",
     "format_table",
 ]
@@ -177,18 +178,45 @@ def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray
         ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
         error ("" when the image is usable).
     """
+    image, _, notes, error = _prepare(run, path)
+    return image, notes, error
+
+
+def _prepare(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
+    """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs)."""
     from cacxr.imaging import read_image
     from cacxr.preprocess import preprocess_image
 
     try:
         result = read_image(path)
         if not result.ok or result.image is None:
-            return None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
+            return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         image = preprocess_image(result.image, run.profile, run.image_size)
     except Exception as exc:  # a batch goes on whatever one file does; the reason is kept in the row
         logger.debug("cannot prepare %s", path, exc_info=True)
-        return None, [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
-    return image, image_warnings(result.meta), ""
+        return None, None, [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
+    return image, result.meta, image_warnings(result.meta), ""
+
+
+def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[str]]:
+    """The ``(age, sex)`` of an image for a ``--clinical`` run, from its header, and notes on unknowns.
+
+    Args:
+        run: the loaded run.
+        meta: the image's ``cacxr.imaging.ImageMeta`` (PatientAge, PatientSex), or None (PNG/JPEG, upload).
+
+    Returns:
+        ``((age or NaN, sex or ""), notes)``; the notes are empty for image-only runs or known values.
+    """
+    age = float(meta.age) if meta is not None and meta.age is not None else math.nan
+    sex = (meta.sex or "") if meta is not None else ""
+    features = run.clinical_features
+    notes = []
+    if "age" in features and not math.isfinite(age):
+        notes.append("age unknown: the training median age was used")
+    if "sex" in features and sex not in ("M", "F"):
+        notes.append("sex unknown: encoded as unknown")
+    return (age, sex), notes
 
 
 def _fill(run: LoadedRun, row: PredictionRow, score: float) -> None:
@@ -230,30 +258,36 @@ def score_paths(
     with tqdm(total=len(todo), unit="image", desc="predict", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             ready: list[tuple[PredictionRow, np.ndarray]] = []
+            covariates: list[tuple[float, str]] = []
             for row in todo[start : start + batch_size]:
-                image, notes, error = load_input(run, row.input)
-                row.warning, row.error = "; ".join(notes), error
+                image, meta, notes, error = _prepare(run, row.input)
                 if image is not None:
+                    values, unknown = clinical_values(run, meta)
+                    notes = [*notes, *unknown]
+                    covariates.append(values)
                     ready.append((row, image))
+                row.warning, row.error = "; ".join(notes), error
                 bar.update()
             if ready:
-                scores = np.asarray(run.score(np.stack([image for _, image in ready])), dtype=float)
+                batch = np.stack([image for _, image in ready])
+                scores = np.asarray(run.score(batch, clinical=covariates), dtype=float)
                 for (row, _), score in zip(ready, scores.reshape(-1), strict=True):
                     _fill(run, row, float(score))
     return rows
 
 
-def score_image(run: LoadedRun, image: np.ndarray) -> dict[str, Any]:
+def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
     """Score one decoded radiograph (float32 [0, 1], bone bright, as ``imaging.read_image`` gives).
 
     Args:
         run: the loaded run.
         image: a 2-D float array in [0, 1].
+        meta: the image's ``ImageMeta`` (age and sex for a ``--clinical`` run; None: unknown).
 
     Returns:
         ``{"task", "threshold", "decision_threshold", "probability", "label", "predicted_cac",
         "agatston_band"}`` (``probability`` for classification runs, the last two for regression runs,
-        the others ``None``/"").
+        the others ``None``/""); a ``--clinical`` run adds ``warning`` (unknown age or sex, "" when none).
 
     Raises:
         CacxrError: ``image`` is not a 2-D array.
@@ -265,8 +299,11 @@ def score_image(run: LoadedRun, image: np.ndarray) -> dict[str, Any]:
         raise CacxrError(f"expected a 2-D grey image, got an array of shape {array.shape}")
     prepared = preprocess_image(array.astype(np.float32, copy=False), run.profile, run.image_size)
     row = PredictionRow(input="")
-    _fill(run, row, float(np.asarray(run.score(prepared[None]), dtype=float).reshape(-1)[0]))
+    values, notes = clinical_values(run, meta)
+    _fill(run, row, float(np.asarray(run.score(prepared[None], clinical=[values]), dtype=float).reshape(-1)[0]))
+    extra = {"warning": "; ".join(notes)} if run.clinical_features else {}
     return {
+        **extra,
         "task": run.task,
         "threshold": float(run.threshold),
         "decision_threshold": float(run.decision_threshold),
@@ -284,16 +321,33 @@ class _EnsembleScore(torch.nn.Module):
     predicted log-CAC (each model's standardised output mapped back with its fold's target mean/std).
     """
 
-    def __init__(self, models: list[torch.nn.Module], task: str, target_stats: list[tuple[float, float]]):
+    def __init__(
+        self,
+        models: list[torch.nn.Module],
+        task: str,
+        target_stats: list[tuple[float, float]],
+        covariates: Sequence[torch.Tensor | None] = (),
+    ):
         super().__init__()
         self.models = torch.nn.ModuleList(models)
         self.task = task
+        # --clinical runs: each model's encoded (1, k) covariates, fixed for every image of the batch.
+        self.covariate_names: list[str | None] = []
+        for index, value in enumerate(covariates or [None] * len(models)):
+            name = None if value is None else f"covariates_{index}"
+            if name is not None:
+                self.register_buffer(name, value.float())
+            self.covariate_names.append(name)
         self.register_buffer("target_mean", torch.tensor([m for m, _ in target_stats], dtype=torch.float32))
         self.register_buffer("target_std", torch.tensor([s for _, s in target_stats], dtype=torch.float32))
 
     def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """The score of one model (probability or log-CAC), shape (N,)."""
-        out = self.models[index](x)
+        name = self.covariate_names[index]
+        if name is None:
+            out = self.models[index](x)
+        else:
+            out = self.models[index](x, self.get_buffer(name).expand(x.shape[0], -1))
         if self.task == "regression":
             return out[:, 0] * self.target_std[index] + self.target_mean[index]
         return torch.softmax(out, dim=1)[:, 1]
@@ -302,7 +356,7 @@ class _EnsembleScore(torch.nn.Module):
         return torch.stack([self.member(i, x) for i in range(len(self.models))]).mean(dim=0)
 
 
-def score_module(run: LoadedRun) -> torch.nn.Module:
+def score_module(run: LoadedRun, clinical: tuple[float | None, str | None] | None = None) -> torch.nn.Module:
     """The run's score as one ``torch.nn.Module`` (for attributions and export).
 
     It takes a normalised float batch (N, 1, S, S) (``preprocess.normalise`` of the uint8 images) and
@@ -311,12 +365,15 @@ def score_module(run: LoadedRun) -> torch.nn.Module:
 
     Args:
         run: the loaded run.
+        clinical: ``(age, sex)`` held fixed for a ``--clinical`` run (None: the training median age and
+            the unknown sex level); ignored by image-only runs.
 
     Returns:
         A module in eval mode sharing the run's model weights.
     """
     stats = [_target_stats(run, fold) for fold, _ in run.models]
-    module = _EnsembleScore([model for _, model in run.models], run.task, stats)
+    covariates = [run.clinical_inputs(fold, [clinical or (None, None)], 1) for fold, _ in run.models]
+    module = _EnsembleScore([model for _, model in run.models], run.task, stats, covariates)
     return module.eval()
 
 

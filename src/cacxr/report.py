@@ -152,6 +152,7 @@ def render_report(
         _metrics_table(_BINARY_COLUMNS, pooled, folds, metrics, with_ci=True),
         _thresholds_sentence(task, threshold, folds),
         _comparison(metrics.get("comparison")),
+        _baseline_note(metrics.get("clinical_baseline")),
     ]
     if task == "regression":
         parts += [
@@ -313,6 +314,26 @@ def _comparison(comparison: Any) -> str:
         f"{_e(_fmt(comparison.get('auc_a')))} vs {_e(_fmt(comparison.get('auc_b')))}, difference "
         f"{_e(_fmt(comparison.get('diff')))} (95 % CI {_e(_fmt(ci[0]))} – {_e(_fmt(ci[1]))}), "
         f"p = {_e(_fmt(comparison.get('p_value'), digits=4))}.</p>"
+    )
+
+
+def _baseline_note(baseline: Any) -> str:
+    """The clinical baseline's paired DeLong test against the image model, or why it was skipped."""
+    if not isinstance(baseline, dict):
+        return ""
+    if baseline.get("skipped"):
+        return f'<p class="note">Clinical baseline (age + sex) not computed: {_e(str(baseline.get("note", "")))}.</p>'
+    test = baseline.get("delong_test")
+    if not isinstance(test, dict) or test.get("skipped"):
+        return ""
+    ci = test.get("ci") or [None, None]
+    return (
+        "<p>Image model vs clinical baseline on the same patients (paired DeLong): AUC "
+        f"{_e(_fmt(test.get('auc_a')))} vs {_e(_fmt(test.get('auc_b')))}, difference "
+        f"{_e(_fmt(test.get('diff')))} (95 % CI {_e(_fmt(ci[0]))} – {_e(_fmt(ci[1]))}), "
+        f"p = {_e(_fmt(test.get('p_value'), digits=4))}. The baseline is a logistic regression on age and sex "
+        f"fitted on each fold's training patients ({_e(str(baseline.get('n_known', '?')))} of "
+        f"{_e(str(baseline.get('n', '?')))} patients with both known).</p>"
     )
 
 

@@ -11,15 +11,21 @@ patients:
 The decision threshold of the ensemble is the mean of the folds' thresholds, each chosen on its fold's
 validation patients (regression: every fold uses the user's threshold + 0.5, i.e. the predicted score
 rounded to an integer Agatston score is above the threshold). A score is positive when it is >= that.
+
+When the run has a final model (``RUN/final/``, written by ``cacxr fit-final`` or ``cacxr train --final``:
+one model trained on every patient, see :mod:`cacxr.final`), ``load_run`` uses it by default, with the
+decision threshold recorded in final.json; ``fold="ensemble"`` still loads the fold models and ``fold=K``
+one fold. The final model appears in ``LoadedRun.models`` and ``folds`` under the key :data:`FINAL_FOLD`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +34,13 @@ from cacxr.config import TrainConfig, resolve_device
 from cacxr.errors import CacxrError
 from cacxr.models import CACNet
 
-__all__ = ["LoadedRun", "load_run"]
+if TYPE_CHECKING:
+    from cacxr.clinical import ClinicalEncoder
+
+__all__ = ["LoadedRun", "load_run", "FINAL_FOLD"]
+
+# Key of the final model (trained on every patient) in ``LoadedRun.models`` and ``LoadedRun.folds``.
+FINAL_FOLD = -1
 
 
 @dataclass
@@ -38,8 +50,8 @@ class LoadedRun:
     Attributes:
         run_dir: the run folder.
         config: the run's settings.
-        models: ``(fold, model in eval mode)`` pairs.
-        folds: fold -> its fold.json record.
+        models: ``(fold, model in eval mode)`` pairs (``FINAL_FOLD`` for the final model).
+        folds: fold -> its fold.json record (the final model: its final.json).
         device: where the models run.
         batch_size: images per forward pass in :meth:`score`.
     """
@@ -50,6 +62,11 @@ class LoadedRun:
     folds: dict[int, dict[str, Any]]
     device: torch.device
     batch_size: int = 16
+
+    @property
+    def is_final(self) -> bool:
+        """True when the final model (trained on every patient) is loaded rather than fold models."""
+        return [k for k, _ in self.models] == [FINAL_FOLD]
 
     @property
     def task(self) -> str:
@@ -83,13 +100,41 @@ class LoadedRun:
         """Mean of the loaded folds' decision thresholds (chosen on validation patients)."""
         return float(np.mean([self.folds[k]["decision_threshold"] for k, _ in self.models]))
 
-    def score(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    @property
+    def clinical_features(self) -> list[str]:
+        """The clinical covariates the models take (``--clinical``; empty for image-only runs)."""
+        return list(self.config.clinical or [])
+
+    def clinical_encoder(self, fold: int) -> ClinicalEncoder | None:
+        """The covariate encoder of ``fold`` (its training statistics), None for an image-only run.
+
+        Raises:
+            CacxrError: a model that takes covariates but whose record has no encoder.
+        """
+        from cacxr.clinical import ClinicalEncoder
+
+        record = self.folds[fold].get("clinical_encoder")
+        if record:
+            return ClinicalEncoder.from_dict(record)
+        if any(k == fold and model.n_clinical for k, model in self.models):
+            raise CacxrError(f"{self.run_dir}: the model of fold {fold} takes clinical covariates but its record "
+                             "has no clinical_encoder")
+        return None
+
+    def score(
+        self,
+        images: np.ndarray | torch.Tensor,
+        clinical: Sequence[tuple[float | None, str | None]] | None = None,
+    ) -> np.ndarray:
         """Scores of preprocessed images.
 
         Args:
             images: uint8 array (N, S, S) (or one (S, S) image) from the image store or
                 ``preprocess.preprocess_image``; or a float tensor (N, 1, S, S) already normalised
                 (``preprocess.normalise``).
+            clinical: ``(age, sex)`` per image for a run trained with ``--clinical`` (e.g. the DICOM
+                header's PatientAge/PatientSex); None, or NaN/"" values, use each fold's training median
+                age and the unknown sex level. Ignored by image-only runs.
 
         Returns:
             float64 array (N,): probability of CAC > threshold, or predicted CAC (regression).
@@ -118,8 +163,12 @@ class LoadedRun:
         per_model = []
         with torch.inference_mode():
             for fold, model in self.models:
+                covariates = self.clinical_inputs(fold, clinical, len(batch))
                 outs = [
-                    model(batch[i : i + self.batch_size].to(self.device)).float().cpu()
+                    model(
+                        batch[i : i + self.batch_size].to(self.device),
+                        *(() if covariates is None else (covariates[i : i + self.batch_size].to(self.device),)),
+                    ).float().cpu()
                     for i in range(0, len(batch), self.batch_size)
                 ]
                 out = torch.cat(outs) if outs else torch.empty((0, model.n_outputs))
@@ -131,19 +180,41 @@ class LoadedRun:
         mean_score = np.mean(per_model, axis=0)
         return target_to_cac(mean_score) if self.task == "regression" else mean_score
 
+    def clinical_inputs(
+        self, fold: int, clinical: Sequence[tuple[float | None, str | None]] | None, n: int
+    ) -> torch.Tensor | None:
+        """The encoded covariates of ``n`` images for ``fold``'s model (None for an image-only run).
+
+        Args:
+            fold: a loaded fold.
+            clinical: ``(age, sex)`` per image, or None (all unknown: training median age, unknown sex).
+            n: number of images.
+
+        Raises:
+            CacxrError: ``clinical`` of another length.
+        """
+        encoder = self.clinical_encoder(fold)
+        if encoder is None:
+            return None
+        values = list(clinical) if clinical is not None else [(None, None)] * n
+        if len(values) != n:
+            raise CacxrError(f"{len(values)} clinical (age, sex) pairs for {n} images")
+        return torch.from_numpy(encoder.transform([a for a, _ in values], [s for _, s in values]))
+
     def predict_label(self, scores: np.ndarray) -> np.ndarray:
         """1 where a score is >= :attr:`decision_threshold`, else 0."""
         return (np.asarray(scores, dtype=np.float64) >= self.decision_threshold).astype(np.int64)
 
 
 def load_run(
-    run_dir: str | os.PathLike[str], fold: int | None = None, device: str = "cpu"
+    run_dir: str | os.PathLike[str], fold: int | str | None = None, device: str = "cpu"
 ) -> LoadedRun:
     """Load a trained run for inference.
 
     Args:
         run_dir: the run folder (``cacxr train --out``).
-        fold: load this fold's model only; ``None`` loads every fold (the ensemble).
+        fold: ``None``: the final model when the run has one (``RUN/final/``), else every fold (the
+            ensemble); ``"final"``: the final model; ``"ensemble"``: every fold; ``K``: fold K only.
         device: ``cpu``, ``cuda`` or ``auto``.
 
     Returns:
@@ -163,6 +234,23 @@ def load_run(
         raise CacxrError(f"{root}: not a trained run folder (no config.json)") from None
     except (OSError, ValueError, TypeError) as exc:
         raise CacxrError(f"{config_path}: unreadable ({exc})") from None
+    from cacxr.final import FINAL_DIR, FINAL_RECORD, has_final
+
+    if isinstance(fold, str) and fold.strip().lstrip("-").isdigit():
+        fold = int(fold)
+    if fold is None:
+        fold = "final" if has_final(root) else "ensemble"
+    if fold == "final":
+        if not has_final(root):
+            raise CacxrError(
+                f"{root}: no final model (no {FINAL_DIR}/{FINAL_RECORD} with its weights); "
+                f"train it with `cacxr fit-final {root}`, or use the fold ensemble"
+            )
+        return _load_final(root / FINAL_DIR, config, resolve_device(device))
+    if fold == "ensemble":
+        fold = None
+    elif not isinstance(fold, int):
+        raise CacxrError(f"fold must be a fold number, 'final' or 'ensemble' (got {fold!r})")
     if fold is not None and not 0 <= fold < config.kfold:
         raise CacxrError(f"{root}: fold {fold} does not exist (the run has folds 0..{config.kfold - 1})")
     wanted = [fold] if fold is not None else list(range(config.kfold))
@@ -188,3 +276,24 @@ def load_run(
             raise CacxrError(f"{directory / MODEL_FILE}: a {model.arch} model, but the run trained {config.arch}")
         models.append((k, model.to(target).eval()))
     return LoadedRun(run_dir=root, config=config, models=models, folds=records, device=target)
+
+
+def _load_final(directory: Path, config: TrainConfig, target: torch.device) -> LoadedRun:
+    """The final model of a run (``RUN/final/``) as a one-model run."""
+    from cacxr.final import FINAL_RECORD, MODEL_FILE
+    from cacxr.weights import load_saved_model
+
+    try:
+        record = json.loads((directory / FINAL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacxrError(f"{directory / FINAL_RECORD}: unreadable ({exc})") from None
+    model, _ = load_saved_model(directory / MODEL_FILE)
+    if model.arch != config.arch:
+        raise CacxrError(f"{directory / MODEL_FILE}: a {model.arch} model, but the run trained {config.arch}")
+    return LoadedRun(
+        run_dir=directory.parent,
+        config=config,
+        models=[(FINAL_FOLD, model.to(target).eval())],
+        folds={FINAL_FOLD: record},
+        device=target,
+    )

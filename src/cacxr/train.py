@@ -17,10 +17,14 @@ runs in the same folder share it; trunk features of a frozen trunk are cached in
 Jobs: ``config.fold = K`` trains one fold (several jobs may share one run folder); once every fold has
 finished, the last job (or ``merge_folds``) writes the run-level files. ``config.resume`` continues an
 interrupted run: finished folds are kept and an interrupted fold continues from its last epoch.
+
+Several processes: started by ``torchrun``, every process runs ``train_run`` and the folds train with
+DistributedDataParallel (:mod:`cacxr.distributed`); rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,6 +41,7 @@ import torch
 from cacxr import __version__
 from cacxr.atomic import write_json
 from cacxr.config import TrainConfig, resolve_device
+from cacxr.distributed import DistContext, session
 from cacxr.errors import CacxrError
 from cacxr.manifest import ManifestRow, manifest_hash, read_manifest
 from cacxr.splits import make_folds
@@ -73,8 +78,12 @@ def train_run(config: TrainConfig) -> dict[str, Any]:
     if not cfg.data:
         raise CacxrError("the data (a DICOM folder or a manifest.csv) is required")
     run_dir = Path(cfg.out)
-    previous = _check_run_folder(run_dir, cfg)
-    return _train(cfg, run_dir, previous)
+    with session(resolve_device(cfg.device)) as dist:  # torchrun: join the other processes
+        if not dist.is_main:
+            cfg = dataclasses.replace(cfg, progress=False)  # one set of progress bars, rank 0's
+        previous = _check_run_folder(run_dir, cfg)
+        dist.barrier()  # every process has checked the folder before rank 0 writes into it
+        return _train(cfg, run_dir, previous, dist)
 
 
 def merge_folds(run_dir: str | Path) -> dict[str, Any]:
@@ -89,6 +98,7 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     Raises:
         CacxrError: not a run folder, or folds not finished yet (all of them are listed).
     """
+    from cacxr.clinical import run_clinical_baseline
     from cacxr.metrics import build_metrics
     from cacxr.report import write_report
 
@@ -122,6 +132,8 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
             }
         )
     metrics = build_metrics(cfg.task, cfg.threshold, per_fold)
+    # The age + sex baseline on the same folds (skipped with a note when age/sex are mostly unknown).
+    metrics["clinical_baseline"] = run_clinical_baseline(run_dir, record, rows, cfg.threshold)
     thresholds = {k: float(fold["decision_threshold"]) for k, fold in folds.items()}
     runfiles.write_run_predictions(run_dir / runfiles.PREDICTIONS, cfg.task, rows, thresholds)
     if cfg.viz:
@@ -151,42 +163,50 @@ def default_store_dir(cfg: TrainConfig, run_dir: Path) -> Path:
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
-def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dist: DistContext) -> dict[str, Any]:
     from cacxr.features import FeatureCache
     from cacxr.weights import save_model
 
-    device = resolve_device(cfg.device)
-    data = _prepare_data(cfg, run_dir, previous)
+    device = dist.local_device(resolve_device(cfg.device))
+    with dist.main_first():  # ingest and image store: rank 0 builds them, then the others reuse them
+        data = _prepare_data(cfg, run_dir, previous)
     folds = make_folds(data.ids, data.labels, cfg.kfold, cfg.seed, cfg.val_fraction)
     template = build_fold_model(cfg)  # every fold starts from these weights
     use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
     feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
-    write_json(run_dir / CONFIG_FILE, _config_record(cfg, run_dir, data, feature_dir, use_cache))
-    runfiles.write_folds_csv(run_dir / "folds.csv", folds)
+    if dist.is_main:
+        write_json(run_dir / CONFIG_FILE, _config_record(cfg, run_dir, data, feature_dir, use_cache))
+        runfiles.write_folds_csv(run_dir / "folds.csv", folds)
 
     chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
-    pending = [k for k in chosen if not runfiles.fold_done(run_dir, k)]
+    pending = dist.broadcast([k for k in chosen if not runfiles.fold_done(run_dir, k)])
     for k in sorted(set(chosen) - set(pending)):
         logger.info("fold %d already finished; kept", k)
     with _torch_settings(cfg.num_threads, device):
         features = None
         if pending and use_cache:
             needed = sorted({pid for k in pending for pid in (*folds[k].train, *folds[k].val, *folds[k].test)})
-            features = FeatureCache.build(
-                template, data.store, needed, feature_dir, device=device, progress=cfg.progress
-            )
+            with dist.main_first():  # rank 0 computes the maps, the others then find them all cached
+                features = FeatureCache.build(
+                    template, data.store, needed, feature_dir, device=device, progress=cfg.progress
+                )
         del template
         for k in pending:
             directory = runfiles.fold_dir(run_dir, k)
             directory.mkdir(parents=True, exist_ok=True)
-            result = train_fold(cfg, folds[k], data.cac, data.store, directory, device, features, cfg.progress)
-            if cfg.save:
-                save_model(result.model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
-            runfiles.write_fold_files(
-                directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac, cfg.threshold,
-                cfg.viz,
-            )  # fmt: skip
-            (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
+            result = train_fold(
+                cfg, folds[k], data.cac, data.store, directory, device, features, cfg.progress, dist,
+                covariates=data.covariates,
+            )
+            if dist.is_main:
+                if cfg.save:
+                    save_model(result.model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
+                runfiles.write_fold_files(
+                    directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac,
+                    cfg.threshold, cfg.viz,
+                )  # fmt: skip
+                (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
+            dist.barrier()  # the fold's files are written before any process reads them
             logger.info(
                 "fold %d: best epoch %d of %d, test %s", k, result.record["best_epoch"],
                 result.record["epochs_run"], _summary(result.record["test_metrics"]),
@@ -194,7 +214,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> 
 
     done = [k for k in range(cfg.kfold) if runfiles.fold_done(run_dir, k)]
     if len(done) == cfg.kfold:
-        return merge_folds(run_dir)
+        return dist.broadcast(merge_folds(run_dir) if dist.is_main else None)
     return {
         "task": cfg.task,
         "complete": False,
@@ -214,6 +234,7 @@ class _Data:
     cac: dict[str, float]  # patient id -> true CAC, for every usable patient
     n_not_stored: int
     threshold: float
+    covariates: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)  # id -> (age, sex)
 
     @property
     def ids(self) -> list[str]:
@@ -244,7 +265,8 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | No
     if not usable:
         raise CacxrError(f"{manifest}: no image could be preprocessed (see the warnings above)")
     cac = {row.patient_id: float(row.cac_score) for row in usable}
-    return _Data(manifest, sha, store, cac, len(rows) - len(usable), cfg.threshold)
+    covariates = {row.patient_id: (float(row.age), row.sex) for row in usable}
+    return _Data(manifest, sha, store, cac, len(rows) - len(usable), cfg.threshold, covariates)
 
 
 def _config_record(cfg: TrainConfig, run_dir: Path, data: _Data, feature_dir: Path, use_cache: bool) -> dict:
@@ -363,6 +385,7 @@ def _model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
         "profile": cfg.profile,
         "image_size": cfg.image_size,
         "best_epoch": record["best_epoch"],
+        "clinical": ",".join(cfg.clinical),
     }
     return {k: "" if v is None else str(v) for k, v in values.items()}
 

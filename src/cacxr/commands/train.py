@@ -88,7 +88,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay (default {d.gamma})")
     parser.add_argument("--patience", type=int, metavar="N", help="stop a fold after N epochs without improvement")
+    parser.add_argument(
+        "--clinical",
+        type=_clinical_list,
+        default=[],
+        metavar="age,sex",
+        help="clinical covariates fed to the head beside the image features: age, sex or age,sex (default none)",
+    )
+    parser.add_argument("--amp", action=switch, help="mixed precision on CUDA (default: bf16/fp16 where fast)")
+    parser.add_argument("--channels-last", action=switch, help="channels-last tensors on CUDA (default: auto)")
+    parser.add_argument("--compile", action=switch, help="torch.compile the trained part on CUDA (default: auto)")
     parser.add_argument("--merge", action="store_true", help="merge the finished folds of RUN into the run's results")
+    parser.add_argument(
+        "--final",
+        action=switch,
+        default=False,
+        help="after cross-validation, train the final model on every patient into RUN/final (cacxr fit-final)",
+    )
     parser.add_argument("--progress", action=switch, default=d.progress, help="progress bars (default on)")
 
 
@@ -107,7 +123,17 @@ def run(args: argparse.Namespace) -> int:
             raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
         run_dir = args.out
         metrics = train_run(config_from_args(args))
+    from cacxr.distributed import launch_rank
+
+    if launch_rank() != 0:
+        return 0  # under torchrun, rank 0 reports (and fits the final model)
     print(summary(metrics, Path(run_dir)))
+    if args.final and metrics.get("complete", True):
+        from cacxr.commands.fit_final import summary as final_summary
+        from cacxr.final import fit_final
+
+        final = fit_final(run_dir, device=args.device, num_threads=args.num_threads, progress=args.progress)
+        print(final_summary(final, run_dir))
     return 0
 
 
@@ -142,6 +168,15 @@ def _ci(ci: Any) -> str:
     if not ci or None in ci:
         return "n/a"
     return f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+def _clinical_list(text: str) -> list[str]:
+    from cacxr.clinical import parse_clinical
+
+    try:
+        return parse_clinical(text)
+    except CacxrError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> list[int]:

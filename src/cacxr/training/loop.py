@@ -10,6 +10,11 @@ so a frozen trunk is the same function in all folds and its feature cache is sha
 of each epoch comes from a generator seeded by (seed, fold, epoch); the global torch generator (dropout,
 stochastic depth) is seeded per fold and saved in each checkpoint. A fold resumed from
 ``fold_<k>/checkpoint.pt`` therefore continues exactly where it stopped.
+
+Speed and scale: :mod:`cacxr.accel` chooses mixed precision, channels-last and ``torch.compile`` on CUDA
+(nothing changes on the CPU); with several processes (:mod:`cacxr.distributed`) the trained module runs in
+DistributedDataParallel, each step's batch is split between the processes, validation and test outputs are
+gathered, and rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from cacxr.accel import AccelPlan, choose_accel
 from cacxr.atomic import atomic_path
+from cacxr.clinical import ClinicalEncoder, clinical_width
 from cacxr.config import TrainConfig
 from cacxr.data import Augment, StoreDataset
+from cacxr.distributed import DistContext, ShardedBatchSampler, TailModule
 from cacxr.errors import CacxrError
 from cacxr.features import FeatureCache
 from cacxr.metrics import (
@@ -74,7 +82,7 @@ def build_fold_model(cfg: TrainConfig) -> CACNet:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, 2 if cfg.task == "classification" else 1)
+        model = build_model(cfg.arch, 2 if cfg.task == "classification" else 1, clinical_width(cfg.clinical))
     report = load_pretrained(model, cfg.weights)
     logger.info("%s: %s", cfg.arch, report.summary())
     return model.set_finetune(cfg.finetune)
@@ -145,8 +153,10 @@ class _Task:
 class _FeatureDataset(Dataset):
     """Cached trunk maps in place of images (same item layout as ``StoreDataset``)."""
 
-    def __init__(self, cache: FeatureCache, ids: list[str], targets: np.ndarray) -> None:
-        self.cache, self.ids, self.targets = cache, ids, targets
+    def __init__(
+        self, cache: FeatureCache, ids: list[str], targets: np.ndarray, clinical: np.ndarray | None = None
+    ) -> None:
+        self.cache, self.ids, self.targets, self.clinical = cache, ids, targets, clinical
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -155,19 +165,28 @@ class _FeatureDataset(Dataset):
         return {
             "image": self.cache.get([self.ids[index]])[0],
             "target": torch.tensor(self.targets[index], dtype=torch.float32),
+            **({} if self.clinical is None else {"clinical": torch.from_numpy(self.clinical[index].copy())}),
         }
 
 
 class _Inputs:
     """Datasets and the forward function of a fold: cached maps -> ``model.tail``, images -> ``model``."""
 
-    def __init__(self, store: ImageStore, features: FeatureCache | None, augment: Augment | None) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        features: FeatureCache | None,
+        augment: Augment | None,
+        clinical: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.store, self.features, self.augment = store, features, augment
+        self.clinical = clinical  # patient id -> encoded covariates (--clinical), or None
 
     def dataset(self, ids: list[str], targets: np.ndarray, train: bool) -> Dataset:
+        covariates = None if self.clinical is None else np.stack([self.clinical[i] for i in ids])
         if self.features is not None:
-            return _FeatureDataset(self.features, ids, targets)
-        return StoreDataset(self.store, ids, targets, augment=self.augment if train else None)
+            return _FeatureDataset(self.features, ids, targets, covariates)
+        return StoreDataset(self.store, ids, targets, augment=self.augment if train else None, clinical=covariates)
 
     def forward(self, model: CACNet) -> Callable[[torch.Tensor], torch.Tensor]:
         return model.tail if self.features is not None else model
@@ -182,6 +201,8 @@ def train_fold(
     device: torch.device,
     features: FeatureCache | None = None,
     progress: bool = True,
+    dist: DistContext | None = None,
+    covariates: dict[str, tuple[float, str]] | None = None,
 ) -> FoldResult:
     """Train one fold, resuming from ``fold_dir/checkpoint.pt`` when it exists.
 
@@ -194,6 +215,9 @@ def train_fold(
         device: where to train.
         features: the frozen trunk's cached maps (then only the tail trains), or None.
         progress: show a progress bar over the epochs.
+        dist: this process's place in a multi-process run (None: one process).
+        covariates: patient id -> (age, sex), needed with ``cfg.clinical``; encoded with statistics of
+            the fold's training patients (stored in fold.json as ``clinical_encoder``).
 
     Returns:
         The fold's record, its test scores and the model with the selected epoch's weights (on ``device``).
@@ -205,22 +229,30 @@ def train_fold(
     ids = {"train": list(fold.train), "val": list(fold.val), "test": list(fold.test)}
     task = _Task(cfg, cac, ids["train"])
     augment = Augment(seed=fold_seed(cfg.seed, fold.index, 1)) if cfg.augment else None
-    inputs = _Inputs(store, features, augment)
+    encoder = _fit_encoder(cfg, ids["train"], covariates)
+    clinical = None
+    if encoder is not None and covariates is not None:
+        every = [pid for members in ids.values() for pid in members]
+        values = [covariates.get(pid, (math.nan, "")) for pid in every]
+        encoded = encoder.transform([a for a, _ in values], [s for _, s in values])
+        clinical = dict(zip(every, encoded, strict=True))
+    inputs = _Inputs(store, features, augment, clinical)
     model = build_fold_model(cfg).to(device)
+    run = _Run.create(cfg, model, device, dist or DistContext(), whole_model_trains=features is None)
     torch.manual_seed(fold_seed(cfg.seed, fold.index))
-    state = _fit(cfg, fold.index, model, inputs, task, ids, fold_dir / CHECKPOINT, device, progress)
+    state = _fit(cfg, fold.index, model, inputs, task, ids, fold_dir / CHECKPOINT, device, progress, run)
 
     model.load_state_dict(state.best_model)
     model.eval()
     forward = inputs.forward(model)
     if cfg.task == "classification":
-        val_out, _ = _predict(model, forward, inputs.dataset(ids["val"], task.targets(ids["val"]), False), task, device)
+        val_out, _ = _predict(model, forward, inputs.dataset(ids["val"], task.targets(ids["val"]), False), task, device, run)
         decision_threshold = choose_threshold(task.labels(ids["val"]), task.scores(val_out))
     else:
         # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
         decision_threshold = float(cfg.threshold) + 0.5
     # The test patients are scored once, with the selected weights and threshold.
-    test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device)
+    test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
     test_scores = task.scores(test_out)
     if cfg.task == "classification":
         test_metrics = classification_metrics(task.labels(ids["test"]), test_scores, decision_threshold)
@@ -240,9 +272,12 @@ def train_fold(
         "n_positive": {role: int(task.labels(members).sum()) for role, members in ids.items()},
         "feature_cache": features is not None,
         "device": str(device),
+        "accel": run.plan.describe(),
+        "distributed": run.dist.describe(),
         "seconds": round(time.perf_counter() - started, 2),
         "test_metrics": test_metrics,
         "history": state.history,
+        "clinical_encoder": encoder.to_dict() if encoder is not None else None,
     }
     return FoldResult(record, ids["test"], test_scores, model)
 
@@ -275,6 +310,7 @@ def _fit(
     checkpoint: Path,
     device: torch.device,
     progress: bool,
+    run: _Run,
 ) -> _State:
     """The epochs of a fold (from its checkpoint when there is one), keeping the best by validation."""
     optimizer, scheduler = _optimiser(cfg, model)
@@ -283,16 +319,20 @@ def _fit(
     val_set = inputs.dataset(ids["val"], task.targets(ids["val"]), train=False)
     state = _State(history=[], best_epoch=0, best_key=(-math.inf, -math.inf), best_model=None, epoch=0)
     if checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device) or state
+        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device, run.scaler) or state
+    # The trained module (the tail on cached maps, else the model), after the checkpoint: DDP broadcasts it.
+    module = (_ClinicalTail(model) if model.n_clinical else TailModule(model)) if inputs.features is not None else model
+    trained = run.plan.compile_module(run.dist.wrap(module, device))
     bar = tqdm(total=cfg.epochs, initial=state.epoch, desc=f"fold {fold}", unit="epoch", disable=not progress)
     with bar:
         while state.epoch < cfg.epochs and not _patience_over(cfg, state):
             epoch = state.epoch + 1
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)  # the epoch's augmentations
-            train_loss = _train_epoch(model, forward, train_set, task, optimizer, cfg, fold, epoch, device)
+            train_loss = _train_epoch(model, trained, train_set, task, optimizer, cfg, fold, epoch, device, run)
             scheduler.step()
-            val_out, val_loss = _predict(model, forward, val_set, task, device)
+            run.dist.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere: one model is evaluated
+            val_out, val_loss = _predict(model, forward, val_set, task, device, run)
             metric = task.val_metric(ids["val"], val_out)
             lr = optimizer.param_groups[0]["lr"]
             state.history.append(
@@ -303,7 +343,8 @@ def _fit(
                 state.best_key, state.best_epoch = key, epoch
                 state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state.epoch = epoch
-            _save_checkpoint(checkpoint, state, model, optimizer, scheduler)
+            if run.dist.is_main:
+                _save_checkpoint(checkpoint, state, model, optimizer, scheduler, run.scaler)
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.3f}", val=_fmt(metric), best=state.best_epoch)
     return state
@@ -324,11 +365,47 @@ def _patience_over(cfg: TrainConfig, state: _State) -> bool:
     return cfg.patience is not None and state.epoch - state.best_epoch >= cfg.patience
 
 
-def _loader(dataset: Dataset, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
-    shuffle = generator is not None
+@dataclass
+class _Run:
+    """How a fold's passes run: its processes, the device options and the loss scaler."""
+
+    dist: DistContext
+    plan: AccelPlan
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def create(
+        cls, cfg: TrainConfig, model: CACNet, device: torch.device, dist: DistContext, whole_model_trains: bool
+    ) -> _Run:
+        """Choose the device options (cacxr.accel) and put the model in their memory format."""
+        plan = choose_accel(
+            device, cfg.amp, cfg.channels_last, cfg.compile, whole_model_trains=whole_model_trains,
+            local_world_size=dist.local_world_size,
+        )  # fmt: skip
+        plan.prepare_model(model)
+        return cls(dist, plan, plan.grad_scaler_for())
+
+    @classmethod
+    def plain(cls, device: torch.device) -> _Run:
+        """One process, float32, no fast-path option (for callers that do not choose)."""
+        plan = AccelPlan(device_type=device.type)
+        return cls(DistContext(), plan, plan.grad_scaler_for())
+
+
+def _train_batches(
+    dataset: Dataset, batch_size: int, generator: torch.Generator, run: _Run
+) -> tuple[DataLoader, ShardedBatchSampler]:
+    """This process's share of each training batch, in an order fixed by ``generator``."""
     # A last batch of one image would break BatchNorm in training mode; drop it (it is reshuffled next epoch).
-    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+    drop_last = len(dataset) % batch_size == 1 and len(dataset) > 1
+    sampler = ShardedBatchSampler(len(dataset), batch_size, run.dist.rank, run.dist.world_size, generator, drop_last)
+    # The same generator for the loader: it draws its base seed first, as a shuffling DataLoader does.
+    loader = DataLoader(dataset, batch_sampler=sampler, generator=generator, **run.plan.loader_kwargs())
+    return loader, sampler
+
+
+def _loader(dataset: Dataset, batch_size: int, run: _Run) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, **run.plan.loader_kwargs())
 
 
 def _train_epoch(
@@ -341,19 +418,31 @@ def _train_epoch(
     fold: int,
     epoch: int,
     device: torch.device,
+    run: _Run | None = None,
 ) -> float:
-    """One pass over the training patients in an order fixed by (seed, fold, epoch); the mean loss."""
+    """One pass over the training patients in an order fixed by (seed, fold, epoch); the mean loss.
+
+    ``run`` None: one process, float32 (as cacxr.final calls it).
+    """
+    run = run or _Run.plain(device)
     model.train()
     order = torch.Generator().manual_seed(fold_seed(cfg.seed, fold, epoch))
+    loader, sampler = _train_batches(dataset, cfg.batchsize, order, run)
     total, count = 0.0, 0
-    for batch in _loader(dataset, cfg.batchsize, order):
-        x, target = batch["image"].to(device), batch["target"].to(device)
+    for step, batch in enumerate(loader):
+        x = run.plan.to_device(batch["image"], device)
+        target = batch["target"].to(device, non_blocking=run.plan.pin_memory)
         optimizer.zero_grad(set_to_none=True)
-        loss = task.loss(forward(x), target)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(x)
-        count += len(x)
+        with run.plan.autocast():
+            loss = task.loss(forward(x, *_covariates(batch, device)), target)
+        # With several processes, weighted by this process's share: the averaged gradient is the batch's.
+        weighted = loss * sampler.loss_scale(step) if run.dist.active else loss
+        run.scaler.scale(weighted).backward()
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        total += float(loss.detach()) * sampler.local_counts[step]
+        count += sampler.local_counts[step]
+    total, count = run.dist.sum(total, count)
     return total / max(count, 1)
 
 
@@ -364,17 +453,24 @@ def _predict(
     dataset: Dataset,
     task: _Task,
     device: torch.device,
+    run: _Run,
 ) -> tuple[torch.Tensor, float]:
-    """Outputs (on the CPU) and mean loss of the model in eval mode, restoring its mode afterwards."""
+    """Outputs (on the CPU) and mean loss of the model in eval mode, restoring its mode afterwards.
+
+    With several processes each scores a contiguous share of ``dataset`` and the outputs are gathered.
+    """
     was_training = model.training
     model.eval()
     outs, losses = [], []
-    for batch in _loader(dataset, _EVAL_BATCH):
-        out = forward(batch["image"].to(device)).float()
+    part = Subset(dataset, run.dist.shard(len(dataset))) if run.dist.active else dataset
+    for batch in _loader(part, _EVAL_BATCH, run):
+        with run.plan.autocast():
+            out = forward(run.plan.to_device(batch["image"], device), *_covariates(batch, device)).float()
         losses.append(float(task.loss(out, batch["target"].to(device))) * len(out))
         outs.append(out.cpu())
     model.train(was_training)
-    return torch.cat(outs), sum(losses) / max(len(dataset), 1)
+    (loss_sum,) = run.dist.sum(sum(losses))
+    return torch.cat(run.dist.gather_rows(outs)), loss_sum / max(len(dataset), 1)
 
 
 def _save_checkpoint(
@@ -383,6 +479,7 @@ def _save_checkpoint(
     model: CACNet,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> None:
     """Everything needed to continue the fold after ``state.epoch`` epochs (only tensors and plain values)."""
     payload = {
@@ -391,6 +488,7 @@ def _save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),  # empty unless float16 mixed precision
         "best_model": state.best_model,
         "best_epoch": state.best_epoch,
         "best_key": list(state.best_key),
@@ -408,6 +506,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
+    scaler: torch.amp.GradScaler,
 ) -> _State | None:
     """Restore a fold from its checkpoint; None (train the fold from the start) when the file is unreadable.
 
@@ -426,6 +525,8 @@ def _load_checkpoint(
         model.to(device)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["rng_torch"])
         if payload["rng_cuda"] and torch.cuda.is_initialized():
             torch.cuda.set_rng_state_all(payload["rng_cuda"])
@@ -442,6 +543,34 @@ def _load_checkpoint(
         best_model=payload["best_model"],
         epoch=int(payload["epoch"]),
     )
+
+
+def _fit_encoder(
+    cfg: TrainConfig, train_ids: list[str], covariates: dict[str, tuple[float, str]] | None
+) -> ClinicalEncoder | None:
+    """The ``--clinical`` encoder fitted on the training patients (None without ``--clinical``)."""
+    if not cfg.clinical:
+        return None
+    if covariates is None:
+        raise CacxrError("--clinical needs the patients' age and sex (manifest columns age, sex)")
+    values = [covariates.get(pid, (math.nan, "")) for pid in train_ids]
+    return ClinicalEncoder.fit(cfg.clinical, [a for a, _ in values], [s for _, s in values])
+
+
+def _covariates(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The batch's clinical covariates as extra forward arguments (none without ``--clinical``)."""
+    return (batch["clinical"].to(device),) if "clinical" in batch else ()
+
+
+class _ClinicalTail(torch.nn.Module):
+    """``model.tail(features, clinical)`` as a module (what DDP wraps with cached features and --clinical)."""
+
+    def __init__(self, model: CACNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.tail(features, clinical)
 
 
 def _fmt(value: float | None) -> str:
