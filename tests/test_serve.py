@@ -482,7 +482,7 @@ def test_uploads_live_in_a_temporary_folder_removed_after_each_request(
     seen: list[list[str]] = []
 
     class Watching(RunModel):
-        def predict(self, image):
+        def predict(self, image, meta=None):
             seen.append([str(p.relative_to(scratch)) for p in scratch.rglob("*")])
             return super().predict(image)
 
@@ -510,7 +510,7 @@ class _Gated(RunModel):
         super().__init__(run)
         self.go = threading.Event()
 
-    def predict(self, image):
+    def predict(self, image, meta=None):
         assert self.go.wait(30), "the test never released the prediction"
         return super().predict(image)
 

@@ -178,10 +178,12 @@ def _score_store(
     )
     available = set(store.ids)
     ids = [row.patient_id for row in rows if row.patient_id in available]
+    covariates = {row.patient_id: (row.age, row.sex) for row in rows}  # used by --clinical runs only
     scores: dict[str, float] = {}
     for start in tqdm(range(0, len(ids), batch_size), unit="batch", desc="evaluate", disable=not progress):
         chunk = ids[start : start + batch_size]
-        values = np.asarray(run.score(np.stack([store.get(pid) for pid in chunk])), dtype=float).reshape(-1)
+        images = np.stack([store.get(pid) for pid in chunk])
+        values = np.asarray(run.score(images, clinical=[covariates[pid] for pid in chunk]), dtype=float).reshape(-1)
         scores.update(zip(chunk, values.tolist(), strict=True))
     return _Scored(name, run, scores, dict(store.failed))
 

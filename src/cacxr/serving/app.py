@@ -202,7 +202,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
     def predict_upload(upload: Upload) -> Prediction:
         start = time.perf_counter()
         decoded = _decode(upload, limits.max_image_pixels)
-        scores = model.predict(decoded.image)
+        scores = model.predict(decoded.image, decoded.meta)
         seconds = time.perf_counter() - start
         logger.info(
             "predict: %s %dx%d scored in %.2f s", decoded.fmt, decoded.meta.cols, decoded.meta.rows, seconds
@@ -219,7 +219,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
             label=int(scores["label"]),
             predicted_cac=scores.get("predicted_cac") if regression else None,
             agatston_band=scores.get("agatston_band") if regression else None,
-            warnings=decoded.warnings,
+            warnings=decoded.warnings + ([scores["warning"]] if scores.get("warning") else []),
             seconds=round(seconds, 4),
             model=info,
         )

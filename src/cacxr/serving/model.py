@@ -38,8 +38,8 @@ class ServedModel(Protocol):
         """The model's input (uint8 S x S) from a decoded radiograph (float32 [0, 1], bone bright)."""
         ...
 
-    def predict(self, image: np.ndarray) -> dict[str, Any]:
-        """``cacxr.inference.score_image``'s answer for a decoded radiograph."""
+    def predict(self, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
+        """``cacxr.inference.score_image``'s answer for a decoded radiograph (``meta``: its ImageMeta)."""
         ...
 
     def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
@@ -86,12 +86,15 @@ class RunModel:
 
         return preprocess_image(image, self.run.profile, self.run.image_size)
 
-    def predict(self, image: np.ndarray) -> dict[str, Any]:
-        """Score a decoded radiograph (``cacxr.inference.score_image``), one request at a time."""
+    def predict(self, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
+        """Score a decoded radiograph (``cacxr.inference.score_image``), one request at a time.
+
+        ``meta`` (the upload's ImageMeta) gives age and sex to runs trained with ``--clinical``.
+        """
         from cacxr.inference import score_image
 
         with self._lock:
-            return score_image(self.run, image)
+            return score_image(self.run, image, meta)
 
     def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
         """Saliency overlay PNG and the explained score (``cacxr.explain.explain_png``), one at a time."""
