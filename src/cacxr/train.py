@@ -315,6 +315,11 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
     return record
 
 
+def _written_by_a_starting_job(entry: Path) -> bool:
+    """An atomic write in progress, the run's ingest folder or a fold folder: what a fold job writes first."""
+    return entry.name.endswith(".tmp") or entry.name == "ingest" or entry.name.startswith("fold_")
+
+
 def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """Refuse a run folder that cannot take this job; return its recorded config when it has one.
 
@@ -326,6 +331,8 @@ def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None
     record = _read_config(run_dir)
+    if record is None and cfg.fold is not None and all(map(_written_by_a_starting_job, run_dir.iterdir())):
+        return None  # a sibling fold job started at the same moment and has not written config.json yet
     if record is None:
         raise CacxrError(f"{run_dir}: not empty and not a cacxr run (no {CONFIG_FILE}); choose a new --out")
     sibling_job = cfg.fold is not None and not runfiles.fold_dir(run_dir, cfg.fold).exists()

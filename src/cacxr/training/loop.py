@@ -321,7 +321,7 @@ def _fit(
     if checkpoint.is_file():
         state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device, run.scaler) or state
     # The trained module (the tail on cached maps, else the model), after the checkpoint: DDP broadcasts it.
-    module = (_ClinicalTail(model) if model.n_clinical else TailModule(model)) if inputs.features is not None else model
+    module = TailModule(model) if inputs.features is not None else model
     trained = run.plan.compile_module(run.dist.wrap(module, device))
     bar = tqdm(total=cfg.epochs, initial=state.epoch, desc=f"fold {fold}", unit="epoch", disable=not progress)
     with bar:
@@ -560,17 +560,6 @@ def _fit_encoder(
 def _covariates(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
     """The batch's clinical covariates as extra forward arguments (none without ``--clinical``)."""
     return (batch["clinical"].to(device),) if "clinical" in batch else ()
-
-
-class _ClinicalTail(torch.nn.Module):
-    """``model.tail(features, clinical)`` as a module (what DDP wraps with cached features and --clinical)."""
-
-    def __init__(self, model: CACNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.tail(features, clinical)
 
 
 def _fmt(value: float | None) -> str:
