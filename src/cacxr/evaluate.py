@@ -357,7 +357,6 @@ def _write_plots(
 ) -> list[Path]:
     """ROC, confusion, calibration (classification), error by band; regression: scatter, Agatston confusion."""
     from cacxr import plots
-    from cacxr.metrics import AGATSTON_BANDS
 
     run = runs[0].run
     cac = np.array([row.cac_score for row in rows], dtype=float)
@@ -379,21 +378,8 @@ def _write_plots(
             folder / "confusion.png",
             title=f"Confusion at the run's decision threshold {run.decision_threshold:.3g}",
         ),
-        plots.error_by_band_plot(cac, score, folder / "error_by_band.png", run.task),
     ]
-    if run.task == "classification":
-        written.append(plots.calibration_plot(y, score, folder / "calibration.png"))
-    else:
-        written.append(plots.scatter_plot(cac, score, folder / "scatter.png"))
-        written.append(
-            plots.confusion_plot(
-                pooled["agatston_confusion"],
-                list(AGATSTON_BANDS),
-                folder / "agatston_confusion.png",
-                title="Agatston bands: true (rows) vs predicted (columns)",
-            )
-        )
-    return written
+    return written + plots.outcome_plots(folder, run.task, y, cac, score, pooled)
 
 
 def _fmt(value: Any) -> str:

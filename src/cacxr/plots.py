@@ -27,6 +27,7 @@ __all__ = [
     "error_by_band_plot",
     "calibration_plot",
     "scatter_plot",
+    "outcome_plots",
 ]
 
 DPI = 110
@@ -324,6 +325,36 @@ def _new_figure(width: float, height: float) -> Any:
 def _figure(width: float, height: float) -> tuple[Any, Any]:
     fig = _new_figure(width, height)
     return fig, fig.add_subplot()
+
+
+def outcome_plots(
+    folder: str | os.PathLike[str], task: str, y_true: ArrayLike, cac_true: ArrayLike, score: ArrayLike, pooled: dict
+) -> list[Path]:
+    """The plots of pooled predictions shared by training and evaluation.
+
+    Score (or error) by Agatston band; classification: calibration; regression: predicted vs true log CAC and
+    the Agatston-band confusion (``pooled["agatston_confusion"]``).
+
+    Returns:
+        The PNG files written into ``folder``.
+    """
+    from cacxr.metrics import AGATSTON_BANDS
+
+    folder = Path(folder)
+    written = [error_by_band_plot(cac_true, score, folder / "error_by_band.png", task)]
+    if task == "classification":
+        written.append(calibration_plot(y_true, score, folder / "calibration.png"))
+    else:
+        written.append(scatter_plot(cac_true, score, folder / "scatter.png"))
+        written.append(
+            confusion_plot(
+                pooled["agatston_confusion"],
+                list(AGATSTON_BANDS),
+                folder / "agatston_confusion.png",
+                title="Agatston bands: true (rows) vs predicted (columns)",
+            )
+        )
+    return written
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:

@@ -216,21 +216,8 @@ def write_run_plots(
             title="Confusion matrix (each fold at its own decision threshold)",
         ),
         plots.loss_plot(histories, plots_dir / "loss.png", best_epochs),
-        plots.error_by_band_plot(cac, score, plots_dir / "error_by_band.png", task),
     ]
-    if task == "classification":
-        written.append(plots.calibration_plot(y, score, plots_dir / "calibration.png"))
-    else:
-        written.append(plots.scatter_plot(cac, score, plots_dir / "scatter.png"))
-        written.append(
-            plots.confusion_plot(
-                pooled["agatston_confusion"],
-                list(AGATSTON_BANDS),
-                plots_dir / "agatston_confusion.png",
-                title="Agatston bands: true (rows) vs predicted (columns)",
-            )
-        )
-    return written
+    return written + plots.outcome_plots(plots_dir, task, y, cac, score, pooled)
 
 
 def _positive(threshold: float) -> str:
