@@ -14,6 +14,11 @@ without faults when it is available, else a built-in writer), then on the same f
 plus bytes per image on disk, RSS growth, and the mean absolute difference between the baseline's
 uint8 pixels and the store's. Targets (2-core machine): (b) >= 8x (a), (c) >= 200 images/s,
 <= 1.1 MiB per image, difference <= 1 grey level on average.
+
+The difference target covers the images where both recipes are the same. The baseline windows the
+raw stored values (it skips the modality LUT); cacxr follows the DICOM standard (VOI after the
+modality LUT), so on files with RescaleSlope != 1 or RescaleIntercept != 0 the two recipes differ:
+those images are reported separately (count and difference), not in the target.
 """
 
 from __future__ import annotations
@@ -112,6 +117,14 @@ def write_dicom(path: Path, size: int, seed: int) -> Path:
     return path
 
 
+def has_rescale(path: str) -> bool:
+    """Whether the file has a non-identity modality LUT (RescaleSlope != 1 or RescaleIntercept != 0)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    return float(ds.get("RescaleSlope", 1) or 1) != 1.0 or float(ds.get("RescaleIntercept", 0) or 0) != 0.0
+
+
 def baseline_sample(path: str, image_size: int):
     """The seed's per-sample path; returns (uint8 crop, normalised tensor)."""
     import pydicom
@@ -192,10 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 
         npy_bytes = sum(store.entry_path(pid).stat().st_size for pid in store.ids) / n
         store_bytes = sum(p.stat().st_size for p in (scratch / "store").rglob("*") if p.is_file()) / n
-        diffs = [
-            np.abs(b.astype(np.int16) - store.get(r.patient_id)).mean()
-            for b, r in zip(baseline, rows, strict=True)
-        ]
+        diffs = np.array(
+            [
+                np.abs(b.astype(np.int16) - store.get(r.patient_id)).mean()
+                for b, r in zip(baseline, rows, strict=True)
+            ]
+        )
+        rescaled = np.array([has_rescale(r.path) for r in rows], dtype=bool)
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -217,15 +233,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"disk per image: {npy_bytes / 2**20:.4f} MiB (.npy), {store_bytes / 2**20:.4f} MiB with sidecar + index"
     )
-    print(
-        f"mean |baseline - store| over the images: {np.mean(diffs):.3f} grey levels (worst image {np.max(diffs):.3f})"
-    )
+    same = diffs[~rescaled]
+    if same.size:
+        print(
+            f"mean |baseline - store| over the {same.size} images without rescale (same recipe): "
+            f"{same.mean():.3f} grey levels (worst image {same.max():.3f})"
+        )
+    else:
+        print("mean |baseline - store|: no image without rescale to compare")
+    if rescaled.any():
+        print(
+            f"excluded: {int(rescaled.sum())} images with RescaleSlope/Intercept (baseline skips the "
+            f"modality LUT): mean |baseline - store| {diffs[rescaled].mean():.3f} grey levels "
+            f"(worst {diffs[rescaled].max():.3f})"
+        )
     rate_b, rate_c = rates[table[1][0]], rates[table[3][0]]
     checks = {
         "first pass >= 8x baseline": rate_b / rate_a >= 8,
         "later epoch >= 200 images/s": rate_c >= 200,
         "<= 1.1 MiB per image": npy_bytes <= 1.1 * 2**20 * (args.image_size / 1024) ** 2,
-        "mean difference <= 1 grey level": float(np.mean(diffs)) <= 1.0,
+        "mean difference <= 1 grey level (no rescale)": bool(same.size) and float(same.mean()) <= 1.0,
     }
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {name}")

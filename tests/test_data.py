@@ -151,8 +151,8 @@ def test_bad_arguments_are_clear_errors(store, kwargs, message):
 
 
 def test_preprocess_for_model_matches_the_store_path(store, tmp_path):
-    image = read_image(tmp_path / "data" / "CAC_001.png").image
-    tensor = preprocess_for_model(image, store.profile, SIZE)
+    result = read_image(tmp_path / "data" / "CAC_001.png")
+    tensor = preprocess_for_model(result.image, store.profile, SIZE, meta=result.meta)
     assert tensor.shape == (1, SIZE, SIZE) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, StoreDataset(store, ["CAC_001"])[0]["image"])
     torch.testing.assert_close(tensor, normalise(np.array(store.get("CAC_001")), store.profile)[None])

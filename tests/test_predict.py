@@ -15,7 +15,7 @@ from cacxr.cli import main
 from cacxr.imaging import read_image
 from cacxr.inference import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
 from cacxr.metrics import AGATSTON_BANDS
-from cacxr.preprocess import preprocess_image
+from cacxr.preprocess import preprocess_read
 from cacxr.run import load_run
 
 
@@ -105,11 +105,11 @@ def test_labels_follow_the_decision_threshold(run, mix_rows) -> None:
 def test_file_score_equals_the_score_of_the_training_pipeline(run, cohort: Path) -> None:
     """read_image + preprocess + run.score on a path gives what score_image and the store path give."""
     path = _synth_files(cohort, 1)[0]
-    image = read_image(path).image
-    expected = float(run.score(preprocess_image(image, run.profile, IMAGE_SIZE)[None])[0])
+    result = read_image(path)
+    expected = float(run.score(preprocess_read(result, run.profile, IMAGE_SIZE)[None])[0])
     (row,) = score_paths(run, [path], progress=False)
     assert row.probability == pytest.approx(expected, abs=1e-6)
-    assert score_image(run, image)["probability"] == pytest.approx(expected, abs=1e-6)
+    assert score_image(run, result.image, result.meta)["probability"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_ensemble_probability_is_the_mean_of_the_folds(run_dir: Path, cohort: Path) -> None:

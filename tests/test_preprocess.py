@@ -206,3 +206,153 @@ def test_constant_image_gives_a_uniform_image(profile, expected):
 def test_bad_input_is_a_clear_error(image, size, message):
     with pytest.raises(CacxrError, match=message):
         preprocess_image(image, "seed", size)
+
+
+# ------------------------------------------------ per-level equalisation and the one path from a file
+
+
+def original_pipeline(path: Path, size: int) -> np.ndarray:
+    """The seed study's path on a DICOM: equalize_hist on apply_voi_lut's output, whatever its dtype."""
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    ds = pydicom.dcmread(path)
+    equalised = (equalize_hist(apply_voi_lut(ds.pixel_array, ds)) * 255).astype(np.uint8)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        equalised = 255 - equalised
+    resized = round(1.21875 * size)
+    offset = (resized - size) // 2
+    big = np.asarray(Image.fromarray(equalised).resize((resized, resized), Image.BILINEAR))
+    return big[offset : offset + size, offset : offset + size]
+
+
+def write_plain_dicom(path: Path, stored: np.ndarray, window: bool) -> Path:
+    """A small DX DICOM of ``stored`` (uint16), with a window or none (the reader then uses min-max)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 2048, 3000
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def few_levels(rows: int, cols: int, levels: int, seed: int) -> np.ndarray:
+    """A uint16 image with ``levels`` distinct values spread over 12 bits, unevenly populated."""
+    rng = np.random.default_rng(seed)
+    values = np.sort(rng.choice(4096, size=levels, replace=False)).astype(np.uint16)
+    weights = rng.gamma(0.5, size=levels)
+    return values[rng.choice(levels, size=(rows, cols), p=weights / weights.sum())]
+
+
+@pytest.mark.parametrize(("levels", "seed"), [(5, 0), (12, 1), (40, 2), (300, 3)])
+def test_per_level_equalisation_is_equalize_hist_of_the_integer_image(levels, seed):
+    from cacxr.preprocess import _equalise_global
+
+    stored = few_levels(97, 83, levels, seed)
+    lo, hi = int(stored.min()), int(stored.max())
+    image = ((stored.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)  # read_image's min-max
+    theirs = (equalize_hist(stored) * 255).astype(np.uint8).astype(int)
+    ours = _equalise_global(image, per_level=True).astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+    # the 256-bin version is what equalize_hist gives floats, not integers: visibly different here
+    assert np.abs(_equalise_global(image).astype(int) - theirs).mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("voi", "per_level"), [("window", False), ("voi_lut", True), ("minmax", True), ("png", True)]
+)
+def test_preprocess_read_picks_per_level_from_the_readers_voi(voi, per_level, tmp_path):
+    from dataclasses import replace
+
+    from cacxr.preprocess import per_level_for, preprocess_read
+
+    path = write_plain_dicom(tmp_path / "CAC_001" / "IM-1.dcm", few_levels(90, 70, 20, 4), window=False)
+    read = read_image(path, "CAC_001")
+    assert read.ok and read.meta.voi == "minmax"
+    result = replace(read, meta=replace(read.meta, voi=voi))
+    assert per_level_for(result.meta) is per_level
+    expected = preprocess_image(result.image, "seed", 32, per_level=per_level)
+    other = preprocess_image(result.image, "seed", 32, per_level=not per_level)
+    got = preprocess_read(result, "seed", 32)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, other)
+
+
+def test_preprocess_read_refuses_a_failed_read_with_the_readers_reason(tmp_path):
+    from cacxr.preprocess import preprocess_read
+
+    bad = tmp_path / "CAC_002" / "IM-1.dcm"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a dicom at all")
+    result = read_image(bad, "CAC_002")
+    assert not result.ok
+    with pytest.raises(CacxrError, match="IM-1.dcm"):
+        preprocess_read(result, "seed", 32)
+
+
+def test_per_level_is_ignored_by_clahe_and_xrv():
+    image = smooth_image(120, 100, seed=6)
+    for profile in ("clahe", "xrv"):
+        np.testing.assert_array_equal(
+            preprocess_image(image, profile, 32, per_level=True), preprocess_image(image, profile, 32)
+        )
+
+
+@pytest.mark.parametrize("name", ["nhsx_nih-cxr14_google_DX.dcm", "txv_siim_chest_pa.dcm"])
+def test_preprocess_read_follows_the_original_pipeline_on_dicoms_without_window(name, real_cxr_dir):
+    from cacxr.preprocess import preprocess_read
+
+    path = Path(real_cxr_dir) / name
+    result = read_image(path)
+    assert result.ok and result.meta.voi == "minmax", result.detail
+    original = original_pipeline(path, 256).astype(float)
+    ours = np.abs(preprocess_read(result, "seed", 256) - original).mean()
+    binned = np.abs(preprocess_image(result.image, "seed", 256) - original).mean()
+    assert ours <= 0.6 and ours < binned
+
+
+@pytest.mark.parametrize("window", [False, True])
+def test_store_scoring_explain_and_data_see_the_same_pixels(window, tmp_path):
+    """The image store (training) and every inference entry point prepare one file identically."""
+    from types import SimpleNamespace
+
+    from cacxr.data import preprocess_for_model
+    from cacxr.explain import prepare_image
+    from cacxr.inference import load_input
+    from cacxr.manifest import ManifestRow
+    from cacxr.preprocess import preprocess_read
+    from cacxr.store import build_store
+
+    size = 32
+    path = write_plain_dicom(
+        tmp_path / "data" / "CAC_003" / "rx" / "IM-1.dcm", few_levels(80, 64, 25, 7), window
+    )
+    row = ManifestRow(patient_id="CAC_003", path=str(path), site="internal", cac_score=0.0)
+    store = build_store([row], tmp_path / "store", image_size=size, workers=1, progress=False)
+    stored = store.get("CAC_003")
+    result = read_image(path, "CAC_003")
+    assert result.meta.voi == ("window" if window else "minmax")
+
+    np.testing.assert_array_equal(stored, preprocess_read(result, "seed", size))
+    run = SimpleNamespace(profile="seed", image_size=size)  # all the scoring path reads from a run
+    scored, _, error = load_input(run, path)  # what score_paths and explain_paths score
+    assert error == ""
+    np.testing.assert_array_equal(scored, stored)
+    np.testing.assert_array_equal(prepare_image(run, result.image, result.meta), stored)  # serve, explain
+    tensor = preprocess_for_model(result.image, "seed", size, meta=result.meta)
+    torch.testing.assert_close(tensor, normalise(stored, "seed")[None])
+    # without the file's meta an image is equalised with 256 bins: different for a min-max file
+    assert np.array_equal(preprocess_image(result.image, "seed", size), stored) is window

@@ -32,7 +32,7 @@ from cacxr.cli import build_parser, main
 from cacxr.errors import CacxrError
 from cacxr.imaging import read_image
 from cacxr.inference import score_paths
-from cacxr.preprocess import preprocess_image
+from cacxr.preprocess import preprocess_read
 from cacxr.run import load_run
 from cacxr.serving import RunModel, create_app, serve_in_background
 
@@ -312,7 +312,7 @@ def test_preview_is_the_preprocessed_image_the_model_sees(client, run, real_cxr_
     answer = client.post("/preview", files=_upload(_real(real_cxr_dir, name)))
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
     shown = np.asarray(Image.open(io.BytesIO(answer.content)))
-    expected = preprocess_image(read_image(real_cxr_dir / name).image, run.profile, run.image_size)
+    expected = preprocess_read(read_image(real_cxr_dir / name), run.profile, run.image_size)
     assert shown.shape == (IMAGE_SIZE, IMAGE_SIZE)
     np.testing.assert_array_equal(shown, expected)
 

@@ -19,7 +19,7 @@ from cacxr.cli import main as cli_main
 from cacxr.errors import CacxrError
 from cacxr.imaging import read_image
 from cacxr.manifest import ManifestRow, write_manifest
-from cacxr.preprocess import preprocess_image
+from cacxr.preprocess import PROFILES, preprocess_image
 from cacxr.store import ImageStore, build_store
 
 SIZE = 32
@@ -84,7 +84,7 @@ def test_build_reopen_get(cohort, tmp_path):
     assert counts(store) == {"built": 4, "new": 4}
     reopened = ImageStore.open(tmp_path / "store")
     assert reopened.ids == [row.patient_id for row in cohort]
-    assert (reopened.profile, reopened.profile_version, reopened.image_size) == ("seed", 1, SIZE)
+    assert (reopened.profile, reopened.profile_version, reopened.image_size) == ("seed", PROFILES["seed"].version, SIZE)
     assert reopened.failed == {}
     for row in cohort:
         image = reopened.get(row.patient_id)
@@ -260,7 +260,7 @@ def test_index_lists_profile_size_and_checksums(cohort, tmp_path):
     build(cohort, tmp_path / "store")
     index = json.loads((tmp_path / "store" / "index.json").read_text())
     assert index["format"] == "cacxr-image-store"
-    assert (index["profile"], index["profile_version"], index["image_size"]) == ("seed", 1, SIZE)
+    assert (index["profile"], index["profile_version"], index["image_size"]) == ("seed", PROFILES["seed"].version, SIZE)
     assert set(index["entries"]) == {row.patient_id for row in cohort}
     entry = index["entries"]["CAC_000"]
     assert entry["nbytes"] == SIZE * SIZE + 128 and isinstance(entry["crc32"], int)

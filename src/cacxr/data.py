@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from cacxr.errors import CacxrError
-from cacxr.preprocess import Profile, normalise, preprocess_image
+from cacxr.preprocess import Profile, normalise, per_level_for, preprocess_image
 from cacxr.store import ImageStore
+
+if TYPE_CHECKING:
+    from cacxr.imaging import ImageMeta
 
 __all__ = ["Augment", "StoreDataset", "preprocess_for_model"]
 
@@ -153,15 +156,20 @@ class StoreDataset(Dataset):
             return self._transform(unit)
 
 
-def preprocess_for_model(image: np.ndarray, profile: str | Profile, size: int) -> torch.Tensor:
+def preprocess_for_model(
+    image: np.ndarray, profile: str | Profile, size: int, *, meta: ImageMeta | None = None
+) -> torch.Tensor:
     """A decoded radiograph as a model input, exactly as the store and ``StoreDataset`` prepare it.
 
     Args:
         image: float32 (rows, cols) in [0, 1], bone bright (``imaging.read_image(...).image``).
         profile: the profile the model was trained with.
         size: the model's image size ``S``.
+        meta: the image's ``ImageMeta`` (``imaging.read_image(...).meta``): its ``voi`` picks the
+            equalisation as ``preprocess.preprocess_read`` does; None: 256-bin equalisation.
 
     Returns:
         float32 tensor (1, S, S).
     """
-    return normalise(preprocess_image(image, profile, size), profile)[None]
+    prepared = preprocess_image(image, profile, size, per_level=per_level_for(meta))
+    return normalise(prepared, profile)[None]

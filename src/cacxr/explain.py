@@ -44,6 +44,7 @@ from cacxr.errors import CacxrError, missing_dependency
 from cacxr.inference import expand_inputs, load_input, score_module
 
 if TYPE_CHECKING:
+    from cacxr.imaging import ImageMeta
     from cacxr.run import LoadedRun
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "ExplainRow",
     "explain_image",
     "explain_prepared",
+    "prepare_image",
     "render_overlay",
     "overlay_title",
     "explain_png",
@@ -159,7 +161,12 @@ def explain_prepared(
 
 
 def explain_image(
-    run: LoadedRun, image: np.ndarray, method: str = "integrated-gradients", steps: int = 32
+    run: LoadedRun,
+    image: np.ndarray,
+    method: str = "integrated-gradients",
+    steps: int = 32,
+    *,
+    meta: ImageMeta | None = None,
 ) -> tuple[np.ndarray, float]:
     """Attribution heat map of a decoded radiograph (float32 [0, 1], bone bright, as ``read_image`` gives).
 
@@ -168,14 +175,30 @@ def explain_image(
         image: 2-D float array in [0, 1].
         method: ``integrated-gradients`` or ``gradcam``.
         steps: integration steps of integrated gradients.
+        meta: the image's ``ImageMeta`` from ``read_image``: its ``voi`` picks the equalisation as
+            ``preprocess.preprocess_read`` does (None: 256-bin equalisation).
 
     Returns:
         ``(heat, score)`` as :func:`explain_prepared`; the heat map is aligned with the preprocessed image
-        (``preprocess.preprocess_image(image, run.profile, run.image_size)``), not with ``image``.
+        (:func:`prepare_image`), not with ``image``.
     """
-    from cacxr.preprocess import preprocess_image
+    return explain_prepared(run, prepare_image(run, image, meta), method, steps)
 
-    return explain_prepared(run, preprocess_image(image, run.profile, run.image_size), method, steps)
+
+def prepare_image(run: LoadedRun, image: np.ndarray, meta: ImageMeta | None = None) -> np.ndarray:
+    """The run's uint8 (S, S) model input of a decoded radiograph, equalised as its ``meta`` says.
+
+    Args:
+        run: the loaded run (its profile and image size).
+        image: 2-D float array in [0, 1].
+        meta: the image's ``ImageMeta`` (None: 256-bin equalisation).
+
+    Returns:
+        The preprocessed image, identical to what the image store holds for the same file.
+    """
+    from cacxr.preprocess import per_level_for, preprocess_image
+
+    return preprocess_image(image, run.profile, run.image_size, per_level=per_level_for(meta))
 
 
 def overlay_title(run: LoadedRun, score: float, method: str) -> str:
@@ -222,12 +245,18 @@ def render_overlay(image: np.ndarray, heat: np.ndarray, title: str, alpha: float
 
 
 def explain_png(
-    run: LoadedRun, image: np.ndarray, method: str = "integrated-gradients", steps: int = 32
+    run: LoadedRun,
+    image: np.ndarray,
+    method: str = "integrated-gradients",
+    steps: int = 32,
+    *,
+    meta: ImageMeta | None = None,
 ) -> tuple[bytes, float]:
-    """:func:`explain_image` then :func:`render_overlay` on the preprocessed image: ``(png, score)``."""
-    from cacxr.preprocess import preprocess_image
+    """:func:`explain_image` then :func:`render_overlay` on the preprocessed image: ``(png, score)``.
 
-    prepared = preprocess_image(image, run.profile, run.image_size)
+    ``meta`` (the image's ``ImageMeta``) picks the equalisation as in :func:`explain_image`.
+    """
+    prepared = prepare_image(run, image, meta)
     heat, score = explain_prepared(run, prepared, method, steps)
     return render_overlay(prepared, heat, overlay_title(run, score, method)), score
 

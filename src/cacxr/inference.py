@@ -1,8 +1,9 @@
 """From a file to a score: the one inference path shared by ``predict``, ``explain`` and ``serve``.
 
 A trained run (``cacxr.run.load_run``) scores images that go through exactly the steps of training:
-``imaging.read_image`` (float32 [0, 1], bone bright) -> ``preprocess.preprocess_image`` with the run's
-profile and image size (uint8 S x S) -> ``LoadedRun.score`` (normalisation and the fold models, averaged
+``imaging.read_image`` (float32 [0, 1], bone bright) -> ``preprocess.preprocess_read`` with the run's
+profile and image size (uint8 S x S; the equalisation follows the file's grey-level mapping, as in the
+image store) -> ``LoadedRun.score`` (normalisation and the fold models, averaged
 as an ensemble unless one fold was chosen).
 
 Inputs are files or folders. Folders are searched recursively for DICOM files (``*.dcm``, ``*.dicom`` and
@@ -185,13 +186,13 @@ def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray
 def _prepare(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
     """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs)."""
     from cacxr.imaging import read_image
-    from cacxr.preprocess import preprocess_image
+    from cacxr.preprocess import preprocess_read
 
     try:
         result = read_image(path)
         if not result.ok or result.image is None:
             return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
-        image = preprocess_image(result.image, run.profile, run.image_size)
+        image = preprocess_read(result, run.profile, run.image_size)
     except Exception as exc:  # a batch goes on whatever one file does; the reason is kept in the row
         logger.debug("cannot prepare %s", path, exc_info=True)
         return None, None, [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
@@ -282,7 +283,9 @@ def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str
     Args:
         run: the loaded run.
         image: a 2-D float array in [0, 1].
-        meta: the image's ``ImageMeta`` (age and sex for a ``--clinical`` run; None: unknown).
+        meta: the image's ``ImageMeta``: its ``voi`` picks the equalisation exactly as
+            ``preprocess.preprocess_read`` does, its age and sex feed a ``--clinical`` run
+            (None: unknown, 256-bin equalisation).
 
     Returns:
         ``{"task", "threshold", "decision_threshold", "probability", "label", "predicted_cac",
@@ -292,12 +295,14 @@ def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str
     Raises:
         CacxrError: ``image`` is not a 2-D array.
     """
-    from cacxr.preprocess import preprocess_image
+    from cacxr.preprocess import per_level_for, preprocess_image
 
     array = np.asarray(image)
     if array.ndim != 2:
         raise CacxrError(f"expected a 2-D grey image, got an array of shape {array.shape}")
-    prepared = preprocess_image(array.astype(np.float32, copy=False), run.profile, run.image_size)
+    prepared = preprocess_image(
+        array.astype(np.float32, copy=False), run.profile, run.image_size, per_level=per_level_for(meta)
+    )
     row = PredictionRow(input="")
     values, notes = clinical_values(run, meta)
     _fill(run, row, float(np.asarray(run.score(prepared[None], clinical=[values]), dtype=float).reshape(-1)[0]))

@@ -7,9 +7,8 @@ values to the model's input range at load time.
 
 Profiles (``PROFILES``):
 
-- ``seed`` (default, v1): the original study's recipe. Global histogram equalisation (the definition
-  of ``skimage.exposure.equalize_hist``: 256 bins over the image's range, the cumulative histogram
-  interpolated linearly between bin centres) -> 8 bit (``floor(255 * x)``, as ``(x * 255).astype(uint8)``)
+- ``seed`` (default, v2): the original study's recipe. Global histogram equalisation (the definition
+  of ``skimage.exposure.equalize_hist``) -> 8 bit (``floor(255 * x)``, as ``(x * 255).astype(uint8)``)
   -> resize to a ``round(1.21875 * S)`` square (aspect ratio not kept, as in the seed) -> centre crop
   ``S``. Normalised with mean 0.5024 / std 0.2898 on ``x / 255``.
 - ``clahe`` (v1): the ``seed`` recipe with contrast-limited adaptive histogram equalisation (OpenCV
@@ -18,6 +17,20 @@ Profiles (``PROFILES``):
 - ``xrv`` (v1): the torchxrayvision convention: no equalisation, centre crop to a square (the
   shorter side), resize to ``S``; at load time intensities span [-1024, 1024], so
   torchxrayvision-pretrained encoders see the range they were trained on.
+
+The equalisation rule (``seed`` and every ``global`` profile). The original pipeline called
+``equalize_hist`` on what ``pydicom.pixels.apply_voi_lut`` returned, and scikit-image bins that
+differently by dtype:
+
+- a window gives a float array: 256 bins over the image's range, the cumulative histogram
+  interpolated linearly between bin centres (``per_level=False``);
+- a VOI LUT Sequence, no window at all (min-max) or an 8-bit PNG/JPEG gives integers: one bin per
+  grey level, ``lut = floor(255 * cdf)`` at each level (``per_level=True``).
+
+The reader records which case applies in ``ImageMeta.voi``; :func:`preprocess_read` (or
+:func:`per_level_for`) turns it into ``per_level``. Every caller holding a ``ReadResult`` (image
+store, scoring, explanations, the web app) goes through :func:`preprocess_read`, so training and
+inference see identical pixels.
 
 A profile's ``version`` is part of the image store's key: change a recipe, bump its version, and
 stores built with the old one are rebuilt.
@@ -36,12 +49,17 @@ from cacxr.errors import CacxrError
 if TYPE_CHECKING:
     import torch
 
+    from cacxr.imaging import ImageMeta, ReadResult
+
 __all__ = [
     "Profile",
     "PROFILES",
     "DEFAULT_PROFILE",
     "get_profile",
     "preprocess_image",
+    "preprocess_read",
+    "per_level_for",
+    "PER_LEVEL_VOI",
     "normalise",
     "check_image_size",
 ]
@@ -50,6 +68,10 @@ __all__ = [
 # lookup table built from the 256-bin cumulative histogram is exact to 1/256 of a bin.
 _LEVELS = 65536
 _BINS = 256
+
+# ``ImageMeta.voi`` values whose original pipeline handed equalize_hist an integer array (one bin
+# per grey level); after a window it got floats (256 bins).
+PER_LEVEL_VOI = frozenset({"voi_lut", "minmax", "png"})
 
 
 @dataclass(frozen=True)
@@ -101,8 +123,9 @@ PROFILES: dict[str, Profile] = {
     for profile in (
         Profile(
             name="seed",
-            version=1,
-            description="the original recipe: global histogram equalisation, resize to 1.21875 S, "
+            version=2,
+            description="the original recipe: global histogram equalisation (256 bins after a "
+            "window, one bin per grey level after a VOI LUT, min-max or PNG), resize to 1.21875 S, "
             "centre crop S; normalised with mean 0.5024 / std 0.2898",
             equalisation="global",
             square="stretch",
@@ -160,14 +183,21 @@ def get_profile(profile: str | Profile) -> Profile:
         raise CacxrError(f"unknown preprocessing profile {profile!r} (choose one of: {names})") from None
 
 
-def preprocess_image(image: np.ndarray, profile: str | Profile, image_size: int) -> np.ndarray:
+def preprocess_image(
+    image: np.ndarray, profile: str | Profile, image_size: int, *, per_level: bool = False
+) -> np.ndarray:
     """Apply a profile to one radiograph.
+
+    Callers holding a ``ReadResult`` should use :func:`preprocess_read`, which picks ``per_level``
+    from the file's grey-level mapping.
 
     Args:
         image: float array (rows, cols) in [0, 1], bone bright, as ``read_image`` returns it
             (float32; other dtypes are converted).
         profile: a profile name or ``Profile``.
         image_size: the output side ``S``.
+        per_level: global equalisation with one histogram bin per grey level (as ``equalize_hist``
+            does on an integer image) instead of 256 bins. Ignored by ``clahe`` and ``xrv``.
 
     Returns:
         A new C-contiguous uint8 array of shape (S, S).
@@ -183,7 +213,7 @@ def preprocess_image(image: np.ndarray, profile: str | Profile, image_size: int)
     if spec.square == "crop":
         image = _centre_square(image)
     if spec.equalisation == "global":
-        image8 = _equalise_global(image)
+        image8 = _equalise_global(image, per_level=per_level)
     elif spec.equalisation == "clahe":
         image8 = _equalise_clahe(image, spec.clahe_clip, spec.clahe_tiles)
     else:
@@ -191,6 +221,38 @@ def preprocess_image(image: np.ndarray, profile: str | Profile, image_size: int)
     resized, offset = spec.crop_geometry(image_size)
     image8 = _resize_square(image8, resized)
     return np.ascontiguousarray(image8[offset : offset + image_size, offset : offset + image_size])
+
+
+def per_level_for(meta: ImageMeta | None) -> bool:
+    """Whether the global equalisation of a file's image uses one bin per grey level.
+
+    Args:
+        meta: the reader's ``ImageMeta`` (``None``, e.g. a bare array: 256 bins).
+
+    Returns:
+        True when ``meta.voi`` is ``voi_lut``, ``minmax`` or ``png``.
+    """
+    return meta is not None and meta.voi in PER_LEVEL_VOI
+
+
+def preprocess_read(result: ReadResult, profile: str | Profile, image_size: int) -> np.ndarray:
+    """Apply a profile to what ``imaging.read_image`` returned: the one way to preprocess a file.
+
+    Args:
+        result: a usable ``ReadResult`` (image and meta present).
+        profile: a profile name or ``Profile``.
+        image_size: the output side ``S``.
+
+    Returns:
+        A new C-contiguous uint8 array of shape (S, S).
+
+    Raises:
+        CacxrError: the result holds no image (the message carries the reader's reason).
+    """
+    if result.image is None or not result.ok:
+        where = result.meta.path if result.meta is not None else "image"
+        raise CacxrError(result.detail or f"{where}: no decoded image to preprocess")
+    return preprocess_image(result.image, profile, image_size, per_level=per_level_for(result.meta))
 
 
 def normalise(batch: np.ndarray | torch.Tensor, profile: str | Profile) -> torch.Tensor:
@@ -235,14 +297,18 @@ def _centre_square(image: np.ndarray) -> np.ndarray:
     return image[top : top + side, left : left + side]
 
 
-def _equalise_global(image: np.ndarray) -> np.ndarray:
-    """``floor(255 * skimage.exposure.equalize_hist(image))`` (256 bins) through a 2**16-entry table.
+def _equalise_global(image: np.ndarray, *, per_level: bool = False) -> np.ndarray:
+    """``floor(255 * skimage.exposure.equalize_hist(image))`` through a 2**16-entry table.
 
     The image range [min, max] is mapped to t in [0, 65535] and rounded to a uint16 "cell" (one
     OpenCV pass, no float64 copy). np.histogram's 256-bin index of a value is floor(t * 256 / 65535),
     so the fine histogram of cells sums exactly into the 256-bin one (up to half a cell, 1/512 of a
     bin, at bin edges), and the table holds equalize_hist's interpolated cumulative histogram at
     every cell.
+
+    With ``per_level`` the cells themselves are the bins: an image of at most 65536 distinct,
+    evenly spaced grey levels (integers scaled min-max) puts each level in its own cell, and
+    ``floor(255 * cdf)`` at a cell is what equalize_hist gives an integer image at that level.
     """
     lo, hi, _, _ = cv2.minMaxLoc(image)
     if not hi > lo:  # also catches NaN
@@ -251,6 +317,10 @@ def _equalise_global(image: np.ndarray) -> np.ndarray:
     top = _LEVELS - 1
     cells = cv2.normalize(image, None, 0, top, cv2.NORM_MINMAX, dtype=cv2.CV_16U)
     fine = cv2.calcHist([cells], [0], None, [_LEVELS], [0, _LEVELS]).ravel()
+    if per_level:
+        cdf_fine = np.cumsum(fine, dtype=np.float64)
+        cdf_fine /= cdf_fine[-1]
+        return np.floor(cdf_fine * 255.0).astype(np.uint8)[cells]
     cell_values = np.arange(_LEVELS, dtype=np.float64)
     bin_of_cell = np.minimum(cell_values * _BINS // top, _BINS - 1).astype(np.intp)
     cdf = np.cumsum(np.bincount(bin_of_cell, weights=fine, minlength=_BINS))

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from cacxr.atomic import atomic_path, write_json
 from cacxr.errors import CacxrError
 from cacxr.manifest import ManifestRow, read_manifest
-from cacxr.preprocess import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_image
+from cacxr.preprocess import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
 
 __all__ = ["ImageStore", "build_store", "default_workers", "STORE_FORMAT"]
 
@@ -499,7 +499,7 @@ def _build_entry(task: _Task) -> dict[str, Any]:
         if result.image is None:
             sidecar.update(status="failed", reason=result.reason or "unreadable", detail=result.detail)
         else:
-            image = preprocess_image(result.image, task.profile, task.image_size)
+            image = preprocess_read(result, task.profile, task.image_size)
             npy = entries_dir / f"{task.entry}.npy"
             with atomic_path(npy) as tmp:
                 with open(tmp, "wb") as fh:

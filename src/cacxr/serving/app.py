@@ -225,12 +225,13 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
         )
 
     def preview_upload(upload: Upload) -> bytes:
-        return png_bytes(model.prepare(_decode(upload, limits.max_image_pixels).image))
+        decoded = _decode(upload, limits.max_image_pixels)
+        return png_bytes(model.prepare(decoded.image, decoded.meta))
 
     def explain_upload(upload: Upload, method: str, steps: int) -> tuple[bytes, float]:
         start = time.perf_counter()
         decoded = _decode(upload, limits.max_image_pixels)
-        png, score = model.explain(decoded.image, method, steps)
+        png, score = model.explain(decoded.image, method, steps, decoded.meta)
         logger.info("explain: %s (%s) in %.2f s", decoded.fmt, method, time.perf_counter() - start)
         return png, score
 

@@ -34,7 +34,7 @@ class ServedModel(Protocol):
         """Name and version: arch, task, threshold, run name/id, package versions."""
         ...
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray, meta: Any = None) -> np.ndarray:
         """The model's input (uint8 S x S) from a decoded radiograph (float32 [0, 1], bone bright)."""
         ...
 
@@ -42,7 +42,7 @@ class ServedModel(Protocol):
         """``cacxr.inference.score_image``'s answer for a decoded radiograph (``meta``: its ImageMeta)."""
         ...
 
-    def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
+    def explain(self, image: np.ndarray, method: str, steps: int, meta: Any = None) -> tuple[bytes, float]:
         """A saliency overlay PNG of a decoded radiograph and the score it explains."""
         ...
 
@@ -80,28 +80,35 @@ class RunModel:
         """
         return dict(self._description)
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """The run's preprocessing (profile and size) of a decoded radiograph: uint8 (S, S)."""
-        from cacxr.preprocess import preprocess_image
+    def prepare(self, image: np.ndarray, meta: Any = None) -> np.ndarray:
+        """The run's preprocessing (profile and size) of a decoded radiograph: uint8 (S, S).
 
-        return preprocess_image(image, self.run.profile, self.run.image_size)
+        ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
+        """
+        from cacxr.explain import prepare_image
+
+        return prepare_image(self.run, image, meta)
 
     def predict(self, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
         """Score a decoded radiograph (``cacxr.inference.score_image``), one request at a time.
 
-        ``meta`` (the upload's ImageMeta) gives age and sex to runs trained with ``--clinical``.
+        ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does and gives
+        age and sex to runs trained with ``--clinical``.
         """
         from cacxr.inference import score_image
 
         with self._lock:
             return score_image(self.run, image, meta)
 
-    def explain(self, image: np.ndarray, method: str, steps: int) -> tuple[bytes, float]:
-        """Saliency overlay PNG and the explained score (``cacxr.explain.explain_png``), one at a time."""
+    def explain(self, image: np.ndarray, method: str, steps: int, meta: Any = None) -> tuple[bytes, float]:
+        """Saliency overlay PNG and the explained score (``cacxr.explain.explain_png``), one at a time.
+
+        ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
+        """
         from cacxr.explain import explain_png
 
         with self._lock:
-            return explain_png(self.run, image, method=method, steps=steps)
+            return explain_png(self.run, image, method=method, steps=steps, meta=meta)
 
 
 def _describe_run(run: LoadedRun) -> dict[str, Any]:
