@@ -1,16 +1,20 @@
 """``cacxr demo``: the whole pipeline on a generated cohort, sized for a laptop CPU.
 
 synth (a cohort with the archive's faults and a calcium signal) -> ingest -> image store -> 5-fold
-cross-validated training -> metrics, plots and report, all inside one folder::
+cross-validated training, twice (classification of CAC > threshold, then regression of log CAC on the same
+patients, folds and settings) -> metrics, plots and reports -> the two runs compared, all inside one folder::
 
     OUT/demo.json        the demo's settings (a second run on OUT continues an unfinished demo)
     OUT/cohort/          the synthetic cohort (site.db, CAC_xxx/rx/*.dcm, synth_truth.json)
     OUT/cacxr-cache/     the image store and the feature cache
     OUT/run/             the run folder: config.json, metrics.json, predictions.csv, plots/, report.html
+    OUT/run_regression/  the same for the regression approach
+    OUT/compare/         the two approaches side by side (cacxr.compare): compare.md, forest.png, ...
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +31,7 @@ __all__ = ["DemoSettings", "run_demo"]
 logger = logging.getLogger(__name__)
 
 _MARKER = "demo.json"
+_COMPARISON = Path("compare") / "compare.md"  # written last: the demo has finished
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def run_demo(
     progress: bool = True,
     num_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Generate a cohort, ingest it, train a cross-validated model and write its report.
+    """Generate a cohort, ingest it, train a cross-validated classifier and regressor, and compare them.
 
     Args:
         out: the demo folder (new or empty, or an unfinished demo to continue).
@@ -75,11 +80,13 @@ def run_demo(
         num_threads: torch CPU threads (default: torch's choice).
 
     Returns:
-        The run's metrics.json content; the report is ``out/run/report.html``.
+        The classification run's metrics.json content (its report is ``out/run/report.html``), with
+        ``"compare"``: the ``cacxr.compare.compare_runs`` result of the two runs.
 
     Raises:
         CacxrError: ``out`` holds something else, a finished demo, or a demo with other settings.
     """
+    from cacxr.compare import compare_runs
     from cacxr.config import TrainConfig
     from cacxr.synth import TRUTH_FILE, make_cohort
     from cacxr.train import train_run
@@ -117,7 +124,28 @@ def run_demo(
         num_threads=num_threads,
         progress=progress,
     )
-    return train_run(config)
+    metrics = train_run(config)
+    # The second approach on the same patients, folds and settings, so that the paired comparison is fair.
+    regression_dir = root / "run_regression"
+    regression = dataclasses.replace(
+        config,
+        task="regression",
+        out=str(regression_dir),
+        resume=regression_dir.is_dir() and any(regression_dir.iterdir()),
+    )
+    train_run(regression)
+    comparison = compare_runs([run_dir, regression_dir], root / "compare")
+    for entry in comparison["runs"]:
+        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+        if entry["best"]:
+            versus = "the better of the two"
+        elif entry["paired"]:
+            versus = f"paired DeLong test against the better: p = {entry['paired']['p_value']:.3g}"
+        else:
+            versus = entry["paired_note"]
+        logger.info("%s (%s): pooled AUC %s; %s", entry["name"], entry["task"], auc, versus)
+    logger.info("both approaches side by side: %s", root / _COMPARISON)
+    return {**metrics, "compare": comparison}
 
 
 def _check_folder(root: Path, settings: DemoSettings, run_dir: Path) -> None:
@@ -129,9 +157,10 @@ def _check_folder(root: Path, settings: DemoSettings, run_dir: Path) -> None:
     marker = root / _MARKER
     if not marker.is_file():
         raise CacxrError(f"{root}: not empty and not a cacxr demo folder (no {_MARKER}); choose another --out")
-    if (run_dir / "metrics.json").is_file():
+    if (root / _COMPARISON).is_file():
         raise CacxrError(
-            f"{root}: already holds a finished demo (report: {run_dir / 'report.html'}); "
+            f"{root}: already holds a finished demo (report: {run_dir / 'report.html'}, comparison: "
+            f"{root / _COMPARISON}); "
             "choose another --out to run it again"
         )
     try:

@@ -1,0 +1,527 @@
+"""Several trained runs side by side: a table, a forest plot and paired tests against the best run.
+
+``compare_runs([RUN_A, RUN_B, ...], OUT)`` reads each run's metrics.json, config.json and predictions.csv
+and writes::
+
+    OUT/compare.md     the table (pooled AUC with its 95 % CI, balanced accuracy, sensitivity, specificity;
+                       regression runs also MAE of log CAC and Spearman), the paired tests, the settings
+                       that differ between the runs
+    OUT/compare.csv    the same, one row per run, numbers written exactly as in each metrics.json
+    OUT/compare.json   everything compare_runs returns
+    OUT/forest.png     each run's pooled AUC and its 95 % CI
+
+Figures are copied from each run's metrics.json, never recomputed, so they are exactly the run's own.
+
+Runs are compared only when they are comparable: the same patients with the same CAC scores (from
+predictions.csv; a run without it falls back to its manifest's sha256) and the same threshold (CAC >
+threshold is the endpoint). Runs that differ in either are not refused: they are shown apart, in
+groups A, B, ..., with a note, and a group's best run and paired tests concern that group only.
+
+Paired test: within a group, the run with the highest pooled AUC is the reference, and each other run
+is compared with it by DeLong's test on the two runs' out-of-fold scores of the same patients
+(``cacxr.metrics.delong_test``); ``diff`` is the best run's AUC minus this run's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cacxr.atomic import atomic_path, write_json, write_text
+from cacxr.config import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
+from cacxr.errors import CacxrError
+
+__all__ = ["compare_runs", "METRIC_COLUMNS", "COMPARED_SETTINGS"]
+
+# Pooled metrics shown for each run: (metrics.json key, title); the last two only for regression runs.
+METRIC_COLUMNS = (
+    ("auc", "AUC"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("mae_log", "MAE (log CAC)"),
+    ("spearman", "Spearman"),
+)
+_REGRESSION_ONLY = ("mae_log", "spearman")
+
+# config.json keys that define what a run computes: not where its files were, nor whether it drew plots.
+_VERSION_KEYS = ("cacxr_version", "torch_version", "store_profile_version")
+_NOT_COMPARED = {*EXECUTION_FIELDS, *LOCATION_FIELDS, "viz", "save"}
+COMPARED_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in _NOT_COMPARED) + _VERSION_KEYS
+
+_MISSING = "—"
+
+
+@dataclass
+class _Run:
+    """One run as read from its folder."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    # patient_id -> (label, score, cac_score); None when the run has no readable predictions.csv
+    predictions: dict[str, tuple[int, float, float]] | None
+    predictions_note: str = ""
+    group: str = ""
+    paired: dict[str, Any] | None = None
+    paired_note: str = ""
+    best: bool = False  # the reference of its group
+
+    @property
+    def task(self) -> str:
+        return str(self.metrics.get("task") or self.config.get("task") or "classification")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metrics.get("threshold", self.config.get("threshold", 0.0)))
+
+    @property
+    def pooled(self) -> dict[str, Any]:
+        return self.metrics.get("pooled") or {}
+
+
+def compare_runs(
+    run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], viz: bool = True
+) -> dict[str, Any]:
+    """Compare trained runs and write compare.md, compare.csv, compare.json and forest.png into ``out``.
+
+    Args:
+        run_dirs: two or more finished run folders (each with config.json and metrics.json).
+        out: the output folder (created when missing; only the four files above are written there).
+        viz: draw forest.png.
+
+    Returns:
+        ``{"runs": [...], "groups": [...], "settings_differ": [...], "notes": [...], "files": {...}}``.
+        Each run has ``name``, ``path``, ``group``, ``task``, ``threshold``, ``n``, ``n_pos``, the
+        pooled metrics of :data:`METRIC_COLUMNS` and ``auc_ci`` exactly as in its metrics.json (regression
+        metrics ``None`` for classification runs), ``best`` (the reference of its group), ``paired``
+        (``delong_test`` result against the best run plus ``against`` and ``n``, or ``None``),
+        ``paired_note`` (why there is no paired test) and ``settings`` (its values of the settings that
+        differ). Each group has ``id``, ``threshold``, ``n_patients``, ``runs`` and ``best``.
+
+    Raises:
+        CacxrError: fewer than two runs, a run given twice, or a folder that is not a finished run.
+    """
+    if len(run_dirs) < 2:
+        raise CacxrError("compare needs at least two run folders")
+    runs = _read_runs(run_dirs)
+    groups = _group(runs)
+    for members in groups.values():
+        _paired_tests(members)
+    differ = _settings_that_differ(runs)
+    notes = _notes(runs, groups)
+    out_dir = Path(out)
+    files = {
+        "markdown": out_dir / "compare.md",
+        "csv": out_dir / "compare.csv",
+        "json": out_dir / "compare.json",
+    }
+    if viz:
+        files["forest"] = out_dir / "forest.png"
+    result = {
+        "runs": [_run_summary(run, differ, groups) for run in runs],
+        "groups": [_group_summary(gid, members) for gid, members in groups.items()],
+        "settings_differ": differ,
+        "notes": notes,
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    write_text(files["csv"], _csv_text(result))
+    write_text(files["markdown"], _markdown(result))
+    if viz:
+        _forest_plot(result, files["forest"])
+    write_json(files["json"], result)
+    return result
+
+
+# ---- reading ---------------------------------------------------------------------------------------------
+
+
+def _read_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[_Run]:
+    paths = [Path(d) for d in run_dirs]
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            raise CacxrError(f"{path}: given twice (as {seen[key]} too); list each run once")
+        seen[key] = path
+    names = _names(paths)
+    return [_read_run(path, name) for path, name in zip(paths, names, strict=True)]
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Each run's folder name, with its parent folder when two runs share a name."""
+    names = [p.resolve().name for p in paths]
+    return [
+        "/".join(p.resolve().parts[-2:]) if names.count(name) > 1 else name
+        for p, name in zip(paths, names, strict=True)
+    ]
+
+
+def _read_run(path: Path, name: str) -> _Run:
+    if not path.is_dir():
+        raise CacxrError(f"{path}: no such run folder")
+    metrics = _read_json(path / "metrics.json", "a finished run has one; train it, or merge its folds")
+    config = _read_json(path / "config.json", "not a cacxr run folder")
+    if "pooled" not in metrics or "task" not in metrics:
+        raise CacxrError(f"{path / 'metrics.json'}: not the metrics of a cross-validated run (no pooled figures)")
+    predictions, note = _read_predictions(path / "predictions.csv")
+    return _Run(path=path, name=name, config=config, metrics=metrics, predictions=predictions, predictions_note=note)
+
+
+def _read_json(path: Path, hint: str) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CacxrError(f"{path}: missing ({hint})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CacxrError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(content, dict):
+        raise CacxrError(f"{path}: expected a JSON object, found {type(content).__name__}")
+    return content
+
+
+def _read_predictions(path: Path) -> tuple[dict[str, tuple[int, float, float]] | None, str]:
+    """patient_id -> (label, score, cac_score), or None and the reason (then no paired test is possible)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        table = {
+            row["patient_id"]: (int(row["label"]), float(row["score"]), float(row["cac_score"])) for row in rows
+        }
+    except FileNotFoundError:
+        return None, f"{path}: missing"
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        return None, f"{path}: unreadable ({type(exc).__name__}: {exc})"
+    if len(table) != len(rows):
+        return None, f"{path}: a patient appears twice"
+    return table, ""
+
+
+# ---- grouping and paired tests -------------------------------------------------------------------------
+
+
+def _cohort_key(run: _Run) -> tuple[float, str]:
+    """Runs with equal keys are comparable: same threshold, same patients with the same CAC scores."""
+    if run.predictions is not None:
+        text = "\n".join(f"{pid},{cac!r}" for pid, (_, _, cac) in sorted(run.predictions.items()))
+        cohort = "patients:" + hashlib.sha256(text.encode()).hexdigest()
+    else:
+        cohort = f"manifest:{run.config.get('manifest_sha256', run.path)}"
+    return run.threshold, cohort
+
+
+def _group(runs: list[_Run]) -> dict[str, list[_Run]]:
+    """Runs by comparable cohort, labelled A, B, ... in the order given."""
+    by_key: dict[tuple[float, str], list[_Run]] = {}
+    for run in runs:
+        by_key.setdefault(_cohort_key(run), []).append(run)
+    groups = {}
+    for index, members in enumerate(by_key.values()):
+        gid = _group_id(index)
+        for run in members:
+            run.group = gid
+        groups[gid] = members
+    return groups
+
+
+def _group_id(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _best(members: list[_Run]) -> _Run | None:
+    """The run with the highest pooled AUC (the first given on ties); None when no AUC is defined."""
+    scored = [run for run in members if _finite(run.pooled.get("auc"))]
+    return max(scored, key=lambda run: run.pooled["auc"]) if scored else None
+
+
+def _paired_tests(members: list[_Run]) -> None:
+    """DeLong test of each run against its group's best run, on their shared patients."""
+    from cacxr.metrics import delong_test
+
+    best = _best(members)
+    for run in members:
+        run.best = run is best
+        if best is None:
+            run.paired_note = "no run of this group has a defined AUC"
+            continue
+        if run is best or len(members) == 1:
+            continue
+        if best.predictions is None or run.predictions is None:
+            missing = run if run.predictions is None else best
+            run.paired_note = f"no paired test: {missing.predictions_note}"
+            continue
+        shared = sorted(set(best.predictions) & set(run.predictions))
+        labels = [best.predictions[pid][0] for pid in shared]
+        try:
+            test = delong_test(
+                labels, [best.predictions[pid][1] for pid in shared], [run.predictions[pid][1] for pid in shared]
+            )
+        except CacxrError as exc:
+            run.paired_note = f"no paired test: {exc}"
+            continue
+        run.paired = {"against": best.name, "n": len(shared), **test}
+
+
+def _settings_that_differ(runs: list[_Run]) -> list[str]:
+    """config.json keys among :data:`COMPARED_SETTINGS` whose values are not the same in every run."""
+    differ = []
+    for key in COMPARED_SETTINGS:
+        values = [json.dumps(run.config.get(key, _MISSING), sort_keys=True) for run in runs]
+        if len(set(values)) > 1:
+            differ.append(key)
+    return differ
+
+
+def _notes(runs: list[_Run], groups: dict[str, list[_Run]]) -> list[str]:
+    notes = []
+    if len(groups) > 1:
+        described = "; ".join(
+            f"group {gid}: CAC > {_number(members[0].threshold)}, {_n_patients(members[0])} patients "
+            f"({', '.join(run.name for run in members)})"
+            for gid, members in groups.items()
+        )
+        notes.append(
+            "These runs do not all share the same patients and threshold, so they are shown apart in "
+            f"{len(groups)} groups ({described}). Figures of different groups are not comparable: each group "
+            "has its own best run, and paired tests are done within a group only."
+        )
+    for run in runs:
+        if run.predictions is None:
+            notes.append(f"{run.name}: {run.predictions_note}; its patients are known only by its manifest hash.")
+    return notes
+
+
+# ---- summaries -------------------------------------------------------------------------------------------
+
+
+def _run_summary(run: _Run, differ: list[str], groups: dict[str, list[_Run]]) -> dict[str, Any]:
+    pooled = run.pooled
+    summary: dict[str, Any] = {
+        "name": run.name,
+        "path": str(run.path),
+        "group": run.group,
+        "task": run.task,
+        "threshold": run.threshold,
+        "n": pooled.get("n"),
+        "n_pos": pooled.get("n_pos"),
+    }
+    for key, _ in METRIC_COLUMNS:
+        summary[key] = None if key in _REGRESSION_ONLY and run.task != "regression" else pooled.get(key)
+    summary["auc_ci"] = pooled.get("auc_ci")
+    summary["best"] = run.best
+    summary["paired"] = run.paired
+    summary["paired_note"] = run.paired_note
+    summary["settings"] = {key: run.config.get(key) for key in differ}
+    return summary
+
+
+def _group_summary(gid: str, members: list[_Run]) -> dict[str, Any]:
+    best = next((run for run in members if run.best), None)
+    return {
+        "id": gid,
+        "threshold": members[0].threshold,
+        "n_patients": _n_patients(members[0]),
+        "runs": [run.name for run in members],
+        "best": best.name if best else None,
+    }
+
+
+def _n_patients(run: _Run) -> int | None:
+    return len(run.predictions) if run.predictions is not None else run.pooled.get("n")
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+
+
+def _csv_text(result: dict[str, Any]) -> str:
+    """One row per run; floats as ``repr`` so that they read back exactly as in metrics.json."""
+    base = ["group", "run", "path", "task", "threshold", "n", "n_pos"]
+    metric_keys = [key for key, _ in METRIC_COLUMNS]
+    settings = [key for key in result["settings_differ"] if key not in base]
+    columns = [
+        *base, "auc", "auc_ci_low", "auc_ci_high", *metric_keys[1:], "best",
+        "paired_against", "paired_n", "auc_diff_best_minus_run", "diff_ci_low", "diff_ci_high", "p_value",
+        "paired_note", *settings,
+    ]
+    rows = []
+    for run in result["runs"]:
+        ci = run["auc_ci"] or [None, None]
+        paired = run["paired"] or {}
+        diff_ci = paired.get("ci") or [None, None]
+        row = {
+            "group": run["group"], "run": run["name"], "path": run["path"], "task": run["task"],
+            "threshold": run["threshold"], "n": run["n"], "n_pos": run["n_pos"],
+            "auc_ci_low": ci[0], "auc_ci_high": ci[1], "best": int(run["best"]),
+            "paired_against": paired.get("against"), "paired_n": paired.get("n"),
+            "auc_diff_best_minus_run": paired.get("diff"), "diff_ci_low": diff_ci[0], "diff_ci_high": diff_ci[1],
+            "p_value": paired.get("p_value"), "paired_note": run["paired_note"],
+        }
+        row.update({key: run[key] for key in metric_keys})
+        row.update({key: _csv_value(run["settings"].get(key)) for key in settings})
+        rows.append({k: _csv_value(v) for k, v in row.items()})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    runs = result["runs"]
+    lines = ["# Comparison of cacxr runs", ""]
+    lines += [f"> **Note.** {note}" + "\n" for note in result["notes"]]
+    lines.append(
+        "Pooled out-of-fold figures from each run's metrics.json (95 % CI: the run's bootstrap interval). "
+        "Paired test: DeLong's test of the run's AUC against the best run of its group (highest pooled AUC), "
+        "on the out-of-fold scores of the patients both runs share; ΔAUC = best − this run."
+    )
+    lines.append("")
+    regression = any(run["task"] == "regression" for run in runs)
+    titles = [title for key, title in METRIC_COLUMNS if regression or key not in _REGRESSION_ONLY]
+    keys = [key for key, _ in METRIC_COLUMNS if regression or key not in _REGRESSION_ONLY]
+    several = len(result["groups"]) > 1
+    for group in result["groups"]:
+        members = [run for run in runs if run["group"] == group["id"]]
+        if several:
+            lines += [f"## Group {group['id']}: CAC > {_number(group['threshold'])}, {group['n_patients']} patients", ""]
+        head = ["run", "task", "n (positive)", *titles, "vs best: ΔAUC (95 % CI)", "p (DeLong)"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
+        for run in members:
+            cells = [f"**{run['name']}**" if run["best"] else run["name"], run["task"], f"{run['n']} ({run['n_pos']})"]
+            for key in keys:
+                text = _fmt(run[key])
+                if key == "auc" and run["auc_ci"] and None not in run["auc_ci"]:
+                    text += f" ({_fmt(run['auc_ci'][0])}–{_fmt(run['auc_ci'][1])})"
+                cells.append(text)
+            cells += _paired_cells(run)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    lines += _settings_markdown(result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _paired_cells(run: dict[str, Any]) -> list[str]:
+    if run["best"]:
+        return ["best", ""]
+    paired = run["paired"]
+    if paired is None:
+        return [run["paired_note"] or "n/a", ""]
+    lo, hi = paired["ci"]
+    return [f"{paired['diff']:+.3f} ({lo:+.3f} to {hi:+.3f}), n={paired['n']}", _p(paired["p_value"])]
+
+
+def _settings_markdown(result: dict[str, Any]) -> list[str]:
+    differ = result["settings_differ"]
+    if not differ:
+        return ["All compared settings are the same in every run.", ""]
+    names = [run["name"] for run in result["runs"]]
+    lines = ["## Settings that differ (config.json)", ""]
+    lines.append("| setting | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for key in differ:
+        values = [_setting(run["settings"].get(key)) for run in result["runs"]]
+        lines.append(f"| {key} | " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
+    lines.append("")
+    return lines
+
+
+def _forest_plot(result: dict[str, Any], path: Path) -> None:
+    """Pooled AUC and its 95 % CI per run, one row each, groups one below the other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = result["runs"]
+    several = len(result["groups"]) > 1
+    order = [run for group in result["groups"] for run in runs if run["group"] == group["id"]]
+    fig = Figure(figsize=(7.5, 1.2 + 0.45 * len(order)), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels, texts = [], []
+    for row, run in enumerate(order):
+        y = len(order) - 1 - row
+        auc, ci = run["auc"], run["auc_ci"] or [None, None]
+        labels.append((f"[{run['group']}] " if several else "") + f"{run['name']} ({run['task']})")
+        if auc is None:
+            texts.append("AUC n/a")
+            continue
+        colour = "black" if run["best"] else "tab:blue"
+        if None not in ci:
+            ax.errorbar(auc, y, xerr=[[auc - ci[0]], [ci[1] - auc]], fmt="none", ecolor=colour, capsize=4)
+            texts.append(f"{auc:.3f} ({ci[0]:.3f}–{ci[1]:.3f})")
+        else:
+            texts.append(f"{auc:.3f}")
+        ax.plot([auc], [y], marker="D" if run["best"] else "o", color=colour, markersize=7)
+    for row in range(1, len(order)):
+        if order[row]["group"] != order[row - 1]["group"]:  # a line between groups
+            ax.axhline(len(order) - row - 0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(0.5, linestyle="--", color="grey", linewidth=1)
+    ax.set_yticks(range(len(order) - 1, -1, -1), labels)
+    lows = [v for run in order for v in [run["auc"], *(run["auc_ci"] or [])] if v is not None]
+    ax.set_xlim(min([0.4, *lows]) - 0.02, 1.0)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    for row, text in enumerate(texts):
+        ax.annotate(text, (1.0, len(order) - 1 - row), xytext=(6, 0), textcoords="offset points", va="center",
+                    annotation_clip=False, fontsize=8)
+    ax.set_xlabel("pooled out-of-fold AUC (95 % CI); diamond: best of its group; dashed: chance")
+    ax.set_title("Runs compared")
+    ax.grid(axis="x", alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+# ---- formatting ------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float | np.floating):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _number(value: Any) -> str:
+    return f"{float(value):g}"
+
+
+def _setting(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
