@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "explain": "saliency overlay (integrated gradients or Grad-CAM) on radiographs",
     "export": "export a trained model to ONNX or TorchScript with its preprocessing contract",
     "compare": "compare several runs side by side (table, forest plot, paired tests)",
+    "fit-final": "train one final model on every patient of a run, with settings chosen by its folds",
     "serve": "HTTP API and web page for uploads",
     "demo": "the whole pipeline on a generated cohort, sized for a laptop CPU",
 }
