@@ -39,3 +39,19 @@ def test_a_user_error_is_one_line_without_traceback(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert str(missing) in err and "Traceback" not in err
     assert err.startswith("cacxr ingest: error:")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("final", "final"), ("ensemble", "ensemble"), ("2", 2)])
+def test_fold_flag_accepts_final_ensemble_or_a_number(value: str, expected: object) -> None:
+    from cacxr.cli import build_parser
+
+    args = build_parser("predict").parse_args(["predict", "RUN", "x.dcm", "--fold", value])
+    assert args.fold == expected
+
+
+def test_fold_flag_refuses_other_words(capsys: pytest.CaptureFixture) -> None:
+    from cacxr.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("predict").parse_args(["predict", "RUN", "x.dcm", "--fold", "best"])
+    assert "expected 'final', 'ensemble' or a fold number" in capsys.readouterr().err

@@ -99,7 +99,8 @@ def _read_rows(path: str | os.PathLike[str], cls: type) -> list:
         missing = [n for n in types if n not in (reader.fieldnames or [])]
         required = [n for n in missing if n in ("patient_id", "path")]
         if required:
-            raise CacxrError(f"{path}: not a {cls.__name__} file (missing columns: {', '.join(required)})")
+            kind = "manifest.csv" if cls is ManifestRow else "excluded.csv"
+            raise CacxrError(f"{path}: not a {kind} file (missing columns: {', '.join(required)})")
         for line, record in enumerate(reader, start=2):
             kwargs = {}
             for name, typ in types.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cacxr.commands import add_model_argument
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -18,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (new, empty or an earlier evaluation)"
     )
-    parser.add_argument(
-        "--fold", type=int, metavar="K", help="use fold K's model only (default: all folds, averaged)"
-    )
+    add_model_argument(parser, "evaluate")
     parser.add_argument(
         "--compare", metavar="OTHER_RUN", help="score the same patients with another run; paired DeLong test"
     )

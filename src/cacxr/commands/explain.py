@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cacxr.commands import add_model_argument
 from cacxr.errors import CacxrError
 
 __all__ = ["add_arguments", "run"]
@@ -25,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", choices=METHODS, default=METHODS[0], help="attribution method (default %(default)s)"
     )
-    parser.add_argument(
-        "--fold", type=int, metavar="K", help="explain fold K's model only (default: the ensemble)"
-    )
+    add_model_argument(parser, "explain")
     parser.add_argument(
         "--steps", type=int, default=32, metavar="N", help="integrated-gradients steps (default 32)"
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cacxr.commands import add_model_argument
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -16,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="FILE", help="the model file to write (e.g. model.onnx)"
     )
-    parser.add_argument(
-        "--fold", type=int, metavar="K", help="export fold K's model only (default: the ensemble)"
-    )
+    add_model_argument(parser, "export")
 
 
 def run(args: argparse.Namespace) -> int:

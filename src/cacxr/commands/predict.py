@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cacxr.commands import add_model_argument
 from cacxr.errors import CacxrError
 
 __all__ = ["add_arguments", "run"]
@@ -19,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", metavar="FILE.csv", help="write the rows as CSV here (default: a table on stdout)"
     )
-    parser.add_argument(
-        "--fold", type=int, metavar="K", help="use fold K's model only (default: all folds, averaged)"
-    )
+    add_model_argument(parser, "score with")
     parser.add_argument(
         "--batch-size", type=int, default=16, metavar="N", help="images scored together (default 16)"
     )

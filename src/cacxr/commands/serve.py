@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 
+from cacxr.commands import add_model_argument
 from cacxr.errors import CacxrError
 
 __all__ = ["add_arguments", "run"]
@@ -27,9 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="largest accepted upload, refused with HTTP 413 while reading (default %(default)g)",
     )
-    parser.add_argument(
-        "--fold", type=int, metavar="K", help="serve fold K's model only (default: all folds, averaged)"
-    )
+    add_model_argument(parser, "serve")
     parser.add_argument(
         "--workers-threads",
         type=int,
