@@ -253,3 +253,22 @@ def test_refusals_name_the_folder_and_reason(tmp_path: Path, setup: str, message
     if setup in ("no_metrics", "absent", "bad_json"):
         assert str(bad) in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_ends_with_both_approaches_compared(tmp_path: Path) -> None:
+    from cacxr.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(patients=30, synth_size=64, image_size=32, epochs=1, kfold=2)
+    metrics = run_demo(tmp_path / "demo", settings, progress=False, num_threads=1)
+    comparison = metrics["compare"]
+    assert [(r["name"], r["task"]) for r in comparison["runs"]] == [("run", "classification"), ("run_regression", "regression")]
+    assert len(comparison["groups"]) == 1  # the same patients and threshold: compared directly
+    assert comparison["settings_differ"][0] == "task"
+    for entry in comparison["runs"]:
+        pooled = json.loads((tmp_path / "demo" / entry["name"] / "metrics.json").read_text())["pooled"]
+        assert entry["auc"] == pooled["auc"]
+    assert sum(r["paired"] is not None for r in comparison["runs"]) == 1
+    assert metrics["pooled"] == json.loads((tmp_path / "demo" / "run" / "metrics.json").read_text())["pooled"]
+    _assert_png(tmp_path / "demo" / "compare" / "forest.png")
+    with pytest.raises(CacxrError, match="already holds a finished demo"):
+        run_demo(tmp_path / "demo", settings, progress=False)

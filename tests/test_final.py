@@ -151,6 +151,10 @@ def test_fit_final_command_on_regression_run(regression_run: Path, capsys: pytes
     assert fit_final(regression_run, device="cpu", progress=False)["date"] == final["date"]
     assert json.loads((regression_run / "config.json").read_text())["final"]["epochs"] == final["epochs"]
     assert (regression_run / FINAL_DIR / MODEL_FILE).stat().st_mtime_ns == weights
+    # --overwrite trains again, with the same choices (they come from the folds).
+    again = fit_final(regression_run, device="cpu", overwrite=True, progress=False, num_threads=1)
+    assert (regression_run / FINAL_DIR / MODEL_FILE).stat().st_mtime_ns != weights
+    assert (again["epochs"], again["decision_threshold"]) == (final["epochs"], final["decision_threshold"])
 
 
 def test_final_model_with_clinical_covariates(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -274,7 +274,8 @@ def test_shuffled_labels_score_at_chance(prepared: tuple[Path, Path], tmp_path: 
     assert lo <= 0.5 <= hi
 
 
-def test_a_visible_signal_is_learned(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_visible_signal_is_learned(task: str, tmp_path: Path) -> None:
     # Positive control: positives carry a bright disc (noise images as PNG files, which the store reads too).
     from PIL import Image
 
@@ -295,7 +296,7 @@ def test_a_visible_signal_is_learned(tmp_path: Path) -> None:
     write_manifest(rows, tmp_path / "manifest.csv")
     build_store(tmp_path / "manifest.csv", tmp_path / "store", image_size=SIZE, workers=1, progress=False)
     prepared = (tmp_path / "manifest.csv", tmp_path / "store")
-    metrics = train_run(tiny(prepared, tmp_path / "run", finetune="last", epochs=5))
+    metrics = train_run(tiny(prepared, tmp_path / "run", task=task, finetune="last", epochs=15))
     assert metrics["pooled"]["auc"] > 0.75 and metrics["pooled"]["auc_ci"][0] > 0.5
 
 

@@ -140,6 +140,8 @@ def fit_final(
     store = _store(root, record, cfg, ids, rows, workers, progress)
     covariates = {row.patient_id: (float(row.age), row.sex) for row in rows} if rows else None
     target = resolve_device(device)
+    # Retraining: the old record goes first, so that an interruption never pairs it with new weights.
+    (final_dir / FINAL_RECORD).unlink(missing_ok=True)
 
     started = time.perf_counter()
     logger.info("final model: %d patients, %d epochs (median of the folds' best epochs)", len(ids), epochs)
