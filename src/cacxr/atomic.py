@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text", "write_bytes", "write_json"]
+__all__ = ["atomic_path", "write_text", "write_bytes", "write_json", "read_json_object"]
 
 
 @contextmanager
@@ -66,3 +66,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json_object(path: str | os.PathLike[str], hint: str = "") -> dict[str, Any]:
+    """Read a JSON object written by cacxr, with a one-line error naming the file.
+
+    Args:
+        path: the JSON file.
+        hint: what the file is for, added to the "missing" message (e.g. "not a finished run").
+
+    Raises:
+        CacxrError: the file is missing, unreadable, or not a JSON object.
+    """
+    from cacxr.errors import CacxrError
+
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CacxrError(f"{path}: missing" + (f" ({hint})" if hint else "")) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CacxrError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(content, dict):
+        raise CacxrError(f"{path}: expected a JSON object, found {type(content).__name__}")
+    return content

@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.atomic import atomic_path, write_json, write_text
+from cacxr.atomic import atomic_path, read_json_object, write_json, write_text
 from cacxr.config import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
 from cacxr.errors import CacxrError
 
-__all__ = ["compare_runs", "METRIC_COLUMNS", "COMPARED_SETTINGS"]
+__all__ = [
+    "compare_runs", "summary_lines", "METRIC_COLUMNS", "COMPARED_SETTINGS"]
 
 # Pooled metrics shown for each run: (metrics.json key, title); the last two only for regression runs.
 METRIC_COLUMNS = (
@@ -89,6 +90,22 @@ class _Run:
     @property
     def pooled(self) -> dict[str, Any]:
         return self.metrics.get("pooled") or {}
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """One line per note and per run of a ``compare_runs`` result: its pooled AUC and its paired test."""
+    lines = [f"note: {note}" for note in result["notes"]]
+    for entry in result["runs"]:
+        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+        if entry["best"]:
+            versus = "best of its group"
+        elif entry["paired"]:
+            versus = f"vs best {entry['paired']['diff']:+.3f}, DeLong p = {entry['paired']['p_value']:.3g}"
+        else:
+            versus = entry["paired_note"]
+        group = f"[{entry['group']}] " if len(result["groups"]) > 1 else ""
+        lines.append(f"{group}{entry['name']} ({entry['task']}): pooled AUC {auc}; {versus}")
+    return lines
 
 
 def compare_runs(
@@ -171,24 +188,12 @@ def _names(paths: list[Path]) -> list[str]:
 def _read_run(path: Path, name: str) -> _Run:
     if not path.is_dir():
         raise CacxrError(f"{path}: no such run folder")
-    metrics = _read_json(path / "metrics.json", "a finished run has one; train it, or merge its folds")
-    config = _read_json(path / "config.json", "not a cacxr run folder")
+    metrics = read_json_object(path / "metrics.json", "a finished run has one; train it, or merge its folds")
+    config = read_json_object(path / "config.json", "not a cacxr run folder")
     if "pooled" not in metrics or "task" not in metrics:
         raise CacxrError(f"{path / 'metrics.json'}: not the metrics of a cross-validated run (no pooled figures)")
     predictions, note = _read_predictions(path / "predictions.csv")
     return _Run(path=path, name=name, config=config, metrics=metrics, predictions=predictions, predictions_note=note)
-
-
-def _read_json(path: Path, hint: str) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CacxrError(f"{path}: missing ({hint})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CacxrError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(content, dict):
-        raise CacxrError(f"{path}: expected a JSON object, found {type(content).__name__}")
-    return content
 
 
 def _read_predictions(path: Path) -> tuple[dict[str, tuple[int, float, float]] | None, str]:

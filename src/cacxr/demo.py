@@ -86,7 +86,7 @@ def run_demo(
     Raises:
         CacxrError: ``out`` holds something else, a finished demo, or a demo with other settings.
     """
-    from cacxr.compare import compare_runs
+    from cacxr.compare import compare_runs, summary_lines
     from cacxr.config import TrainConfig
     from cacxr.synth import TRUTH_FILE, make_cohort
     from cacxr.train import train_run
@@ -135,15 +135,8 @@ def run_demo(
     )
     train_run(regression)
     comparison = compare_runs([run_dir, regression_dir], root / "compare")
-    for entry in comparison["runs"]:
-        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
-        if entry["best"]:
-            versus = "the better of the two"
-        elif entry["paired"]:
-            versus = f"paired DeLong test against the better: p = {entry['paired']['p_value']:.3g}"
-        else:
-            versus = entry["paired_note"]
-        logger.info("%s (%s): pooled AUC %s; %s", entry["name"], entry["task"], auc, versus)
+    for line in summary_lines(comparison):
+        logger.info("%s", line)
     logger.info("both approaches side by side: %s", root / _COMPARISON)
     return {**metrics, "compare": comparison}
 

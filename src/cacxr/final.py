@@ -25,7 +25,6 @@ of its performance, and report.html says so. Files::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from cacxr.atomic import write_json
+from cacxr.atomic import read_json_object, write_json
 from cacxr.config import TrainConfig, resolve_device
 from cacxr.errors import CacxrError
 
@@ -119,7 +118,7 @@ def fit_final(
     record, cfg = _read_run_config(root)
     final_dir = root / FINAL_DIR
     if has_final(root) and not overwrite:
-        existing = _read_json(final_dir / FINAL_RECORD)
+        existing = read_json_object(final_dir / FINAL_RECORD)
         if isinstance(record.get("final"), dict):
             raise CacxrError(
                 f"{final_dir}: the run already has a final model ({existing.get('epochs')} epochs, "
@@ -178,18 +177,6 @@ def fit_final(
 # ---- the run's settings, folds and patients ------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CacxrError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CacxrError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(content, dict):
-        raise CacxrError(f"{path}: expected a JSON object")
-    return content
-
-
 def _read_run_config(root: Path) -> tuple[dict[str, Any], TrainConfig]:
     if not (root / "config.json").is_file():
         raise CacxrError(f"{root}: not a cacxr run folder (no config.json)")
@@ -198,7 +185,7 @@ def _read_run_config(root: Path) -> tuple[dict[str, Any], TrainConfig]:
             f"{root}: cross-validation has not finished (no metrics.json); finish the run first "
             f"(cacxr train ... --out {root} --resume, or --merge for fold jobs)"
         )
-    record = _read_json(root / "config.json")
+    record = read_json_object(root / "config.json")
     try:
         cfg = TrainConfig.from_dict(record).resolved()
     except (TypeError, ValueError) as exc:

@@ -20,21 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compare the runs and print one line per run and where the results are."""
-    from cacxr.compare import compare_runs
+    from cacxr.compare import compare_runs, summary_lines
 
     result = compare_runs(args.runs, args.out, viz=args.viz)
-    for note in result["notes"]:
-        print(f"note: {note}")
-    for entry in result["runs"]:
-        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
-        if entry["best"]:
-            versus = "best of its group"
-        elif entry["paired"]:
-            versus = f"vs best {entry['paired']['diff']:+.3f}, DeLong p = {entry['paired']['p_value']:.3g}"
-        else:
-            versus = entry["paired_note"]
-        group = f"[{entry['group']}] " if len(result["groups"]) > 1 else ""
-        print(f"{group}{entry['name']} ({entry['task']}): pooled AUC {auc}; {versus}")
+    for line in summary_lines(result):
+        print(line)
     if result["settings_differ"]:
         print(f"settings that differ: {', '.join(result['settings_differ'])}")
     print(f"table: {result['files']['markdown']}")
