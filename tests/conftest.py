@@ -15,3 +15,30 @@ def real_cxr_dir() -> Path:
     if not REAL_CXR_DIR.is_dir():
         pytest.skip(f"real radiographs not found at {REAL_CXR_DIR}")
     return REAL_CXR_DIR
+
+
+# The tiny trained run shared by the tests of everything that uses a run (built once per session).
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classification run (tests/_tiny_run.py)."""
+    from _tiny_run import tiny_run
+
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic cohort the tiny runs were trained on."""
+    from _tiny_run import tiny_cohort
+
+    return tiny_cohort(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def run(run_dir: Path):
+    """The tiny run, loaded (cacxr.run.load_run)."""
+    from cacxr.run import load_run
+
+    return load_run(run_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _tiny_run import COHORT_EXTERNAL, tiny_cohort, tiny_run
+from _tiny_run import COHORT_EXTERNAL, tiny_run
 from cacxr.cli import main
 from cacxr.errors import CacxrError
 from cacxr.evaluate import evaluate_run
@@ -18,16 +18,6 @@ from cacxr.run import load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N_BOOT = 200
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_cohort(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

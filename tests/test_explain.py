@@ -20,16 +20,6 @@ from cacxr.run import load_run
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(run_dir: Path):
-    return load_run(run_dir)
-
-
-@pytest.fixture(scope="session")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     cohort = tiny_cohort(tmp_path_factory)
     return sorted(p for p in cohort.rglob("*.dcm") if not p.relative_to(cohort).parts[0].startswith("CAC"))[

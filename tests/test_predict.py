@@ -10,28 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
+from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
 from cacxr.imaging import read_image
 from cacxr.inference import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
 from cacxr.metrics import AGATSTON_BANDS
 from cacxr.preprocess import preprocess_read
 from cacxr.run import load_run
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_cohort(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(run_dir: Path):
-    return load_run(run_dir)
 
 
 def _synth_files(cohort: Path, n: int) -> list[Path]:

@@ -49,16 +49,6 @@ def _few_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(run_dir: Path):
-    return load_run(run_dir)
-
-
 @pytest.fixture(scope="module")
 def client(run) -> TestClient:
     return TestClient(create_app(run, max_upload_bytes=4 * 2**20, explain_steps=4))
