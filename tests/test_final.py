@@ -192,7 +192,7 @@ def test_choose_epochs_median_half_up_at_least_one(best: list[int], epochs: int)
     ("setup", "message"),
     [
         ("no_metrics", "cross-validation has not finished"),
-        ("not_a_run", "not a cacxr run folder"),
+        ("not_a_run", "not a trained run folder"),
         ("no_final", "no final model"),
         ("bad_fold", "fold 7 does not exist"),
     ],

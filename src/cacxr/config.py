@@ -81,6 +81,8 @@ class TrainConfig:
         amp: mixed precision on CUDA; ``None``: automatic (cacxr.accel); the CPU always stays float32.
         channels_last: channels-last memory format on CUDA; ``None``: automatic.
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
+        calibration: calibration map fitted on each fold's validation scores (and on the final model's
+            calibration patients): ``platt``, ``isotonic`` or ``none`` (cacxr.calibration).
     """
 
     task: str = "classification"
@@ -121,6 +123,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    calibration: str = "platt"
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -163,6 +166,7 @@ class TrainConfig:
             (self.fold is None or 0 <= self.fold < self.kfold, f"--fold must be in 0..{self.kfold - 1}"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (0 < self.gamma <= 1, "gamma must be in (0, 1]"),
+            (self.calibration in ("platt", "isotonic", "none"), "--calibration must be platt, isotonic or none"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -1,51 +1,70 @@
-"""A trained run folder loaded for inference (predict, evaluate, explain, export, serve).
+"""A trained run folder loaded for inference: the one object that scores images for every command.
 
-``load_run(RUN)`` reads config.json and every fold's ``model.safetensors`` + ``fold.json``; the result
-scores preprocessed images (uint8 S x S, the run's profile and size) the way training scored its test
-patients:
+``load_run(RUN)`` reads config.json and the models of the run (through :mod:`cacxr.runfolder`); the result
+scores preprocessed images (uint8 S x S, the run's profile and size) plus optional covariates (age, sex)
+through :class:`cacxr.scoring.RunScorer`, the way training scored its test patients:
 
-- classification: the mean over the fold models of P(CAC > threshold);
-- regression: the mean over the fold models of the predicted log CAC (each model's standardised output
-  mapped back with its fold's training mean/std), returned as predicted CAC.
+- classification: the mean over the loaded models of the calibrated P(CAC > threshold);
+- regression: the mean over the models of the predicted log CAC, returned as predicted CAC, plus the mean
+  calibrated P(CAC > threshold) (:class:`RunScores`).
 
-The decision threshold of the ensemble is the mean of the folds' thresholds, each chosen on its fold's
-validation patients (regression: every fold uses the user's threshold + 0.5, i.e. the predicted score
-rounded to an integer Agatston score is above the threshold). A score is positive when it is >= that.
+Predict, evaluate, explain, export and serve all call :meth:`LoadedRun.scores` (or use
+:attr:`LoadedRun.scorer`, the same computation as a torch module).
+
+Decision threshold: ``metrics.json["operating_point"]["threshold"]`` when the run has one (a calibrated
+probability chosen on every fold's validation patients; it then applies to the probability of every task);
+otherwise the mean of the loaded models' thresholds (each fold's chosen on its validation patients;
+regression: the user's threshold + 0.5 on the predicted CAC, i.e. the predicted score rounded to an integer
+Agatston score is above the threshold). A score is positive when it is >= that.
 
 When the run has a final model (``RUN/final/``, written by ``cacxr fit-final`` or ``cacxr train --final``:
-one model trained on every patient, see :mod:`cacxr.final`), ``load_run`` uses it by default, with the
+one model trained on the run's patients, see :mod:`cacxr.final`), ``load_run`` uses it by default, with the
 decision threshold recorded in final.json; ``fold="ensemble"`` still loads the fold models and ``fold=K``
 one fold. The final model appears in ``LoadedRun.models`` and ``folds`` under the key :data:`FINAL_FOLD`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from cacxr import runfolder
 from cacxr.config import TrainConfig, resolve_device
 from cacxr.errors import CacxrError
 from cacxr.models import CACNet
+from cacxr.runfolder import FINAL_FOLD
+from cacxr.scoring import ModelScore, RunScorer, covariate_tensors
 
 if TYPE_CHECKING:
     from cacxr.clinical import ClinicalEncoder
 
-__all__ = ["LoadedRun", "load_run", "FINAL_FOLD"]
+__all__ = ["LoadedRun", "RunScores", "load_run", "FINAL_FOLD"]
 
-# Key of the final model (trained on every patient) in ``LoadedRun.models`` and ``LoadedRun.folds``.
-FINAL_FOLD = -1
+
+@dataclass
+class RunScores:
+    """The scores of a batch of images.
+
+    Attributes:
+        score: probability of CAC > threshold (classification) or predicted CAC (regression).
+        probability: the calibrated probability of CAC > threshold (both tasks).
+        log_cac: the predicted log CAC, unclipped (regression; None for classification).
+    """
+
+    score: np.ndarray
+    probability: np.ndarray
+    log_cac: np.ndarray | None = None
 
 
 @dataclass
 class LoadedRun:
-    """The models of a run and its decision rule.
+    """The models of a run, their scoring and its decision rule.
 
     Attributes:
         run_dir: the run folder.
@@ -53,7 +72,8 @@ class LoadedRun:
         models: ``(fold, model in eval mode)`` pairs (``FINAL_FOLD`` for the final model).
         folds: fold -> its fold.json record (the final model: its final.json).
         device: where the models run.
-        batch_size: images per forward pass in :meth:`score`.
+        batch_size: images per forward pass in :meth:`scores`.
+        operating_threshold: the run's operating-point threshold (metrics.json), or None.
     """
 
     run_dir: Path
@@ -62,6 +82,15 @@ class LoadedRun:
     folds: dict[int, dict[str, Any]]
     device: torch.device
     batch_size: int = 16
+    operating_threshold: float | None = None
+    scorer: RunScorer = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            members = [ModelScore(model, self.task, self.folds[k]) for k, model in self.models]
+        except CacxrError as exc:
+            raise CacxrError(f"{self.run_dir}: {exc}") from None
+        self.scorer = RunScorer(members, self.task).to(self.device).eval()
 
     @property
     def is_final(self) -> bool:
@@ -96,8 +125,15 @@ class LoadedRun:
         }
 
     @property
+    def decision_on(self) -> str:
+        """What the decision threshold applies to: ``probability``, or ``score`` (regression's predicted CAC)."""
+        return "score" if self.task == "regression" and self.operating_threshold is None else "probability"
+
+    @property
     def decision_threshold(self) -> float:
-        """Mean of the loaded folds' decision thresholds (chosen on validation patients)."""
+        """The operating-point threshold, else the mean of the loaded models' decision thresholds."""
+        if self.operating_threshold is not None:
+            return float(self.operating_threshold)
         return float(np.mean([self.folds[k]["decision_threshold"] for k, _ in self.models]))
 
     @property
@@ -106,103 +142,91 @@ class LoadedRun:
         return list(self.config.clinical or [])
 
     def clinical_encoder(self, fold: int) -> ClinicalEncoder | None:
-        """The covariate encoder of ``fold`` (its training statistics), None for an image-only run.
-
-        Raises:
-            CacxrError: a model that takes covariates but whose record has no encoder.
-        """
+        """The covariate encoder of ``fold`` (its training statistics), None for an image-only run."""
         from cacxr.clinical import ClinicalEncoder
 
         record = self.folds[fold].get("clinical_encoder")
-        if record:
-            return ClinicalEncoder.from_dict(record)
-        if any(k == fold and model.n_clinical for k, model in self.models):
-            raise CacxrError(f"{self.run_dir}: the model of fold {fold} takes clinical covariates but its record "
-                             "has no clinical_encoder")
-        return None
+        return ClinicalEncoder.from_dict(record) if record else None
 
-    def score(
-        self,
-        images: np.ndarray | torch.Tensor,
-        clinical: Sequence[tuple[float | None, str | None]] | None = None,
-    ) -> np.ndarray:
-        """Scores of preprocessed images.
-
-        Args:
-            images: uint8 array (N, S, S) (or one (S, S) image) from the image store or
-                ``preprocess.preprocess_image``; or a float tensor (N, 1, S, S) already normalised
-                (``preprocess.normalise``).
-            clinical: ``(age, sex)`` per image for a run trained with ``--clinical`` (e.g. the DICOM
-                header's PatientAge/PatientSex); None, or NaN/"" values, use each fold's training median
-                age and the unknown sex level. Ignored by image-only runs.
-
-        Returns:
-            float64 array (N,): probability of CAC > threshold, or predicted CAC (regression).
+    def normalised(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The model input (N, 1, S, S) float32 of uint8 images (or of an already normalised float batch).
 
         Raises:
             CacxrError: images of another size or type.
         """
-        from cacxr.metrics import target_to_cac
         from cacxr.preprocess import normalise
 
         size = self.image_size
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             if images.ndim != 4 or tuple(images.shape[1:]) != (1, size, size):
                 raise CacxrError(f"expected normalised images (N, 1, {size}, {size}), got {tuple(images.shape)}")
-            batch = images.float()
-        else:
-            array = np.array(images)  # a writable copy (store images are read-only memory maps)
-            array = array[None] if array.ndim == 2 else array
-            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (size, size):
-                raise CacxrError(
-                    f"expected uint8 images (N, {size}, {size}) preprocessed with profile {self.profile!r}, "
-                    f"got {array.dtype} {array.shape}"
-                )
-            batch = normalise(array, self.profile)[:, None]
-        stats = self.target_stats
-        per_model = []
-        with torch.inference_mode():
-            for fold, model in self.models:
-                covariates = self.clinical_inputs(fold, clinical, len(batch))
-                outs = [
-                    model(
-                        batch[i : i + self.batch_size].to(self.device),
-                        *(() if covariates is None else (covariates[i : i + self.batch_size].to(self.device),)),
-                    ).float().cpu()
-                    for i in range(0, len(batch), self.batch_size)
-                ]
-                out = torch.cat(outs) if outs else torch.empty((0, model.n_outputs))
-                if self.task == "classification":
-                    per_model.append(torch.softmax(out, dim=1)[:, 1].numpy().astype(np.float64))
-                else:
-                    mean, std = stats[fold]
-                    per_model.append(out[:, 0].numpy().astype(np.float64) * std + mean)
-        mean_score = np.mean(per_model, axis=0)
-        return target_to_cac(mean_score) if self.task == "regression" else mean_score
+            return images.float()
+        array = np.array(images)  # a writable copy (store images are read-only memory maps)
+        array = array[None] if array.ndim == 2 else array
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (size, size):
+            raise CacxrError(
+                f"expected uint8 images (N, {size}, {size}) preprocessed with profile {self.profile!r}, "
+                f"got {array.dtype} {array.shape}"
+            )
+        return normalise(array, self.profile)[:, None]
 
-    def clinical_inputs(
-        self, fold: int, clinical: Sequence[tuple[float | None, str | None]] | None, n: int
-    ) -> torch.Tensor | None:
-        """The encoded covariates of ``n`` images for ``fold``'s model (None for an image-only run).
+    def scores(
+        self,
+        images: np.ndarray | torch.Tensor,
+        clinical: Sequence[tuple[float | None, str | None]] | None = None,
+    ) -> RunScores:
+        """Scores of preprocessed images: the one place where a run turns images into scores.
 
         Args:
-            fold: a loaded fold.
-            clinical: ``(age, sex)`` per image, or None (all unknown: training median age, unknown sex).
-            n: number of images.
+            images: uint8 array (N, S, S) (or one (S, S) image) from the image store or
+                ``preprocess.preprocess_image``; or a float tensor (N, 1, S, S) already normalised
+                (``preprocess.normalise``).
+            clinical: ``(age, sex)`` per image for a run trained with ``--clinical`` (e.g. the DICOM
+                header's PatientAge/PatientSex); None, or NaN/"" values, use each model's training median
+                age and the unknown sex level. Ignored by image-only runs.
+
+        Returns:
+            The scores (:class:`RunScores`).
 
         Raises:
-            CacxrError: ``clinical`` of another length.
+            CacxrError: images of another size or type, or ``clinical`` of another length.
         """
-        encoder = self.clinical_encoder(fold)
-        if encoder is None:
-            return None
-        values = list(clinical) if clinical is not None else [(None, None)] * n
-        if len(values) != n:
-            raise CacxrError(f"{len(values)} clinical (age, sex) pairs for {n} images")
-        return torch.from_numpy(encoder.transform([a for a, _ in values], [s for _, s in values]))
+        from cacxr.metrics import target_to_cac
 
-    def predict_label(self, scores: np.ndarray) -> np.ndarray:
-        """1 where a score is >= :attr:`decision_threshold`, else 0."""
+        batch = self.normalised(images)
+        ages, sexes = covariate_tensors(clinical, len(batch))
+        probs, logs = [], []
+        with torch.inference_mode():
+            for i in range(0, len(batch), self.batch_size):
+                part = slice(i, i + self.batch_size)
+                probability, log_cac = self.scorer.outputs(
+                    batch[part].to(self.device), ages[part].to(self.device), sexes[part].to(self.device)
+                )
+                probs.append(probability.double().cpu().numpy())
+                if log_cac is not None:
+                    logs.append(log_cac.double().cpu().numpy())
+        probability = np.concatenate(probs) if probs else np.zeros(0)
+        if self.task == "regression":
+            log_cac = np.concatenate(logs) if logs else np.zeros(0)
+            return RunScores(target_to_cac(log_cac), probability, log_cac)
+        return RunScores(probability, probability)
+
+    def score(
+        self,
+        images: np.ndarray | torch.Tensor,
+        clinical: Sequence[tuple[float | None, str | None]] | None = None,
+    ) -> np.ndarray:
+        """``scores(images, clinical).score``: the probability, or the predicted CAC (regression)."""
+        return self.scores(images, clinical).score
+
+    def predict_label(self, scores: RunScores | np.ndarray) -> np.ndarray:
+        """1 where the decision value is >= :attr:`decision_threshold`, else 0.
+
+        Args:
+            scores: :class:`RunScores`, or an array on the :attr:`decision_on` scale.
+        """
+        if isinstance(scores, RunScores):
+            scores = scores.probability if self.decision_on == "probability" else scores.score
         return (np.asarray(scores, dtype=np.float64) >= self.decision_threshold).astype(np.int64)
 
 
@@ -223,77 +247,56 @@ def load_run(
     Raises:
         CacxrError: not a run folder, an unknown fold, or missing fold files (all of them are named).
     """
-    from cacxr.training.runfiles import FOLD_RECORD, MODEL_FILE, fold_dir
     from cacxr.weights import load_saved_model
 
     root = Path(run_dir)
-    config_path = root / "config.json"
     try:
-        config = TrainConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise CacxrError(f"{root}: not a trained run folder (no config.json)") from None
-    except (OSError, ValueError, TypeError) as exc:
-        raise CacxrError(f"{config_path}: unreadable ({exc})") from None
-    from cacxr.final import FINAL_DIR, FINAL_RECORD, has_final
-
+        config = TrainConfig.from_dict(runfolder.read_config(root))
+    except (TypeError, ValueError) as exc:
+        raise CacxrError(f"{root / runfolder.CONFIG_FILE}: unreadable ({exc})") from None
     if isinstance(fold, str) and fold.strip().lstrip("-").isdigit():
         fold = int(fold)
     if fold is None:
-        fold = "final" if has_final(root) else "ensemble"
-    if fold == "final":
-        if not has_final(root):
+        fold = "final" if runfolder.has_final(root) else "ensemble"
+    if fold in ("final", FINAL_FOLD):
+        if not runfolder.has_final(root):
             raise CacxrError(
-                f"{root}: no final model (no {FINAL_DIR}/{FINAL_RECORD} with its weights); "
+                f"{root}: no final model (no {runfolder.record_path(root, FINAL_FOLD)} with its weights); "
                 f"train it with `cacxr fit-final {root}`, or use the fold ensemble"
             )
-        return _load_final(root / FINAL_DIR, config, resolve_device(device))
-    if fold == "ensemble":
-        fold = None
+        wanted = [FINAL_FOLD]
+    elif fold == "ensemble":
+        wanted = list(range(config.kfold))
     elif not isinstance(fold, int):
         raise CacxrError(f"fold must be a fold number, 'final' or 'ensemble' (got {fold!r})")
-    if fold is not None and not 0 <= fold < config.kfold:
+    elif not 0 <= fold < config.kfold:
         raise CacxrError(f"{root}: fold {fold} does not exist (the run has folds 0..{config.kfold - 1})")
-    wanted = [fold] if fold is not None else list(range(config.kfold))
+    else:
+        wanted = [fold]
     missing = [
-        str(fold_dir(root, k) / name)
+        str(path)
         for k in wanted
-        for name in (FOLD_RECORD, MODEL_FILE)
-        if not (fold_dir(root, k) / name).is_file()
+        for path in (runfolder.record_path(root, k), runfolder.model_path(root, k))
+        if not path.is_file()
     ]
     if missing:
-        hint = " (a run trained with --no-save has no models)" if any(m.endswith(MODEL_FILE) for m in missing) else ""
+        hint = " (a run trained with --no-save has no models)" if any(
+            m.endswith(runfolder.MODEL_FILE) for m in missing) else ""  # fmt: skip
         raise CacxrError(f"{root}: incomplete run, missing {', '.join(missing)}{hint}")
     target = resolve_device(device)
     models, records = [], {}
     for k in wanted:
-        directory = fold_dir(root, k)
-        try:
-            records[k] = json.loads((directory / FOLD_RECORD).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CacxrError(f"{directory / FOLD_RECORD}: unreadable ({exc})") from None
-        model, _ = load_saved_model(directory / MODEL_FILE)
+        records[k] = runfolder.read_model_record(root, k)
+        path = runfolder.model_path(root, k)
+        model, _ = load_saved_model(path)
         if model.arch != config.arch:
-            raise CacxrError(f"{directory / MODEL_FILE}: a {model.arch} model, but the run trained {config.arch}")
+            raise CacxrError(f"{path}: a {model.arch} model, but the run trained {config.arch}")
         models.append((k, model.to(target).eval()))
-    return LoadedRun(run_dir=root, config=config, models=models, folds=records, device=target)
-
-
-def _load_final(directory: Path, config: TrainConfig, target: torch.device) -> LoadedRun:
-    """The final model of a run (``RUN/final/``) as a one-model run."""
-    from cacxr.final import FINAL_RECORD, MODEL_FILE
-    from cacxr.weights import load_saved_model
-
-    try:
-        record = json.loads((directory / FINAL_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CacxrError(f"{directory / FINAL_RECORD}: unreadable ({exc})") from None
-    model, _ = load_saved_model(directory / MODEL_FILE)
-    if model.arch != config.arch:
-        raise CacxrError(f"{directory / MODEL_FILE}: a {model.arch} model, but the run trained {config.arch}")
     return LoadedRun(
-        run_dir=directory.parent,
+        run_dir=root,
         config=config,
-        models=[(FINAL_FOLD, model.to(target).eval())],
-        folds={FINAL_FOLD: record},
+        models=models,
+        folds=records,
         device=target,
+        operating_threshold=runfolder.decision_threshold_override(root),
     )

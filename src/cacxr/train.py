@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
@@ -38,8 +37,7 @@ from typing import Any
 
 import torch
 
-from cacxr import __version__
-from cacxr.atomic import write_json
+from cacxr import __version__, runfolder
 from cacxr.config import TrainConfig, resolve_device
 from cacxr.distributed import DistContext, session
 from cacxr.errors import CacxrError
@@ -53,7 +51,7 @@ __all__ = ["TrainConfig", "train_run", "merge_folds", "default_store_dir", "CONF
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = runfolder.CONFIG_FILE
 
 
 def train_run(config: TrainConfig) -> dict[str, Any]:
@@ -103,19 +101,19 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     from cacxr.report import write_report
 
     run_dir = Path(run_dir)
-    record = _read_config(run_dir)
+    record = runfolder.read_config(run_dir, required=False)
     if record is None:
         raise CacxrError(f"{run_dir}: not a cacxr run folder (no {CONFIG_FILE})")
     cfg = TrainConfig.from_dict(record)
-    missing = [k for k in range(cfg.kfold) if not runfiles.fold_done(run_dir, k)]
+    missing = [k for k in range(cfg.kfold) if not runfolder.fold_done(run_dir, k)]
     if missing:
         raise CacxrError(
             f"{run_dir}: cannot merge, fold(s) {', '.join(map(str, missing))} of {cfg.kfold} have not finished "
-            f"(no fold_<k>/{runfiles.FOLD_RECORD}); train them with `cacxr train DATA --out {run_dir} --fold K` "
+            f"(no fold_<k>/{runfolder.FOLD_RECORD}); train them with `cacxr train DATA --out {run_dir} --fold K` "
             "(or --resume), then merge"
         )
-    folds = {k: runfiles.read_fold_record(run_dir, k) for k in range(cfg.kfold)}
-    rows = [row for k in range(cfg.kfold) for row in runfiles.read_predictions(run_dir, k)]
+    folds = {k: runfolder.read_fold_record(run_dir, k) for k in range(cfg.kfold)}
+    rows = [row for k in range(cfg.kfold) for row in runfolder.read_fold_predictions(run_dir, k)]
     twice = sorted(pid for pid, n in Counter(row["patient_id"] for row in rows).items() if n > 1)
     if twice:
         raise CacxrError(f"{run_dir}: patients in the test part of two folds: {', '.join(twice[:5])}")
@@ -135,14 +133,14 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     # The age + sex baseline on the same folds (skipped with a note when age/sex are mostly unknown).
     metrics["clinical_baseline"] = run_clinical_baseline(run_dir, record, rows, cfg.threshold)
     thresholds = {k: float(fold["decision_threshold"]) for k, fold in folds.items()}
-    runfiles.write_run_predictions(run_dir / runfiles.PREDICTIONS, cfg.task, rows, thresholds)
+    runfiles.write_run_predictions(run_dir / runfolder.PREDICTIONS, cfg.task, rows, thresholds)
     if cfg.viz:
         histories = {k: fold["history"] for k, fold in folds.items()}
         best = {k: int(fold["best_epoch"]) for k, fold in folds.items()}
-        runfiles.write_run_plots(run_dir / "plots", cfg.task, cfg.threshold, rows, metrics, histories, best)
-    write_json(run_dir / "metrics.json", metrics)
+        runfiles.write_run_plots(run_dir / runfolder.PLOTS_DIR, cfg.task, cfg.threshold, rows, metrics, histories, best)
+    runfolder.write_metrics(run_dir, metrics)
     record["best_epochs"] = {str(k): int(fold["best_epoch"]) for k, fold in folds.items()}
-    write_json(run_dir / CONFIG_FILE, record)
+    runfolder.write_config(run_dir, record)
     write_report(run_dir)
     return metrics
 
@@ -175,11 +173,11 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
     use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
     feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
     if dist.is_main:
-        write_json(run_dir / CONFIG_FILE, _config_record(cfg, run_dir, data, feature_dir, use_cache))
-        runfiles.write_folds_csv(run_dir / "folds.csv", folds)
+        runfolder.write_config(run_dir, _config_record(cfg, run_dir, data, feature_dir, use_cache))
+        runfiles.write_folds_csv(run_dir / runfolder.FOLDS_FILE, folds)
 
     chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
-    pending = dist.broadcast([k for k in chosen if not runfiles.fold_done(run_dir, k)])
+    pending = dist.broadcast([k for k in chosen if not runfolder.fold_done(run_dir, k)])
     for k in sorted(set(chosen) - set(pending)):
         logger.info("fold %d already finished; kept", k)
     with _torch_settings(cfg.num_threads, device):
@@ -192,7 +190,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
                 )
         del template
         for k in pending:
-            directory = runfiles.fold_dir(run_dir, k)
+            directory = runfolder.fold_dir(run_dir, k)
             directory.mkdir(parents=True, exist_ok=True)
             result = train_fold(
                 cfg, folds[k], data.cac, data.store, directory, device, features, cfg.progress, dist,
@@ -200,10 +198,10 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
             )
             if dist.is_main:
                 if cfg.save:
-                    save_model(result.model, directory / runfiles.MODEL_FILE, _model_metadata(cfg, result.record))
+                    save_model(result.model, directory / runfolder.MODEL_FILE, _model_metadata(cfg, result.record))
                 runfiles.write_fold_files(
                     directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac,
-                    cfg.threshold, cfg.viz,
+                    cfg.threshold, cfg.viz, result.test_extra,
                 )  # fmt: skip
                 (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
             dist.barrier()  # the fold's files are written before any process reads them
@@ -212,7 +210,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
                 result.record["epochs_run"], _summary(result.record["test_metrics"]),
             )  # fmt: skip
 
-    done = [k for k in range(cfg.kfold) if runfiles.fold_done(run_dir, k)]
+    done = [k for k in range(cfg.kfold) if runfolder.fold_done(run_dir, k)]
     if len(done) == cfg.kfold:
         return dist.broadcast(merge_folds(run_dir) if dist.is_main else None)
     return {
@@ -220,7 +218,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
         "complete": False,
         "folds_done": done,
         "folds_missing": [k for k in range(cfg.kfold) if k not in done],
-        "folds": [{"fold": k, **runfiles.read_fold_record(run_dir, k)["test_metrics"]} for k in done],
+        "folds": [{"fold": k, **runfolder.read_fold_record(run_dir, k)["test_metrics"]} for k in done],
     }
 
 
@@ -302,22 +300,9 @@ def _check_choices(cfg: TrainConfig) -> None:
         raise CacxrError(f"--profile must be one of {', '.join(PROFILES)} (got {cfg.profile!r})")
 
 
-def _read_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CacxrError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(record, dict) or "task" not in record:
-        raise CacxrError(f"{path}: not a cacxr run configuration")
-    return record
-
-
 def _written_by_a_starting_job(entry: Path) -> bool:
     """An atomic write in progress, the run's ingest folder or a fold folder: what a fold job writes first."""
-    return entry.name.endswith(".tmp") or entry.name == "ingest" or entry.name.startswith("fold_")
+    return entry.name.endswith(".tmp") or entry.name == runfolder.INGEST_DIR or entry.name.startswith("fold_")
 
 
 def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -330,14 +315,14 @@ def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
         raise CacxrError(f"{run_dir}: exists and is not a folder; choose a folder for --out")
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None
-    record = _read_config(run_dir)
+    record = runfolder.read_config(run_dir, required=False)
     if record is None and cfg.fold is not None and all(map(_written_by_a_starting_job, run_dir.iterdir())):
         return None  # a sibling fold job started at the same moment and has not written config.json yet
     if record is None:
         raise CacxrError(f"{run_dir}: not empty and not a cacxr run (no {CONFIG_FILE}); choose a new --out")
-    sibling_job = cfg.fold is not None and not runfiles.fold_dir(run_dir, cfg.fold).exists()
+    sibling_job = cfg.fold is not None and not runfolder.fold_dir(run_dir, cfg.fold).exists()
     if not (cfg.resume or sibling_job):
-        state = "a finished run" if (run_dir / "metrics.json").is_file() else "an unfinished run"
+        state = "a finished run" if (run_dir / runfolder.METRICS_FILE).is_file() else "an unfinished run"
         raise CacxrError(
             f"{run_dir}: not empty (it holds {state}); add --resume to continue it, or choose another --out"
         )
@@ -358,7 +343,7 @@ def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
         return data
     if not data.is_dir():
         raise CacxrError(f"{data}: no such data folder or manifest file")
-    out = run_dir / "ingest"
+    out = run_dir / runfolder.INGEST_DIR
     manifest = out / "manifest.csv"
     if not (manifest.is_file() and (out / "ingest.json").is_file()):  # a job of this run may have done it
         ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress)

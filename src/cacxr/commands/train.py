@@ -13,6 +13,7 @@ from typing import Any
 
 from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
 from cacxr.errors import CacxrError
+from cacxr.runfolder import REPORT_FILE
 
 __all__ = ["add_arguments", "run", "ARCH_CHOICES", "PROFILE_CHOICES"]
 
@@ -95,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="age,sex",
         help="clinical covariates fed to the head beside the image features: age, sex or age,sex (default none)",
     )
+    parser.add_argument(
+        "--calibration",
+        choices=("platt", "isotonic", "none"),
+        default=d.calibration,
+        help="calibration of each fold's scores, fitted on its validation patients (default platt)",
+    )
     parser.add_argument("--amp", action=switch, help="mixed precision on CUDA (default: bf16/fp16 where fast)")
     parser.add_argument("--channels-last", action=switch, help="channels-last tensors on CUDA (default: auto)")
     parser.add_argument("--compile", action=switch, help="torch.compile the trained part on CUDA (default: auto)")
@@ -156,7 +163,7 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
              f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}"]
     if metrics["task"] == "regression":
         lines.append(f"MAE of log CAC {_fmt(pooled.get('mae_log'))}, Spearman {_fmt(pooled.get('spearman'))}")
-    lines.append(f"report: {run_dir / 'report.html'}")
+    lines.append(f"report: {run_dir / REPORT_FILE}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ gathered, and rank 0 writes the checkpoints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from cacxr.accel import AccelPlan, choose_accel
 from cacxr.atomic import atomic_path
+from cacxr.calibration import apply_calibration, fit_calibration
 from cacxr.clinical import ClinicalEncoder, clinical_width
 from cacxr.config import TrainConfig
 from cacxr.data import Augment, StoreDataset
@@ -50,11 +52,12 @@ from cacxr.metrics import (
     target_to_cac,
 )
 from cacxr.models import CACNet, build_model
+from cacxr.scoring import raw_scores
 from cacxr.splits import Fold
 from cacxr.store import ImageStore
 from cacxr.weights import load_pretrained
 
-__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed"]
+__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed", "calibration_offset"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,11 @@ def build_fold_model(cfg: TrainConfig) -> CACNet:
     return model.set_finetune(cfg.finetune)
 
 
+def calibration_offset(cfg: TrainConfig) -> float:
+    """The raw score where an uncalibrated (``none``) probability is 0.5: 0, or the regression cut's log CAC."""
+    return 0.0 if cfg.task == "classification" else float(cac_to_target(cfg.threshold + 0.5))
+
+
 @dataclass
 class FoldResult:
     """A finished fold: its record (fold.json), its test predictions and the selected model."""
@@ -96,6 +104,8 @@ class FoldResult:
     test_ids: list[str]
     test_scores: np.ndarray
     model: CACNet  # the selected epoch's weights, in eval mode
+    # regression: "log_cac" (predicted, unclipped) and "probability" (calibrated P(CAC > T)) per test patient
+    test_extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class _Task:
@@ -127,20 +137,15 @@ class _Task:
         fn = F.l1_loss if self.loss_name == "mae" else F.mse_loss
         return fn(out[:, 0], target)
 
-    def scores(self, out: torch.Tensor) -> np.ndarray:
-        """Probability of the positive class, or predicted CAC."""
-        if self.name == "classification":
-            return torch.softmax(out.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
-        return target_to_cac(self.log_cac(out))
-
-    def log_cac(self, out: torch.Tensor) -> np.ndarray:
-        return out[:, 0].float().cpu().numpy().astype(np.float64) * self.std + self.mean
+    def raw(self, out: torch.Tensor) -> np.ndarray:
+        """The raw scores of outputs (cacxr.scoring): log-odds, or predicted log CAC."""
+        return raw_scores(self.name, out.float(), self.mean, self.std).cpu().numpy().astype(np.float64)
 
     def val_metric(self, ids: list[str], out: torch.Tensor) -> float | None:
         """Validation AUC (classification) or MAE of log CAC (regression)."""
         if self.name == "classification":
-            return classification_metrics(self.labels(ids), self.scores(out))["auc"]
-        return float(np.mean(np.abs(self.log_cac(out) - cac_to_target([self.cac[i] for i in ids]))))
+            return classification_metrics(self.labels(ids), self.raw(out))["auc"]
+        return float(np.mean(np.abs(self.raw(out) - cac_to_target([self.cac[i] for i in ids]))))
 
     def selection_key(self, val_loss: float, metric: float | None) -> tuple[float, float]:
         """Larger is better: (AUC, -loss) or (-MAE, -loss); an undefined value counts as the worst."""
@@ -245,15 +250,22 @@ def train_fold(
     model.load_state_dict(state.best_model)
     model.eval()
     forward = inputs.forward(model)
+    # Calibration on the validation patients at the selected epoch, before the threshold is chosen.
+    val_out, _ = _predict(model, forward, inputs.dataset(ids["val"], task.targets(ids["val"]), False), task, device, run)
+    val_labels = task.labels(ids["val"])
+    calibration = fit_calibration(task.raw(val_out), val_labels, cfg.calibration, calibration_offset(cfg))
+    val_probability = apply_calibration(calibration, task.raw(val_out))
     if cfg.task == "classification":
-        val_out, _ = _predict(model, forward, inputs.dataset(ids["val"], task.targets(ids["val"]), False), task, device, run)
-        decision_threshold = choose_threshold(task.labels(ids["val"]), task.scores(val_out))
+        decision_threshold = choose_threshold(val_labels, val_probability)
     else:
         # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
         decision_threshold = float(cfg.threshold) + 0.5
-    # The test patients are scored once, with the selected weights and threshold.
+    # The test patients are scored once, with the selected weights, calibration and threshold.
     test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
-    test_scores = task.scores(test_out)
+    test_raw = task.raw(test_out)
+    test_probability = apply_calibration(calibration, test_raw)
+    test_scores = test_probability if cfg.task == "classification" else target_to_cac(test_raw)
+    extra = {} if cfg.task == "classification" else {"log_cac": test_raw, "probability": test_probability}
     if cfg.task == "classification":
         test_metrics = classification_metrics(task.labels(ids["test"]), test_scores, decision_threshold)
     else:
@@ -278,8 +290,14 @@ def train_fold(
         "test_metrics": test_metrics,
         "history": state.history,
         "clinical_encoder": encoder.to_dict() if encoder is not None else None,
+        "calibration": calibration,
+        "validation": [
+            {"patient_id": pid, "label": int(label), "score": float(score)}
+            for pid, label, score in zip(ids["val"], val_labels, val_probability, strict=True)
+        ],
+        "val_auc": classification_metrics(val_labels, val_probability)["auc"],
     }
-    return FoldResult(record, ids["test"], test_scores, model)
+    return FoldResult(record, ids["test"], test_scores, model, extra)
 
 
 _SELECTION = {

@@ -8,10 +8,6 @@ predictions) and ``plots/*.png``.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +15,19 @@ from typing import Any
 import numpy as np
 
 from cacxr import plots
-from cacxr.atomic import write_json, write_text
-from cacxr.errors import CacxrError
+from cacxr.atomic import write_json
 from cacxr.metrics import AGATSTON_BANDS, agatston_band
+from cacxr.runfolder import (
+    FOLD_RECORD,
+    MODEL_FILE,
+    PREDICTIONS,
+    csv_number,
+    fold_dir,
+    fold_done,
+    read_fold_record,
+    write_csv,
+)
+from cacxr.runfolder import read_fold_predictions as read_predictions
 from cacxr.splits import Fold, folds_table
 
 __all__ = [
@@ -38,40 +44,18 @@ __all__ = [
     "write_run_plots",
 ]
 
-FOLD_RECORD = "fold.json"
-MODEL_FILE = "model.safetensors"
-PREDICTIONS = "predictions.csv"
 _FOLD_COLUMNS = ("patient_id", "fold", "cac_score", "label", "score")
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    """``RUN/fold_<k>``."""
-    return Path(run_dir) / f"fold_{fold}"
 
 
-def fold_done(run_dir: Path, fold: int) -> bool:
-    """True when fold ``fold`` has finished (its fold.json exists)."""
-    return (fold_dir(run_dir, fold) / FOLD_RECORD).is_file()
 
 
-def read_fold_record(run_dir: Path, fold: int) -> dict[str, Any]:
-    """The fold.json of a finished fold.
-
-    Raises:
-        CacxrError: missing or unreadable.
-    """
-    path = fold_dir(run_dir, fold) / FOLD_RECORD
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CacxrError(f"{path}: missing (fold {fold} has not finished)") from None
-    except (OSError, ValueError) as exc:
-        raise CacxrError(f"{path}: unreadable ({exc})") from None
 
 
 def write_folds_csv(path: Path, folds: Sequence[Fold]) -> None:
     """folds.csv: patient_id, fold, role (train | val | test), fold by fold."""
-    _write_csv(path, ("patient_id", "fold", "role"), folds_table(folds))
+    write_csv(path, ("patient_id", "fold", "role"), folds_table(folds))
 
 
 def write_fold_files(
@@ -83,6 +67,7 @@ def write_fold_files(
     cac: dict[str, float],
     threshold: float,
     viz: bool,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """The fold's predictions.csv and plots, then its fold.json (which marks the fold as finished).
 
@@ -95,19 +80,22 @@ def write_fold_files(
         cac: true CAC of every patient.
         threshold: positive means CAC > threshold.
         viz: draw roc.png and loss.png.
+        extra: more score columns (regression: ``log_cac`` and ``probability``).
     """
     fold = int(record["fold"])
+    extra = extra or {}
     rows = [
         {
             "patient_id": pid,
             "fold": fold,
-            "cac_score": _number(cac[pid]),
+            "cac_score": csv_number(cac[pid]),
             "label": int(cac[pid] > threshold),
-            "score": _number(score),
+            "score": csv_number(score),
+            **{name: csv_number(values[i]) for name, values in extra.items()},
         }
-        for pid, score in zip(test_ids, test_scores, strict=True)
+        for i, (pid, score) in enumerate(zip(test_ids, test_scores, strict=True))
     ]
-    _write_csv(directory / PREDICTIONS, _FOLD_COLUMNS, rows)
+    write_csv(directory / PREDICTIONS, [*_FOLD_COLUMNS, *extra], rows)
     if viz:
         labels = [row["label"] for row in rows]
         plots.roc_plot(
@@ -119,56 +107,33 @@ def write_fold_files(
     write_json(directory / FOLD_RECORD, record)
 
 
-def read_predictions(run_dir: Path, fold: int) -> list[dict[str, Any]]:
-    """The test predictions of a finished fold (``RUN/fold_<k>/predictions.csv``).
-
-    Raises:
-        CacxrError: missing or malformed file.
-    """
-    path = fold_dir(run_dir, fold) / PREDICTIONS
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return [
-            {
-                "patient_id": row["patient_id"],
-                "fold": int(row["fold"]),
-                "cac_score": float(row["cac_score"]),
-                "label": int(row["label"]),
-                "score": float(row["score"]),
-            }
-            for row in rows
-        ]
-    except FileNotFoundError:
-        raise CacxrError(f"{path}: missing (fold {fold} has not finished)") from None
-    except (KeyError, ValueError) as exc:
-        raise CacxrError(f"{path}: malformed ({exc})") from None
-
-
 def write_run_predictions(
     path: Path, task: str, rows: Sequence[dict[str, Any]], decision_thresholds: dict[int, float]
 ) -> None:
     """RUN/predictions.csv: every patient once, with the label its fold's model predicts.
 
     Columns: patient_id, fold, cac_score, label, score (probability, or predicted CAC), predicted_label;
-    regression adds cac_band and predicted_band (Agatston bands).
+    regression adds log_cac (predicted, unclipped) and probability (calibrated P(CAC > T)) when the folds
+    recorded them, and cac_band and predicted_band (Agatston bands).
     """
     columns = [*_FOLD_COLUMNS, "predicted_label"]
     if task == "regression":
+        columns += [c for c in ("log_cac", "probability") if all(c in row for row in rows)]
         columns += ["cac_band", "predicted_band"]
     out = []
     for row in sorted(rows, key=lambda r: r["patient_id"]):
         record = {
             **row,
-            "cac_score": _number(row["cac_score"]),
-            "score": _number(row["score"]),
+            "cac_score": csv_number(row["cac_score"]),
+            "score": csv_number(row["score"]),
+            **{c: csv_number(row[c]) for c in ("log_cac", "probability") if c in row},
             "predicted_label": int(row["score"] >= decision_thresholds[row["fold"]]),
         }
         if task == "regression":
             record["cac_band"] = AGATSTON_BANDS[int(agatston_band(row["cac_score"]))]
             record["predicted_band"] = AGATSTON_BANDS[int(agatston_band(row["score"]))]
         out.append(record)
-    _write_csv(path, columns, out)
+    write_csv(path, columns, out)
 
 
 def write_run_plots(
@@ -224,15 +189,4 @@ def _positive(threshold: float) -> str:
     return f"CAC > {threshold:g}"
 
 
-def _number(value: float) -> str:
-    """Shortest text that reads back as the same float (so merged runs reproduce metrics exactly)."""
-    value = float(value)
-    return "" if math.isnan(value) else repr(value)
 
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
