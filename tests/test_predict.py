@@ -165,7 +165,7 @@ def test_regression_run_gives_cac_and_band(tmp_path_factory: pytest.TempPathFact
     reg = load_run(tiny_run(tmp_path_factory, "regression"))
     rows = score_paths(reg, _synth_files(cohort, 3), progress=False)
     for row in rows:
-        assert row.ok and row.probability is None
+        assert row.ok and 0.0 <= row.probability <= 1.0  # the calibrated P(CAC > threshold)
         assert row.predicted_cac >= 0
         assert row.agatston_band in AGATSTON_BANDS
         assert row.label == int(row.predicted_cac >= reg.decision_threshold)

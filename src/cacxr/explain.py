@@ -18,9 +18,11 @@ Two captum methods (captum is an optional dependency: ``pip install 'cacxr[expla
   efficientnet-b0   ``encoder.features.8`` (final 1x1 conv block)    S/32
   ================  ===============================================  ===========
 
-The attributed score is the run's score: P(CAC > threshold) for classification runs, the predicted
-log-CAC for regression runs; an ensemble run averages the attributions of its folds (integrated gradients
-of the ensemble mean; the mean of the folds' Grad-CAM maps). Heat maps are scaled to [0, 1] (divided by
+The attributed score is the run's score (``cacxr.scoring.RunScorer``): the calibrated P(CAC > threshold)
+for classification runs, the predicted log-CAC for regression runs; an ensemble run averages the
+attributions of its folds (integrated gradients of the ensemble mean; the mean of the folds' Grad-CAM
+maps). A ``--clinical`` run is attributed with the image's own age and sex (from its header, as
+``predict`` uses them), held fixed; the title shows the same score as ``predict``. Heat maps are scaled to [0, 1] (divided by
 their 99.5th percentile, then clipped) and drawn over the preprocessed radiograph the model saw.
 """
 
@@ -41,7 +43,7 @@ from tqdm import tqdm
 
 from cacxr.atomic import write_bytes
 from cacxr.errors import CacxrError, missing_dependency
-from cacxr.inference import expand_inputs, load_input, score_module
+from cacxr.inference import clinical_values, expand_inputs, prepare_input, score_module
 
 if TYPE_CHECKING:
     from cacxr.imaging import ImageMeta
@@ -110,8 +112,8 @@ def _integrated_gradients(
 def _gradcam(module: torch.nn.Module, x: torch.Tensor, arch: str) -> np.ndarray:
     attr = _captum()
     maps = []
-    for index, model in enumerate(module.models):
-        layer = model.get_submodule(GRADCAM_LAYERS[arch])
+    for index in range(module.n_members):
+        layer = module.member_model(index).get_submodule(GRADCAM_LAYERS[arch])
         cam = attr.LayerGradCam(lambda batch, i=index: module.member(i, batch), layer)
         result = cam.attribute(x, relu_attributions=True)
         upsampled = attr.LayerAttribution.interpolate(
@@ -122,24 +124,29 @@ def _gradcam(module: torch.nn.Module, x: torch.Tensor, arch: str) -> np.ndarray:
 
 
 def explain_prepared(
-    run: LoadedRun, image: np.ndarray, method: str = "integrated-gradients", steps: int = 32
+    run: LoadedRun,
+    image: np.ndarray,
+    method: str = "integrated-gradients",
+    steps: int = 32,
+    clinical: tuple[float | None, str | None] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Attribution heat map of a preprocessed image (uint8 S x S, the run's profile and size).
 
     Args:
-        run: the loaded run (one fold or the ensemble).
+        run: the loaded run (one fold, the ensemble or the final model).
         image: the uint8 (S, S) model input (``preprocess.preprocess_image``).
         method: ``integrated-gradients`` or ``gradcam``.
         steps: integration steps of integrated gradients.
+        clinical: the image's ``(age, sex)`` for a ``--clinical`` run (``inference.clinical_values``;
+            None: unknown), held fixed while the image is attributed.
 
     Returns:
-        ``(heat, score)``: float32 (S, S) in [0, 1], and the run's score of the image (probability of
-        CAC > threshold, or predicted CAC for regression runs).
+        ``(heat, score)``: float32 (S, S) in [0, 1], and the run's score of the image, the same as
+        ``cacxr predict`` gives (calibrated probability of CAC > threshold, or predicted CAC).
 
     Raises:
         CacxrError: unknown method, wrong image shape, or captum missing.
     """
-    from cacxr.metrics import target_to_cac
     from cacxr.preprocess import normalise
 
     _check_method(method)
@@ -147,16 +154,14 @@ def explain_prepared(
         raise CacxrError(
             f"expected a preprocessed {run.image_size}x{run.image_size} image, got {image.shape}"
         )
-    module = score_module(run)
+    module = score_module(run, clinical)
     x = normalise(image[None, None], run.profile).to(run.device)
     baseline = normalise(np.zeros_like(image)[None, None], run.profile).to(run.device)
-    with torch.no_grad():
-        raw = float(module(x)[0])
     if method == "integrated-gradients":
         heat = _integrated_gradients(module, x, baseline, steps)
     else:
         heat = _gradcam(module, x, run.config.arch)
-    score = float(target_to_cac(raw)) if run.task == "regression" else raw
+    score = float(run.scores(image, clinical=[clinical or (None, None)]).score[0])
     return _scaled(heat), score
 
 
@@ -182,7 +187,8 @@ def explain_image(
         ``(heat, score)`` as :func:`explain_prepared`; the heat map is aligned with the preprocessed image
         (:func:`prepare_image`), not with ``image``.
     """
-    return explain_prepared(run, prepare_image(run, image, meta), method, steps)
+    values, _ = clinical_values(run, meta)
+    return explain_prepared(run, prepare_image(run, image, meta), method, steps, values)
 
 
 def prepare_image(run: LoadedRun, image: np.ndarray, meta: ImageMeta | None = None) -> np.ndarray:
@@ -257,7 +263,8 @@ def explain_png(
     ``meta`` (the image's ``ImageMeta``) picks the equalisation as in :func:`explain_image`.
     """
     prepared = prepare_image(run, image, meta)
-    heat, score = explain_prepared(run, prepared, method, steps)
+    values, _ = clinical_values(run, meta)
+    heat, score = explain_prepared(run, prepared, method, steps, values)
     return render_overlay(prepared, heat, overlay_title(run, score, method)), score
 
 
@@ -341,11 +348,12 @@ def explain_paths(
         rows.append(row)
         if error:
             continue
-        image, notes, row.error = load_input(run, path)
-        row.warning = "; ".join(notes)
+        image, meta, notes, row.error = prepare_input(run, path)
         if image is None:
             continue
-        heat, row.score = explain_prepared(run, image, method, steps)
+        values, unknown = clinical_values(run, meta)  # the covariates predict uses for the same file
+        row.warning = "; ".join([*notes, *unknown])
+        heat, row.score = explain_prepared(run, image, method, steps, values)
         write_bytes(target, render_overlay(image, heat, overlay_title(run, row.score, method)))
         row.output = str(target)
     return rows

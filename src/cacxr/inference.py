@@ -36,7 +36,7 @@ from cacxr.atomic import write_text
 from cacxr.errors import CacxrError
 
 if TYPE_CHECKING:
-    from cacxr.run import LoadedRun
+    from cacxr.run import LoadedRun, RunScores
 
 __all__ = [
     "PredictionRow",
@@ -47,6 +47,7 @@ __all__ = [
     "score_image",
     "score_module",
     "load_input",
+    "prepare_input",
     "image_warnings",
     "clinical_values",
     "write_predictions_csv",
@@ -67,8 +68,8 @@ class PredictionRow:
 
     Attributes:
         input: the file's path (the only identifier written: never a DICOM header field).
-        probability: P(CAC > threshold), the ensemble mean (classification runs; ``None`` otherwise).
-        label: 1 when the score is above the run's validation-chosen decision threshold, else 0.
+        probability: the calibrated P(CAC > threshold), the mean over the run's models (both tasks).
+        label: 1 when the score is at or above the run's decision threshold, else 0.
         predicted_cac: the predicted CAC score (regression runs).
         agatston_band: the Agatston band of ``predicted_cac`` (regression runs).
         warning: reasons to be careful with this score, separated by ``"; "`` ("" when none).
@@ -179,12 +180,16 @@ def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray
         ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
         error ("" when the image is usable).
     """
-    image, _, notes, error = _prepare(run, path)
+    image, _, notes, error = prepare_input(run, path)
     return image, notes, error
 
 
-def _prepare(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
-    """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs)."""
+def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
+    """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs).
+
+    Returns:
+        ``(image, meta, warnings, error)``.
+    """
     from cacxr.imaging import read_image
     from cacxr.preprocess import preprocess_read
 
@@ -220,16 +225,15 @@ def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[
     return (age, sex), notes
 
 
-def _fill(run: LoadedRun, row: PredictionRow, score: float) -> None:
-    """Write a run score into ``row`` (probability, or predicted CAC and its band) with its label."""
+def _fill(run: LoadedRun, row: PredictionRow, scores: RunScores, index: int) -> None:
+    """Write image ``index`` of run scores into ``row`` (probability; regression: CAC, band) with its label."""
     from cacxr.metrics import AGATSTON_BANDS, agatston_band
 
-    row.label = int(np.asarray(run.predict_label(np.array([score])))[0])
+    row.label = int(run.predict_label(scores)[index])
+    row.probability = float(scores.probability[index])
     if run.task == "regression":
-        row.predicted_cac = float(score)
-        row.agatston_band = AGATSTON_BANDS[int(np.asarray(agatston_band([score]))[0])]
-    else:
-        row.probability = float(score)
+        row.predicted_cac = float(scores.score[index])
+        row.agatston_band = AGATSTON_BANDS[int(np.asarray(agatston_band([row.predicted_cac]))[0])]
 
 
 def score_paths(
@@ -261,7 +265,7 @@ def score_paths(
             ready: list[tuple[PredictionRow, np.ndarray]] = []
             covariates: list[tuple[float, str]] = []
             for row in todo[start : start + batch_size]:
-                image, meta, notes, error = _prepare(run, row.input)
+                image, meta, notes, error = prepare_input(run, row.input)
                 if image is not None:
                     values, unknown = clinical_values(run, meta)
                     notes = [*notes, *unknown]
@@ -270,10 +274,9 @@ def score_paths(
                 row.warning, row.error = "; ".join(notes), error
                 bar.update()
             if ready:
-                batch = np.stack([image for _, image in ready])
-                scores = np.asarray(run.score(batch, clinical=covariates), dtype=float)
-                for (row, _), score in zip(ready, scores.reshape(-1), strict=True):
-                    _fill(run, row, float(score))
+                scores = run.scores(np.stack([image for _, image in ready]), clinical=covariates)
+                for index, (row, _) in enumerate(ready):
+                    _fill(run, row, scores, index)
     return rows
 
 
@@ -305,7 +308,7 @@ def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str
     )
     row = PredictionRow(input="")
     values, notes = clinical_values(run, meta)
-    _fill(run, row, float(np.asarray(run.score(prepared[None], clinical=[values]), dtype=float).reshape(-1)[0]))
+    _fill(run, row, run.scores(prepared[None], clinical=[values]), 0)
     extra = {"warning": "; ".join(notes)} if run.clinical_features else {}
     return {
         **extra,
@@ -319,75 +322,52 @@ def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str
     }
 
 
-class _EnsembleScore(torch.nn.Module):
-    """A differentiable run score from a normalised batch (N, 1, S, S): shape (N,).
-
-    Classification: the mean over models of P(positive class). Regression: the mean over models of the
-    predicted log-CAC (each model's standardised output mapped back with its fold's target mean/std).
-    """
-
-    def __init__(
-        self,
-        models: list[torch.nn.Module],
-        task: str,
-        target_stats: list[tuple[float, float]],
-        covariates: Sequence[torch.Tensor | None] = (),
-    ):
-        super().__init__()
-        self.models = torch.nn.ModuleList(models)
-        self.task = task
-        # --clinical runs: each model's encoded (1, k) covariates, fixed for every image of the batch.
-        self.covariate_names: list[str | None] = []
-        for index, value in enumerate(covariates or [None] * len(models)):
-            name = None if value is None else f"covariates_{index}"
-            if name is not None:
-                self.register_buffer(name, value.float())
-            self.covariate_names.append(name)
-        self.register_buffer("target_mean", torch.tensor([m for m, _ in target_stats], dtype=torch.float32))
-        self.register_buffer("target_std", torch.tensor([s for _, s in target_stats], dtype=torch.float32))
-
-    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """The score of one model (probability or log-CAC), shape (N,)."""
-        name = self.covariate_names[index]
-        if name is None:
-            out = self.models[index](x)
-        else:
-            out = self.models[index](x, self.get_buffer(name).expand(x.shape[0], -1))
-        if self.task == "regression":
-            return out[:, 0] * self.target_std[index] + self.target_mean[index]
-        return torch.softmax(out, dim=1)[:, 1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.member(i, x) for i in range(len(self.models))]).mean(dim=0)
-
-
 def score_module(run: LoadedRun, clinical: tuple[float | None, str | None] | None = None) -> torch.nn.Module:
-    """The run's score as one ``torch.nn.Module`` (for attributions and export).
+    """The run's score as one ``torch.nn.Module`` with the covariates held fixed (for attributions).
 
     It takes a normalised float batch (N, 1, S, S) (``preprocess.normalise`` of the uint8 images) and
-    returns the score, shape (N,): the ensemble-mean probability of CAC > threshold (classification) or
-    the ensemble-mean predicted log-CAC, ``log(clip(CAC, 0, 2000) + 0.001)`` (regression).
+    returns the attributed score, shape (N,): the mean calibrated probability of CAC > threshold
+    (classification) or the mean predicted log CAC (regression): ``run.scorer`` itself, so the same
+    numbers as :meth:`cacxr.run.LoadedRun.scores`.
 
     Args:
         run: the loaded run.
-        clinical: ``(age, sex)`` held fixed for a ``--clinical`` run (None: the training median age and
-            the unknown sex level); ignored by image-only runs.
+        clinical: ``(age, sex)`` of the image for a ``--clinical`` run (None: unknown, i.e. the training
+            median age and the unknown sex level); ignored by image-only runs.
 
     Returns:
         A module in eval mode sharing the run's model weights.
     """
-    stats = [_target_stats(run, fold) for fold, _ in run.models]
-    covariates = [run.clinical_inputs(fold, [clinical or (None, None)], 1) for fold, _ in run.models]
-    module = _EnsembleScore([model for _, model in run.models], run.task, stats, covariates)
-    return module.eval()
+    from cacxr.scoring import covariate_tensors
+
+    age, sex = covariate_tensors([clinical or (None, None)], 1)
+    return _FixedCovariates(run.scorer, age.to(run.device), sex.to(run.device)).eval()
 
 
-def _target_stats(run: LoadedRun, fold: int) -> tuple[float, float]:
-    """The regression target's training mean/std of ``fold`` ((0, 1) for classification)."""
-    if run.task != "regression":
-        return 0.0, 1.0
-    stats = run.target_stats[fold]
-    return float(stats[0]), float(stats[1])
+class _FixedCovariates(torch.nn.Module):
+    """A run scorer with one image's covariates repeated over the batch (captum passes images only)."""
+
+    def __init__(self, scorer: torch.nn.Module, age: torch.Tensor, sex: torch.Tensor) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.register_buffer("age", age)
+        self.register_buffer("sex", sex)
+
+    @property
+    def n_members(self) -> int:
+        return len(self.scorer.members)
+
+    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The attributed score of one model (for Grad-CAM, which averages the models' maps)."""
+        n = x.shape[0]
+        return self.scorer.member_score(index, x, self.age.expand(n), self.sex.expand(n))
+
+    def member_model(self, index: int) -> torch.nn.Module:
+        return self.scorer.members[index].model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        return self.scorer(x, self.age.expand(n), self.sex.expand(n))
 
 
 def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike[str]) -> None:

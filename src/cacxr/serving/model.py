@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -113,16 +112,15 @@ class RunModel:
 
 def _describe_run(run: LoadedRun) -> dict[str, Any]:
     """See :meth:`RunModel.describe`; the digest reads the weight files once, at start-up."""
-    from cacxr import __version__
-    from cacxr.training.runfiles import MODEL_FILE, fold_dir
+    from cacxr import __version__, runfolder
 
-    config_file = run.run_dir / "config.json"
+    config_file = run.run_dir / runfolder.CONFIG_FILE
     digest = hashlib.sha256(config_file.read_bytes())
-    for fold, _ in run.models:
-        with open(fold_dir(run.run_dir, fold) / MODEL_FILE, "rb") as fp:
+    for fold, _ in run.models:  # the final model (FINAL_FOLD) lives in RUN/final, not in a fold folder
+        with open(runfolder.model_path(run.run_dir, fold), "rb") as fp:
             for block in iter(lambda fp=fp: fp.read(2**20), b""):
                 digest.update(block)
-    recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    recorded = runfolder.read_config(run.run_dir) or {}
     return {
         "run_name": run.run_dir.resolve().name,
         "run_id": digest.hexdigest()[:12],
@@ -133,6 +131,8 @@ def _describe_run(run: LoadedRun) -> dict[str, Any]:
         "profile": run.profile,
         "image_size": run.image_size,
         "folds": [fold for fold, _ in run.models],
+        "model": "final" if run.is_final else ("ensemble" if len(run.models) > 1 else f"fold {run.models[0][0]}"),
+        "calibration": sorted({str((r.get("calibration") or {}).get("method", "none")) for r in run.folds.values()}),
         "cacxr_version": __version__,
         "trained_with": str(recorded.get("cacxr_version", "")),
     }
