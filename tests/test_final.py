@@ -69,6 +69,11 @@ def test_train_final_writes_final_model_and_records_choice(final_run: Path) -> N
     assert final["epochs"] == choose_epochs(best) == max(1, int(statistics.median(best) + 0.5))
     assert final["fold_best_epochs"] == {str(f["fold"]): f["best_epoch"] for f in folds}
     assert len(final["history"]) == final["epochs"]
+    # A stratified share of the patients is held out of training to calibrate the final model.
+    held = {row["patient_id"] for row in final["calibration_patients"]}
+    assert (final["n_train"], final["n_calibration"], len(held)) == (32, 8, 8)
+    held_positive = sum(row["label"] for row in final["calibration_patients"])
+    assert abs(held_positive / 8 - final["n_positive"] / 40) <= 1 / 8  # stratified by the label
     assert final["feature_cache"] is False and config["feature_cache_used"] is False
     assert final["decision_threshold"] == pytest.approx(np.mean([f["decision_threshold"] for f in folds]))
     assert final["n_patients"] == config["n_patients"] == 40
@@ -101,8 +106,13 @@ def test_load_run_uses_final_model_by_default_ensemble_selectable(final_run: Pat
     assert meta["fold"] == "final" and float(meta["decision_threshold"]) == final["decision_threshold"]
     from cacxr.preprocess import normalise
 
+    from cacxr.calibration import apply_calibration
+
     with torch.inference_mode():
-        expected = torch.softmax(model(normalise(images, default.profile)[:, None]), dim=1)[:, 1].numpy()
+        out = model(normalise(images, default.profile)[:, None]).double().numpy()
+    # The final model's own calibration map (fitted on its held-out calibration patients) of its log-odds.
+    assert final["calibration"]["method"] == "platt" and final["n_calibration"] == 8
+    expected = apply_calibration(final["calibration"], out[:, 1] - out[:, 0])
     assert default.score(images) == pytest.approx(expected, abs=1e-5)
     assert not np.allclose(default.score(images), ensemble.score(images))
 
@@ -127,12 +137,14 @@ def test_fit_final_command_on_regression_run(regression_run: Path, capsys: pytes
     out = capsys.readouterr().out
     assert "final model: 40 patients" in out and "no held-out estimate" in out
     final = json.loads((regression_run / FINAL_DIR / FINAL_RECORD).read_text())
+    # The regression target is standardised with the training patients' log CAC (the calibration patients
+    # are held out); the threshold is the folds' rule.
+    held = {row["patient_id"] for row in final["calibration_patients"]}
     with (regression_run / "predictions.csv").open() as fh:
-        cac = [float(line.split(",")[2]) for line in fh.readlines()[1:]]
-    logs = cac_to_target(cac)
-    # The regression target is standardised with every patient's log CAC; the threshold is the folds' rule.
-    assert final["target_mean"] == pytest.approx(logs.mean())
-    assert final["target_std"] == pytest.approx(logs.std())
+        trained = [float(line.split(",")[2]) for line in fh.readlines()[1:] if line.split(",")[0] not in held]
+    assert len(trained) == final["n_train"] == 32
+    assert final["target_mean"] == pytest.approx(cac_to_target(trained).mean())
+    assert final["target_std"] == pytest.approx(cac_to_target(trained).std())
     assert final["decision_threshold"] == 0.5
     assert final["feature_cache"] is True  # the run's head trained on cached trunk features; so did this
     loaded = load_run(regression_run)

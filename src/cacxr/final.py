@@ -9,8 +9,13 @@ all the patients, with the settings the folds chose:
   patients). The final model has no validation patients of its own, and this is also the rule of the
   fold ensemble (``LoadedRun.decision_threshold``). Regression folds all use threshold + 0.5, so the mean
   is that value;
-- regression target: standardised with the mean/std of every patient's log CAC;
-- clinical covariates (``--clinical``): their encoder is fitted on every patient and stored in final.json.
+- calibration: a stratified share of the patients (``val_fraction``, 20 % by default; seeded by the run's
+  seed) is held out as the final model's calibration patients; the model trains on the others, through
+  the folds' own training loop (``cacxr.training.loop.train_fold``: the same accelerator path, feature
+  cache and metadata), and its calibration map (``--calibration``) is fitted on the held-out patients'
+  scores after the last epoch. final.json records the map and both patient lists;
+- regression target: standardised with the mean/std of the training patients' log CAC;
+- clinical covariates (``--clinical``): their encoder is fitted on the training patients, stored in final.json.
 
 It has no held-out estimate of its own: the run's cross-validated figures (metrics.json) are the estimate
 of its performance, and report.html says so. Files::
@@ -18,6 +23,8 @@ of its performance, and report.html says so. Files::
     RUN/final/model.safetensors   the weights (with their metadata)
     RUN/final/final.json          how it was made (like fold.json; written last: it marks the model done)
     RUN/config.json               gains "final": {epochs, how chosen, threshold, n_patients, date}
+
+(file names and readers: :mod:`cacxr.runfolder`, where the final model is fold ``FINAL_FOLD``).
 
 ``cacxr.run.load_run(RUN)`` then uses the final model; ``load_run(RUN, fold="ensemble")`` the folds.
 """
@@ -36,37 +43,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from cacxr.atomic import read_json_object, write_json
+from cacxr import runfolder
 from cacxr.config import TrainConfig, resolve_device
 from cacxr.errors import CacxrError
+from cacxr.runfolder import FINAL_DIR, FINAL_FOLD, FINAL_RECORD, MODEL_FILE, has_final
+from cacxr.training.loop import CHECKPOINT, FoldResult, build_fold_model, model_metadata, train_fold
 
 if TYPE_CHECKING:
     import torch
 
-    from cacxr.clinical import ClinicalEncoder
     from cacxr.manifest import ManifestRow
-    from cacxr.models import CACNet
     from cacxr.store import ImageStore
 
-__all__ = ["fit_final", "has_final", "choose_epochs", "FINAL_DIR", "FINAL_RECORD", "MODEL_FILE"]
+__all__ = [
+    "fit_final", "has_final", "choose_epochs", "calibration_split", "FINAL_DIR", "FINAL_RECORD", "MODEL_FILE",
+]
 
 logger = logging.getLogger(__name__)
-
-FINAL_DIR = "final"
-FINAL_RECORD = "final.json"
-MODEL_FILE = "model.safetensors"
 NO_ESTIMATE = (
     "no held-out estimate of its own: the run's cross-validated figures (metrics.json) are the estimate "
     "of this model's performance"
 )
-
-
-def has_final(run_dir: str | os.PathLike[str]) -> bool:
-    """True when the run has a finished final model (``RUN/final/final.json`` and its weights)."""
-    folder = Path(run_dir) / FINAL_DIR
-    return (folder / FINAL_RECORD).is_file() and (folder / MODEL_FILE).is_file()
 
 
 def choose_epochs(best_epochs: list[int]) -> int:
@@ -118,7 +115,7 @@ def fit_final(
     record, cfg = _read_run_config(root)
     final_dir = root / FINAL_DIR
     if has_final(root) and not overwrite:
-        existing = read_json_object(final_dir / FINAL_RECORD)
+        existing = runfolder.read_model_record(root, FINAL_FOLD)
         if isinstance(record.get("final"), dict):
             raise CacxrError(
                 f"{final_dir}: the run already has a final model ({existing.get('epochs')} epochs, "
@@ -135,19 +132,24 @@ def fit_final(
     cuts = {k: float(r["decision_threshold"]) for k, r in folds.items()}
     decision_threshold = float(statistics.fmean(cuts.values()))
     ids, cac = _run_patients(root)
+    fit_ids, calibration_ids = calibration_split(ids, [int(cac[i] > cfg.threshold) for i in ids], cfg)
     rows = _manifest_rows(root, record, ids) if cfg.clinical else None
     store = _store(root, record, cfg, ids, rows, workers, progress)
     covariates = {row.patient_id: (float(row.age), row.sex) for row in rows} if rows else None
     target = resolve_device(device)
     # Retraining: the old record goes first, so that an interruption never pairs it with new weights.
-    (final_dir / FINAL_RECORD).unlink(missing_ok=True)
+    runfolder.record_path(root, FINAL_FOLD).unlink(missing_ok=True)
 
     started = time.perf_counter()
-    logger.info("final model: %d patients, %d epochs (median of the folds' best epochs)", len(ids), epochs)
+    logger.info(
+        "final model: %d patients (%d held out for calibration), %d epochs (median of the folds' best epochs)",
+        len(ids), len(calibration_ids), epochs,
+    )  # fmt: skip
     with _torch_threads(num_threads):
-        trained = _train(cfg, record, ids, cac, store, covariates, epochs, target, progress)
-    model, task, history, cached, encoder = trained
+        result, cached = _train(cfg, root, record, fit_ids, calibration_ids, cac, store, covariates, epochs, target, progress)
+    trained = result.record
     final = {
+        **{k: v for k, v in trained.items() if k not in ("fold", "test_metrics", "validation", "n", "n_positive")},
         "model": "final",
         "epochs": epochs,
         "epochs_chosen_by": "median of the folds' validation-selected best epochs, rounded half up, at least 1",
@@ -155,68 +157,81 @@ def fit_final(
         "decision_threshold": decision_threshold,
         "threshold_chosen_by": "mean of the folds' validation-chosen decision thresholds",
         "fold_decision_thresholds": {str(k): v for k, v in cuts.items()},
-        "target_mean": task.mean if cfg.task == "regression" else None,
-        "target_std": task.std if cfg.task == "regression" else None,
         "n_patients": len(ids),
         "n_positive": int(sum(c > cfg.threshold for c in cac.values())),
+        "n_train": len(fit_ids),
+        "n_calibration": len(calibration_ids),
+        "calibration_split": f"stratified {cfg.val_fraction:g} of the patients (seed {cfg.seed}), held out of training",
+        "calibration_patients": [
+            {"patient_id": v["patient_id"], "label": v["label"], "score": v["score"]} for v in trained["validation"]
+        ],
         "feature_cache": cached,
-        "clinical_encoder": encoder.to_dict() if encoder is not None else None,
         "device": str(target),
         "seconds": round(time.perf_counter() - started, 2),
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "estimate": NO_ESTIMATE,
-        "history": history,
     }
-    save_model(model, final_dir / MODEL_FILE, _metadata(cfg, final))
-    write_json(final_dir / FINAL_RECORD, final)  # last file: the final model is complete
+    save_model(result.model, runfolder.model_path(root, FINAL_FOLD), model_metadata(cfg, {**final, "fold": "final"}))
+    (runfolder.model_dir(root, FINAL_FOLD) / CHECKPOINT).unlink(missing_ok=True)
+    runfolder.write_model_record(root, FINAL_FOLD, final)  # last file: the final model is complete
     _record_in_config(root, record, final)
     write_report(root)
     return final
+
+
+def calibration_split(ids: list[str], labels: list[int], cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """The final model's training and calibration patients: a stratified ``cfg.val_fraction`` held out.
+
+    Args:
+        ids: every patient of the run.
+        labels: their 0/1 labels (CAC > threshold).
+        cfg: the run's settings (``val_fraction``, ``seed``).
+
+    Returns:
+        ``(training ids, calibration ids)``, each sorted.
+
+    Raises:
+        CacxrError: too few patients to hold any out.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n_held = max(1, round(len(ids) * cfg.val_fraction))
+    if len(ids) - n_held < 2:
+        raise CacxrError(f"{len(ids)} patients: too few to hold out calibration patients for the final model")
+    # Stratified when each class has at least two patients (else sklearn cannot split it).
+    stratify = labels if min(labels.count(0), labels.count(1)) >= 2 else None
+    train, held = train_test_split(ids, test_size=n_held, stratify=stratify, random_state=cfg.seed)
+    return sorted(train), sorted(held)
 
 
 # ---- the run's settings, folds and patients ------------------------------------------------------------
 
 
 def _read_run_config(root: Path) -> tuple[dict[str, Any], TrainConfig]:
-    if not (root / "config.json").is_file():
-        raise CacxrError(f"{root}: not a cacxr run folder (no config.json)")
-    if not (root / "metrics.json").is_file():
+    record = runfolder.read_config(root)
+    if runfolder.read_metrics(root, required=False) is None:
         raise CacxrError(
-            f"{root}: cross-validation has not finished (no metrics.json); finish the run first "
+            f"{root}: cross-validation has not finished (no {runfolder.METRICS_FILE}); finish the run first "
             f"(cacxr train ... --out {root} --resume, or --merge for fold jobs)"
         )
-    record = read_json_object(root / "config.json")
     try:
         cfg = TrainConfig.from_dict(record).resolved()
     except (TypeError, ValueError) as exc:
-        raise CacxrError(f"{root / 'config.json'}: not a run configuration ({exc})") from None
+        raise CacxrError(f"{root / runfolder.CONFIG_FILE}: not a run configuration ({exc})") from None
     return record, cfg
 
 
 def _fold_records(root: Path, cfg: TrainConfig) -> dict[int, dict[str, Any]]:
-    from cacxr.training.runfiles import read_fold_record
-
-    records = {k: read_fold_record(root, k) for k in range(cfg.kfold)}
+    records = {k: runfolder.read_fold_record(root, k) for k in range(cfg.kfold)}
     for k, r in records.items():
         if not isinstance(r.get("best_epoch"), int) or r.get("decision_threshold") is None:
-            raise CacxrError(f"{root}/fold_{k}/fold.json: no best_epoch or decision_threshold")
+            raise CacxrError(f"{runfolder.record_path(root, k)}: no best_epoch or decision_threshold")
     return records
 
 
 def _run_patients(root: Path) -> tuple[list[str], dict[str, float]]:
     """The cross-validated patients (RUN/predictions.csv) and their CAC scores."""
-    import csv
-
-    path = root / "predictions.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            cac = {row["patient_id"]: float(row["cac_score"]) for row in csv.DictReader(fh)}
-    except FileNotFoundError:
-        raise CacxrError(f"{path}: missing (the run's out-of-fold predictions list its patients)") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise CacxrError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    if not cac:
-        raise CacxrError(f"{path}: no patients")
+    cac = {row["patient_id"]: row["cac_score"] for row in runfolder.read_run_predictions(root)}
     return sorted(cac), cac
 
 
@@ -225,7 +240,7 @@ def _manifest_rows(root: Path, record: dict[str, Any], ids: list[str]) -> list[M
     from cacxr.manifest import manifest_hash, read_manifest
 
     candidates = [Path(record["manifest"])] if record.get("manifest") else []
-    candidates.append(root / "ingest" / "manifest.csv")
+    candidates.append(root / runfolder.INGEST_DIR / "manifest.csv")
     manifest = next((p for p in candidates if p.is_file()), None)
     if manifest is None:
         raise CacxrError(f"{root}: the run's manifest ({candidates[0]}) is gone")
@@ -272,95 +287,61 @@ def _store(
 
 def _train(
     cfg: TrainConfig,
+    root: Path,
     record: dict[str, Any],
-    ids: list[str],
+    fit_ids: list[str],
+    calibration_ids: list[str],
     cac: dict[str, float],
     store: ImageStore,
     covariates: dict[str, tuple[float, str]] | None,
     epochs: int,
     device: torch.device,
     progress: bool,
-) -> tuple[CACNet, Any, list[dict[str, Any]], bool, ClinicalEncoder | None]:
-    """``epochs`` epochs on every patient, with the folds' optimiser, schedule, loss and training order.
+) -> tuple[FoldResult, bool]:
+    """``epochs`` epochs on ``fit_ids`` through the folds' training loop, calibrated on ``calibration_ids``.
 
-    The training order and augmentation come from (seed, kfold, epoch): the index after the last fold.
+    The model is fold number ``kfold`` of the loop (the index after the last fold): its initialisation,
+    training order and augmentation come from (seed, kfold, epoch).
 
     Returns:
-        The model (eval mode), the task (target statistics), the epochs' history, whether cached trunk
-        features were used, and the clinical encoder (None without ``--clinical``).
+        The loop's result (record, model in eval mode) and whether cached trunk features were used.
     """
     import torch
 
-    from cacxr.data import Augment
     from cacxr.features import FeatureCache
+    from cacxr.splits import Fold
 
-    # The fold loop's own pieces, so that the final model trains exactly as the folds did.
-    from cacxr.training.loop import (
-        _fit_encoder,
-        _Inputs,
-        _optimiser,
-        _Task,
-        _train_epoch,
-        build_fold_model,
-        fold_seed,
-    )
-
-    index = cfg.kfold
-    run_cfg = dataclasses.replace(cfg, epochs=epochs)
-    task = _Task(run_cfg, cac, ids)
-    model = build_fold_model(run_cfg)
+    run_cfg = dataclasses.replace(cfg, epochs=epochs, patience=None)
     features = None
-    if cfg.feature_cache and not cfg.augment and model.trunk_is_frozen():
-        feature_dir = record.get("feature_cache_dir") or store.root / "features"
-        features = FeatureCache.build(model, store, ids, feature_dir, device=device, progress=progress)
-    augment = Augment(seed=fold_seed(cfg.seed, index, 1)) if cfg.augment else None
-    encoder = _fit_encoder(run_cfg, ids, covariates)
-    clinical = None
-    if encoder is not None and covariates is not None:
-        values = [covariates.get(pid, (math.nan, "")) for pid in ids]
-        clinical = dict(zip(ids, encoder.transform([a for a, _ in values], [s for _, s in values]), strict=True))
-    inputs = _Inputs(store, features, augment, clinical)
-    model.to(device)
-    forward = inputs.forward(model)
-    optimizer, scheduler = _optimiser(run_cfg, model)
-    train_set = inputs.dataset(ids, task.targets(ids), train=True)
-    history = []
+    if cfg.feature_cache and not cfg.augment:
+        template = build_fold_model(run_cfg)
+        if template.trunk_is_frozen():
+            feature_dir = record.get("feature_cache_dir") or store.root / "features"
+            every = [*fit_ids, *calibration_ids]
+            features = FeatureCache.build(template, store, every, feature_dir, device=device, progress=progress)
+        del template
+    fold = Fold(index=cfg.kfold, train=tuple(fit_ids), val=tuple(calibration_ids), test=())
+    directory = runfolder.model_dir(root, FINAL_FOLD)
+    directory.mkdir(parents=True, exist_ok=True)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):  # the caller's global generator is left as it was
-        torch.manual_seed(fold_seed(cfg.seed, index))
-        for epoch in tqdm(range(1, epochs + 1), desc="final model", unit="epoch", disable=not progress):
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            loss = _train_epoch(model, forward, train_set, task, optimizer, run_cfg, index, epoch, device)
-            scheduler.step()
-            history.append({"epoch": epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"]})
-    return model.eval(), task, history, features is not None, encoder
-
-
-def _metadata(cfg: TrainConfig, final: dict[str, Any]) -> dict[str, str]:
-    """String metadata stored beside the weights (as for the folds' models)."""
-    values = {
-        "task": cfg.task,
-        "fold": "final",
-        "threshold": cfg.threshold,
-        "decision_threshold": final["decision_threshold"],
-        "target_mean": final["target_mean"],
-        "target_std": final["target_std"],
-        "profile": cfg.profile,
-        "image_size": cfg.image_size,
-        "epochs": final["epochs"],
-    }
-    return {k: "" if v is None else str(v) for k, v in values.items()}
+        result = train_fold(
+            run_cfg, fold, cac, store, directory, device, features, progress, covariates=covariates, select=False
+        )
+    return result, features is not None
 
 
 def _record_in_config(root: Path, record: dict[str, Any], final: dict[str, Any]) -> None:
     """config.json gains "final": how the final model's settings were chosen."""
-    keys = ("epochs", "epochs_chosen_by", "decision_threshold", "threshold_chosen_by", "n_patients", "date")
+    keys = (
+        "epochs", "epochs_chosen_by", "decision_threshold", "threshold_chosen_by", "n_patients", "n_train",
+        "n_calibration", "calibration_split", "date",
+    )  # fmt: skip
     record["final"] = {
         **{k: final.get(k) for k in keys},
         "model": f"{FINAL_DIR}/{MODEL_FILE}",
     }
-    write_json(root / "config.json", record)
+    runfolder.write_config(root, record)
 
 
 @contextmanager

@@ -238,8 +238,9 @@ def _final_note(final: Any) -> str:
     if isinstance(final, dict):
         details = " " + "; ".join(f"{k}: {_setting(v)}" for k, v in final.items() if _is_scalar(v)) + "."
     return (
-        '<p class="note"><strong>Final model.</strong> A final model was trained on every patient of this run '
-        "after cross-validation and is the one used by predict, evaluate and serve. It has no held-out "
+        '<p class="note"><strong>Final model.</strong> A final model was trained on the patients of this run '
+        "after cross-validation (a stratified share held out to fit its calibration) and is the one used by "
+        "predict, evaluate and serve. It has no held-out "
         "estimate of its own: the cross-validated figures on this page are the estimate of its performance."
         f"{_e(details)}</p>"
     )

@@ -45,7 +45,7 @@ from cacxr.manifest import ManifestRow, manifest_hash, read_manifest
 from cacxr.splits import make_folds
 from cacxr.store import ImageStore
 from cacxr.training import runfiles
-from cacxr.training.loop import CHECKPOINT, build_fold_model, train_fold
+from cacxr.training.loop import CHECKPOINT, build_fold_model, model_metadata, train_fold
 
 __all__ = ["TrainConfig", "train_run", "merge_folds", "default_store_dir", "CONFIG_FILE"]
 
@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
             )
             if dist.is_main:
                 if cfg.save:
-                    save_model(result.model, directory / runfolder.MODEL_FILE, _model_metadata(cfg, result.record))
+                    save_model(result.model, directory / runfolder.MODEL_FILE, model_metadata(cfg, result.record))
                 runfiles.write_fold_files(
                     directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac,
                     cfg.threshold, cfg.viz, result.test_extra,
@@ -363,23 +363,6 @@ def _labelled_rows(manifest: Path, site: str) -> list[ManifestRow]:
     if not labelled:
         raise CacxrError(f"{manifest}: no patient has a CAC score, so nothing can be trained")
     return labelled
-
-
-def _model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
-    """String metadata stored beside each fold's weights (the file then stands on its own)."""
-    values = {
-        "task": cfg.task,
-        "fold": record["fold"],
-        "threshold": cfg.threshold,
-        "decision_threshold": record["decision_threshold"],
-        "target_mean": record["target_mean"],
-        "target_std": record["target_std"],
-        "profile": cfg.profile,
-        "image_size": cfg.image_size,
-        "best_epoch": record["best_epoch"],
-        "clinical": ",".join(cfg.clinical),
-    }
-    return {k: "" if v is None else str(v) for k, v in values.items()}
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -57,7 +57,7 @@ from cacxr.splits import Fold
 from cacxr.store import ImageStore
 from cacxr.weights import load_pretrained
 
-__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed", "calibration_offset"]
+__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed", "calibration_offset", "model_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,30 @@ def build_fold_model(cfg: TrainConfig) -> CACNet:
     report = load_pretrained(model, cfg.weights)
     logger.info("%s: %s", cfg.arch, report.summary())
     return model.set_finetune(cfg.finetune)
+
+
+def model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
+    """String metadata stored beside a model's weights (fold or final model: the file then stands on its own).
+
+    Args:
+        cfg: the run's settings.
+        record: the model's fold.json / final.json content (``fold``, ``decision_threshold``, ...).
+    """
+    values = {
+        "task": cfg.task,
+        "fold": record["fold"],
+        "threshold": cfg.threshold,
+        "decision_threshold": record["decision_threshold"],
+        "target_mean": record.get("target_mean"),
+        "target_std": record.get("target_std"),
+        "profile": cfg.profile,
+        "image_size": cfg.image_size,
+        "best_epoch": record.get("best_epoch"),
+        "epochs": record.get("epochs", record.get("epochs_run")),
+        "clinical": ",".join(cfg.clinical),
+        "calibration": (record.get("calibration") or {}).get("method", "none"),
+    }
+    return {k: "" if v is None else str(v) for k, v in values.items()}
 
 
 def calibration_offset(cfg: TrainConfig) -> float:
@@ -208,8 +232,13 @@ def train_fold(
     progress: bool = True,
     dist: DistContext | None = None,
     covariates: dict[str, tuple[float, str]] | None = None,
+    select: bool = True,
 ) -> FoldResult:
     """Train one fold, resuming from ``fold_dir/checkpoint.pt`` when it exists.
+
+    The final model of a run (cacxr.final) trains here too: its ``fold`` has the index ``kfold``, its
+    calibration patients as ``val``, no ``test`` patients, and ``select=False`` (it keeps the last of the
+    ``cfg.epochs`` epochs chosen by the folds; the calibration patients only fit its calibration map).
 
     Args:
         cfg: the resolved run config.
@@ -223,6 +252,7 @@ def train_fold(
         dist: this process's place in a multi-process run (None: one process).
         covariates: patient id -> (age, sex), needed with ``cfg.clinical``; encoded with statistics of
             the fold's training patients (stored in fold.json as ``clinical_encoder``).
+        select: keep the epoch with the best validation score (False: the last epoch).
 
     Returns:
         The fold's record, its test scores and the model with the selected epoch's weights (on ``device``).
@@ -245,7 +275,7 @@ def train_fold(
     model = build_fold_model(cfg).to(device)
     run = _Run.create(cfg, model, device, dist or DistContext(), whole_model_trains=features is None)
     torch.manual_seed(fold_seed(cfg.seed, fold.index))
-    state = _fit(cfg, fold.index, model, inputs, task, ids, fold_dir / CHECKPOINT, device, progress, run)
+    state = _fit(cfg, fold.index, model, inputs, task, ids, fold_dir / CHECKPOINT, device, progress, run, select)
 
     model.load_state_dict(state.best_model)
     model.eval()
@@ -261,22 +291,24 @@ def train_fold(
         # Predicted CAC rounded to an integer Agatston score above the user's threshold (metrics convention).
         decision_threshold = float(cfg.threshold) + 0.5
     # The test patients are scored once, with the selected weights, calibration and threshold.
-    test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
-    test_raw = task.raw(test_out)
-    test_probability = apply_calibration(calibration, test_raw)
-    test_scores = test_probability if cfg.task == "classification" else target_to_cac(test_raw)
-    extra = {} if cfg.task == "classification" else {"log_cac": test_raw, "probability": test_probability}
-    if cfg.task == "classification":
-        test_metrics = classification_metrics(task.labels(ids["test"]), test_scores, decision_threshold)
-    else:
-        test_cac = np.array([cac[i] for i in ids["test"]])
-        test_metrics = regression_metrics(test_cac, test_scores, cfg.threshold, decision_threshold)
+    test_metrics, test_scores, extra = None, np.zeros(0), {}
+    if ids["test"]:
+        test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
+        test_raw = task.raw(test_out)
+        test_probability = apply_calibration(calibration, test_raw)
+        test_scores = test_probability if cfg.task == "classification" else target_to_cac(test_raw)
+        extra = {} if cfg.task == "classification" else {"log_cac": test_raw, "probability": test_probability}
+        if cfg.task == "classification":
+            test_metrics = classification_metrics(task.labels(ids["test"]), test_scores, decision_threshold)
+        else:
+            test_cac = np.array([cac[i] for i in ids["test"]])
+            test_metrics = regression_metrics(test_cac, test_scores, cfg.threshold, decision_threshold)
     record = {
         "fold": fold.index,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "stopped_early": state.epoch < cfg.epochs,
-        "selection": _SELECTION[cfg.task],
+        "selection": _SELECTION[cfg.task] if select else "the last epoch (chosen in advance)",
         "decision_threshold": float(decision_threshold),
         "target_mean": task.mean if cfg.task == "regression" else None,
         "target_std": task.std if cfg.task == "regression" else None,
@@ -329,6 +361,7 @@ def _fit(
     device: torch.device,
     progress: bool,
     run: _Run,
+    select: bool = True,
 ) -> _State:
     """The epochs of a fold (from its checkpoint when there is one), keeping the best by validation."""
     optimizer, scheduler = _optimiser(cfg, model)
@@ -357,7 +390,7 @@ def _fit(
                 {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": metric, "lr": lr}
             )
             key = task.selection_key(val_loss, metric)
-            if state.best_model is None or key > state.best_key:
+            if state.best_model is None or key > state.best_key or not select:
                 state.best_key, state.best_epoch = key, epoch
                 state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state.epoch = epoch
