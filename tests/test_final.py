@@ -104,9 +104,8 @@ def test_load_run_uses_final_model_by_default_ensemble_selectable(final_run: Pat
     ids, images = _store_images(final_run)
     model, meta = load_saved_model(final_run / FINAL_DIR / MODEL_FILE)
     assert meta["fold"] == "final" and float(meta["decision_threshold"]) == final["decision_threshold"]
-    from cacxr.preprocess import normalise
-
     from cacxr.calibration import apply_calibration
+    from cacxr.preprocess import normalise
 
     with torch.inference_mode():
         out = model(normalise(images, default.profile)[:, None]).double().numpy()
