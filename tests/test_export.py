@@ -29,12 +29,14 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
 
 
-def _run_exported(path: Path, fmt: str, batches: list[torch.Tensor]) -> list[np.ndarray]:
+def _run_exported(path: Path, fmt: str, batches: list[torch.Tensor], output: int = 0) -> list[np.ndarray]:
+    """Output ``output`` of the exported model (0: score; 1: probability, regression) for each batch."""
     if fmt == "onnx":
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return [session.run(["score"], {"image": x.numpy()})[0] for x in batches]
+        return [session.run(None, {"image": x.numpy()})[output] for x in batches]
     model = torch.jit.load(str(path)).eval()
-    return [model(x).detach().numpy() for x in batches]
+    outs = [model(x) for x in batches]
+    return [(out[output] if isinstance(out, tuple) else out).detach().numpy() for out in outs]
 
 
 # (format, fold): the ensemble in both formats, one fold in TorchScript (ONNX export is the slow one).
@@ -104,15 +106,20 @@ def test_regression_export_returns_log_cac(tmp_path_factory: pytest.TempPathFact
     info = export_run(reg, path, "torchscript")
     assert info["task"] == "regression" and "log-CAC" in info["output"]
     images = _images(3)
-    (log_cac,) = _run_exported(path, "torchscript", [normalise(images[:, None], reg.profile)])
-    np.testing.assert_allclose(target_to_cac(log_cac), np.asarray(reg.score(images)), rtol=1e-4, atol=1e-3)
+    x = [normalise(images[:, None], reg.profile)]
+    ((log_cac,), (probability,)) = _run_exported(path, "torchscript", x), _run_exported(path, "torchscript", x, 1)
+    scores = reg.scores(images)
+    np.testing.assert_allclose(target_to_cac(log_cac), scores.score, rtol=1e-4, atol=1e-3)
+    # The second output is the calibrated P(CAC > threshold) that predict reports.
+    np.testing.assert_allclose(probability, scores.probability, atol=TOLERANCE)
+    assert info["outputs"] == ["score", "probability"]
 
 
 def test_cli_export_prints_the_contract(run_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.pt"
     assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out), "--fold", "0"]) == 0
     printed = capsys.readouterr().out
-    assert str(out) in printed and "folds 0" in printed and "profile seed" in printed
+    assert str(out) in printed and "(fold 0)" in printed and "profile seed" in printed
     assert read_contract(out)["folds"] == [0]
 
 

@@ -1,14 +1,22 @@
 """Export a trained run to ONNX or TorchScript, with its preprocessing contract inside the file.
 
-The exported model is :func:`cacxr.inference.score_module`: one fold (``fold=K``) or the ensemble of the
-run's folds averaged inside one module. It takes a **normalised** float32 batch ``image`` of shape
-(N, 1, S, S) and returns ``score`` of shape (N,): the probability of CAC > threshold (classification) or
-the predicted log-CAC, ``log(clip(CAC, 0, 2000) + 0.001)`` (regression; CAC = exp(score) - 0.001).
+The exported model is the run's scorer (:class:`cacxr.scoring.RunScorer`, the computation behind
+``cacxr predict``): the final model, one fold (``fold=K``) or the ensemble of the run's folds, each with its
+calibration map. It takes a **normalised** float32 batch ``image`` of shape (N, 1, S, S) and returns
+``score`` of shape (N,): the calibrated probability of CAC > threshold (classification) or the predicted
+log-CAC, ``log(clip(CAC, 0, 2000) + 0.001)`` (regression; CAC = exp(score) - 0.001), and for regression a
+second output ``probability``, the calibrated P(CAC > threshold).
+
+A run trained with ``--clinical`` takes two more inputs, ``age`` (float32 (N,), years; NaN: unknown, the
+model's training median is used) and ``sex`` (int64 (N,): 0 M, 1 F, 2 unknown), encoded inside the model
+with each model's training statistics (listed in the contract's ``clinical``), exactly as ``predict``
+encodes the DICOM header's PatientAge and PatientSex.
 
 Everything a deployment needs to feed it the same pixels as training travels in the file
 (:func:`contract`): the preprocessing profile and its version, the image size, the normalisation both as
 the profile's mean/std of ``x / 255`` and as ``normalised = uint8 * scale + offset``, the task threshold,
-the decision threshold, the task, the architecture, the folds and the cacxr version. ONNX keeps it in the
+the decision threshold, the task, the architecture, which model (final, ensemble or one fold), the
+inputs and the cacxr version. ONNX keeps it in the
 model's ``metadata_props`` (one key per entry, values as JSON text, plus ``cacxr`` with the whole
 contract); TorchScript keeps it as the extra file ``cacxr.json`` (``torch.jit.load(path,
 _extra_files={"cacxr.json": ""})``).
@@ -22,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -34,7 +43,7 @@ import torch
 
 from cacxr.atomic import atomic_path
 from cacxr.errors import CacxrError, missing_dependency
-from cacxr.inference import score_module
+from cacxr.runfolder import FINAL_FOLD
 
 if TYPE_CHECKING:
     from cacxr.run import LoadedRun
@@ -66,22 +75,32 @@ def contract(run: LoadedRun) -> dict[str, Any]:
     # (x / 255 - mean) / std written as x * scale + offset, in double precision
     scale, offset = 1.0 / (255.0 * profile.std), -profile.mean / profile.std
     output = (
-        "log-CAC = log(clip(CAC, 0, 2000) + 0.001); CAC = exp(score) - 0.001"
+        "log-CAC = log(clip(CAC, 0, 2000) + 0.001); CAC = exp(score) - 0.001; "
+        f"probability: calibrated probability of CAC > {run.threshold:g}"
         if run.task == "regression"
-        else f"probability of CAC > {run.threshold:g}"
+        else f"calibrated probability of CAC > {run.threshold:g}"
     )
-    return {
+    decides = "probability" if run.decision_on == "probability" else "predicted CAC"
+    size = int(run.image_size)
+    inputs = [{"name": INPUT_NAME, "shape": ["N", 1, size, size], "dtype": "float32"}]
+    if run.scorer.takes_covariates:
+        inputs += [
+            {"name": "age", "shape": ["N"], "dtype": "float32", "meaning": "age in years; NaN: unknown "
+             "(the model's training median age is used)"},
+            {"name": "sex", "shape": ["N"], "dtype": "int64", "meaning": "0: M, 1: F, 2: unknown"},
+        ]  # fmt: skip
+    meta = {
         "task": run.task,
         "threshold": float(run.threshold),
         "decision_threshold": float(run.decision_threshold),
-        "decision_rule": "positive when score >= decision_threshold"
-        + (" (decision threshold on predicted CAC)" if run.task == "regression" else ""),
+        "decision_rule": f"positive when {decides} >= decision_threshold",
         "output": output,
+        "outputs": [OUTPUT_NAME, *(["probability"] if run.task == "regression" else [])],
         "arch": run.config.arch,
-        "folds": [int(fold) for fold, _ in run.models],
+        "model": _model_name(run),
         "profile": profile.name,
         "profile_version": int(profile.version),
-        "image_size": int(run.image_size),
+        "image_size": size,
         "normalisation": {
             "mean": float(profile.mean),
             "std": float(profile.std),
@@ -89,13 +108,47 @@ def contract(run: LoadedRun) -> dict[str, Any]:
             "scale": scale,
             "offset": offset,
         },
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", 1, int(run.image_size), int(run.image_size)],
-            "dtype": "float32",
-        },
+        "input": inputs[0],
+        "inputs": inputs,
+        "calibration": {_model_name_of(k): run.folds[k].get("calibration") for k, _ in run.models},
         "cacxr_version": __version__,
     }
+    if not run.is_final:
+        meta["folds"] = [int(fold) for fold, _ in run.models]
+    if run.scorer.takes_covariates:
+        # The training statistics each model encodes age and sex with (cacxr.clinical.ClinicalEncoder).
+        meta["clinical"] = {_model_name_of(k): run.folds[k].get("clinical_encoder") for k, _ in run.models}
+    return meta
+
+
+def _model_name_of(fold: int) -> str:
+    return "final" if fold == FINAL_FOLD else f"fold {fold}"
+
+
+def _model_name(run: LoadedRun) -> str:
+    """``final``, ``ensemble of folds 0, 1, ...`` or ``fold K``."""
+    if run.is_final or len(run.models) == 1:
+        return _model_name_of(run.models[0][0])
+    return "ensemble of folds " + ", ".join(str(k) for k, _ in run.models)
+
+
+class _Exported(torch.nn.Module):
+    """The run's scorer with the exported inputs and outputs (image only, or image, age and sex)."""
+
+    def __init__(self, scorer: torch.nn.Module) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def _outputs(self, probability: torch.Tensor, log_cac: torch.Tensor | None) -> Any:
+        return probability if log_cac is None else (log_cac, probability)
+
+    def forward(self, image: torch.Tensor) -> Any:
+        return self._outputs(*self.scorer.outputs(image))
+
+
+class _ExportedWithCovariates(_Exported):
+    def forward(self, image: torch.Tensor, age: torch.Tensor, sex: torch.Tensor) -> Any:  # type: ignore[override]
+        return self._outputs(*self.scorer.outputs(image, age, sex))
 
 
 @contextmanager
@@ -112,11 +165,13 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _export_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]) -> None:
+def _export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out: Path, meta: dict[str, Any]) -> None:
     try:
         import onnx
     except ImportError:
         raise missing_dependency("onnx", "export") from None
+    names = [entry["name"] for entry in meta["inputs"]]
+    batch = torch.export.Dim("batch", min=1, max=4096)
     with tempfile.TemporaryDirectory(prefix="cacxr-export-") as tmp:
         raw = Path(tmp) / "model.onnx"
         with (
@@ -126,14 +181,14 @@ def _export_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, meta
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(raw),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                input_names=names,
+                output_names=meta["outputs"],
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=False,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                dynamic_shapes={name: {0: batch} for name in names},
                 verbose=False,
             )
         model = onnx.load(str(raw))
@@ -146,7 +201,7 @@ def _export_onnx(module: torch.nn.Module, example: torch.Tensor, out: Path, meta
 
 
 def _export_torchscript(
-    module: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any]
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], out: Path, meta: dict[str, Any]
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -178,10 +233,15 @@ def export_run(run: LoadedRun, out: str | os.PathLike[str], format: str = "onnx"
             f"--out {out} is a folder: give a file name (e.g. {out / ('model.' + _suffix(format))})"
         )
     meta = contract(run)
-    module = copy.deepcopy(score_module(run)).cpu()  # device-neutral, leaving the run as it is
-    for param in module.parameters():
+    scorer = copy.deepcopy(run.scorer).cpu().eval()  # device-neutral, leaving the run as it is
+    for param in scorer.parameters():
         param.requires_grad_(False)
-    example = torch.zeros(2, 1, run.image_size, run.image_size)
+    example: tuple[torch.Tensor, ...] = (torch.zeros(2, 1, run.image_size, run.image_size),)
+    if scorer.takes_covariates:
+        module: torch.nn.Module = _ExportedWithCovariates(scorer)
+        example += (torch.tensor([60.0, math.nan]), torch.tensor([0, 2], dtype=torch.long))
+    else:
+        module = _Exported(scorer)
     try:
         if format == "onnx":
             _export_onnx(module, example, out, meta)
@@ -191,7 +251,7 @@ def export_run(run: LoadedRun, out: str | os.PathLike[str], format: str = "onnx"
         raise
     except Exception as exc:  # exporter internals: report them as a failed export of this run
         raise CacxrError(f"{format} export to {out} failed: {type(exc).__name__}: {exc}") from exc
-    logger.info("exported %s (%s, folds %s) to %s", run.config.arch, format, meta["folds"], out)
+    logger.info("exported %s (%s, %s) to %s", run.config.arch, format, meta["model"], out)
     return {**meta, "path": str(out), "format": format}
 
 

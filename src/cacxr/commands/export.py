@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     info = export_run(load_run(args.run_dir, fold=args.fold), args.out, format=args.format)
     print(
-        f"{info['path']}: {info['format']} {info['arch']} (folds {', '.join(map(str, info['folds']))}), "
-        f"input image (N, 1, {info['image_size']}, {info['image_size']}) normalised with profile "
+        f"{info['path']}: {info['format']} {info['arch']} ({info['model']}), "
+        f"inputs {', '.join(entry['name'] for entry in info['inputs'])}; image (N, 1, {info['image_size']}, "
+        f"{info['image_size']}) normalised with profile "
         f"{info['profile']} v{info['profile_version']}; output {info['output']}"
     )
     return 0
