@@ -249,7 +249,7 @@ def test_regression_run_answers_predicted_cac_and_agatston_band(tmp_path_factory
     assert answer.status_code == 200, answer.text
     body = answer.json()
     (row,) = score_paths(regression, [real_cxr_dir / "txv_siim_chest_pa.dcm"], progress=False)
-    assert body["task"] == "regression" and body["probability"] is None
+    assert body["task"] == "regression" and body["probability"] == pytest.approx(row.probability, abs=1e-6)
     assert body["predicted_cac"] == pytest.approx(row.predicted_cac, rel=1e-5)
     assert body["agatston_band"] == AGATSTON_BANDS[int(agatston_band([body["predicted_cac"]])[0])]
     assert body["model"]["task"] == "regression"

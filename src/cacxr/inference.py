@@ -292,8 +292,9 @@ def score_image(run: LoadedRun, image: np.ndarray, meta: Any = None) -> dict[str
 
     Returns:
         ``{"task", "threshold", "decision_threshold", "probability", "label", "predicted_cac",
-        "agatston_band"}`` (``probability`` for classification runs, the last two for regression runs,
-        the others ``None``/""); a ``--clinical`` run adds ``warning`` (unknown age or sex, "" when none).
+        "agatston_band"}`` (``probability``, the calibrated P(CAC > threshold), for both tasks; the last two
+        for regression runs, else ``None``/""); a ``--clinical`` run adds ``warning`` (unknown age or sex,
+        "" when none).
 
     Raises:
         CacxrError: ``image`` is not a 2-D array.

@@ -80,6 +80,9 @@ function showPrediction(p) {
   const facts = $("facts");
   facts.replaceChildren();
   if (p.task === "regression") fact(facts, "Agatston band", p.agatston_band);
+  if (p.task === "regression" && p.probability !== null) {
+    fact(facts, `Probability of CAC > ${threshold}`, `${(100 * p.probability).toFixed(1)} % (calibrated)`);
+  }
   fact(facts, "File", p.file);
   fact(facts, "Image", `${p.format.toUpperCase()}, ${p.cols} × ${p.rows} px${p.view ? `, view ${p.view}` : ""}`);
   fact(facts, "Decision threshold", p.model.decision_threshold.toPrecision(3));
