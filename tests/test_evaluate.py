@@ -76,7 +76,9 @@ def test_plots_are_written(evaluated, name: str) -> None:
 def test_report_shows_auc_and_embeds_plots(evaluated) -> None:
     out, metrics = evaluated
     page = (out / "report.html").read_text()
-    assert f"AUC {metrics['pooled']['auc']:.3f}" in page
+    # The evaluation page is report.py's page: headline AUC on the evaluation data, the run's settings.
+    assert f'AUC (evaluation data)</div><span class="big">{metrics["pooled"]["auc"]:.3f}' in page
+    assert "applied once to these patients" in page and metrics["evaluation"]["run"] in page
     assert page.count("data:image/png;base64,") == 4
     assert "CAC &gt; 0" in page
 

@@ -205,7 +205,7 @@ def test_report_without_config_describes_a_single_evaluation(tmp_path: Path) -> 
     [
         (lambda run: None, "not a run folder"),
         (lambda run: run.mkdir(), r"metrics.json: missing"),
-        (lambda run: (run.mkdir(), (run / "metrics.json").write_text("{not json")), "cannot be read as JSON"),
+        (lambda run: (run.mkdir(), (run / "metrics.json").write_text("{not json")), "metrics.json: unreadable"),
         (
             lambda run: (run.mkdir(), (run / "metrics.json").write_text(json.dumps([1, 2]))),
             "expected a JSON object",

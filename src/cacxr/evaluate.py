@@ -23,22 +23,18 @@ re-running into it reuses its ingest and image store.
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from cacxr import __version__
-from cacxr.atomic import write_json, write_text
+from cacxr import __version__, runfolder
+from cacxr.atomic import write_json
 from cacxr.errors import CacxrError
 from cacxr.manifest import ManifestRow, read_manifest
 
@@ -64,8 +60,10 @@ class _Scored:
 
     name: str
     run: LoadedRun
-    scores: dict[str, float]
+    scores: dict[str, float]  # patient id -> score (probability, or predicted CAC)
     failed: dict[str, str]  # patient id -> why its image could not be preprocessed
+    labels: dict[str, int] = field(default_factory=dict)  # patient id -> the run's predicted label
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # regression: log_cac, probability
 
 
 def _check_out(out: Path, run_dir: Path, data: Path) -> None:
@@ -136,7 +134,7 @@ def _evaluation_rows(
 
 def _training_paths(run: LoadedRun, run_dir: Path) -> set[str]:
     """Resolved image paths of the run's training manifest (empty when it cannot be found)."""
-    candidates = [run_dir / "ingest" / "manifest.csv"]
+    candidates = [run_dir / runfolder.INGEST_DIR / "manifest.csv"]
     data = str(getattr(run.config, "data", "") or "")
     if data.endswith(".csv"):
         candidates.insert(0, Path(data))
@@ -179,13 +177,18 @@ def _score_store(
     available = set(store.ids)
     ids = [row.patient_id for row in rows if row.patient_id in available]
     covariates = {row.patient_id: (row.age, row.sex) for row in rows}  # used by --clinical runs only
-    scores: dict[str, float] = {}
+    scored = _Scored(name, run, {}, dict(store.failed))
     for start in tqdm(range(0, len(ids), batch_size), unit="batch", desc="evaluate", disable=not progress):
         chunk = ids[start : start + batch_size]
         images = np.stack([store.get(pid) for pid in chunk])
-        values = np.asarray(run.score(images, clinical=[covariates[pid] for pid in chunk]), dtype=float).reshape(-1)
-        scores.update(zip(chunk, values.tolist(), strict=True))
-    return _Scored(name, run, scores, dict(store.failed))
+        result = run.scores(images, clinical=[covariates[pid] for pid in chunk])  # the run's one scoring path
+        labels = run.predict_label(result)
+        for i, pid in enumerate(chunk):
+            scored.scores[pid] = float(result.score[i])
+            scored.labels[pid] = int(labels[i])
+            if result.log_cac is not None:
+                scored.extra[pid] = {"log_cac": float(result.log_cac[i]), "probability": float(result.probability[i])}
+    return scored
 
 
 def _name(run_dir: Path, fold: int | None) -> str:
@@ -231,6 +234,7 @@ def evaluate_run(
             runs with different thresholds, or too few cases of a class for the comparison.
     """
     from cacxr.metrics import build_metrics, delong_test
+    from cacxr.report import write_report
     from cacxr.run import load_run
 
     run_dir, data, out = Path(run_dir), Path(data), Path(out)
@@ -306,50 +310,39 @@ def evaluate_run(
             **delong_test(y, score_a, score_b),
         }
 
-    _write_predictions(out / "predictions.csv", scored, runs, run)
+    _write_predictions(out / runfolder.PREDICTIONS, scored, runs, run)
     for name in PLOT_FILES:  # an earlier evaluation's plots must not outlive it (only our own names)
-        (out / "plots" / name).unlink(missing_ok=True)
-    plots = _write_plots(out / "plots", scored, runs, metrics) if viz else []
-    write_json(out / "metrics.json", metrics)
-    _write_report(out / "report.html", metrics, plots)
+        (out / runfolder.PLOTS_DIR / name).unlink(missing_ok=True)
+    if viz:
+        _write_plots(out / runfolder.PLOTS_DIR, scored, runs, metrics)
+    runfolder.write_metrics(out, metrics)
+    write_report(out)
     write_json(out / MARKER, {"status": "done", **settings})
     logger.info("evaluation of %s on %d patients written to %s", run_dir, len(scored), out)
     return metrics
 
 
 def _write_predictions(path: Path, rows: list[ManifestRow], runs: list[_Scored], run: LoadedRun) -> None:
-    """predictions.csv: one row per evaluated patient (true CAC and label, score, predicted label, ...)."""
-    from cacxr.metrics import AGATSTON_BANDS, agatston_band
+    """predictions.csv through the run's predictions writer (the columns of RUN/predictions.csv, plus site)."""
+    from cacxr.training.runfiles import write_run_predictions
 
-    columns = ["patient_id", "site", "cac_score", "label", "score", "predicted_label"]
-    if run.task == "regression":
-        columns += ["cac_band", "predicted_band"]  # as in the run's predictions.csv
-    if len(runs) > 1:
-        columns += ["score_compare", "predicted_label_compare"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    table = []
     for row in rows:
-        score = runs[0].scores[row.patient_id]
         record: dict[str, Any] = {
             "patient_id": row.patient_id,
+            "fold": PSEUDO_FOLD,
             "site": row.site,
-            "cac_score": f"{row.cac_score:g}",
+            "cac_score": row.cac_score,
             "label": int(row.cac_score > run.threshold),
-            "score": f"{score:.6g}",
-            "predicted_label": int(np.asarray(run.predict_label(np.array([score])))[0]),
+            "score": runs[0].scores[row.patient_id],
+            "predicted_label": runs[0].labels[row.patient_id],
+            **runs[0].extra.get(row.patient_id, {}),
         }
-        if run.task == "regression":
-            record["cac_band"] = AGATSTON_BANDS[int(agatston_band([row.cac_score])[0])]
-            record["predicted_band"] = AGATSTON_BANDS[int(agatston_band([score])[0])]
         if len(runs) > 1:
-            other_score = runs[1].scores[row.patient_id]
-            record["score_compare"] = f"{other_score:.6g}"
-            record["predicted_label_compare"] = int(
-                np.asarray(runs[1].run.predict_label(np.array([other_score])))[0]
-            )
-        writer.writerow(record)
-    write_text(path, buf.getvalue())
+            record["score_compare"] = runs[1].scores[row.patient_id]
+            record["predicted_label_compare"] = runs[1].labels[row.patient_id]
+        table.append(record)
+    write_run_predictions(path, run.task, table, {PSEUDO_FOLD: run.decision_threshold})
 
 
 def _write_plots(
@@ -380,71 +373,3 @@ def _write_plots(
         ),
     ]
     return written + plots.outcome_plots(folder, run.task, y, cac, score, pooled)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-_HEADLINE = (
-    "auc", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "accuracy",
-    "mae_log", "spearman", "agatston_accuracy", "agatston_kappa",
-)  # fmt: skip
-
-
-def _write_report(path: Path, metrics: dict[str, Any], plots: list[Path]) -> None:
-    """A small self-contained HTML page: settings, the AUC with its CI, a metrics table, the plots."""
-    ev, pooled = metrics["evaluation"], metrics["pooled"]
-    lo, hi = pooled.get("auc_ci", [None, None])
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{esc(_fmt(pooled[name]))}</td></tr>"
-        for name in _HEADLINE
-        if name in pooled
-    )
-    settings = {
-        "run": ev["run"],
-        "models": "fold "
-        + ", ".join(map(str, ev["folds_used"]))
-        + (" (ensemble mean)" if len(ev["folds_used"]) > 1 else ""),
-        "data": ev["data"],
-        "patients (site)": f"{ev['n_patients']} ({ev['site']}), {ev['n_positive']} positive",
-        "left out": f"{ev['n_without_label']} without label, {ev['n_not_scored']} not preprocessable",
-        "positive means": f"CAC > {metrics['threshold']:g}",
-        "decision threshold (from the run's validation, unchanged)": f"{ev['decision_threshold']:.4g}",
-        "preprocessing": f"{ev['profile']}, {ev['image_size']} px",
-    }
-    table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in settings.items())
-    comparison = ""
-    if "comparison" in metrics:
-        c = metrics["comparison"]
-        comparison = (
-            f"<h2>Comparison</h2><p>{esc(c['run_a'])}: AUC {_fmt(c['auc_a'])}; {esc(c['run_b'])}: AUC "
-            f"{_fmt(c['auc_b'])}; difference {_fmt(c['diff'])} (95% CI {_fmt(c['ci'][0])} to {_fmt(c['ci'][1])}), "
-            f"paired DeLong p = {c['p_value']:.3g} on {c['n']} patients.</p>"
-        )
-    images = "".join(
-        f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>"
-        for p in plots
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cacxr evaluation</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}}
-.big{{font-size:2.2em;font-weight:bold}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}} img{{max-width:100%}}
-figure{{display:inline-block;width:46%;margin:.5em}}</style></head><body>
-<h1>Evaluation of a trained run on new data</h1>
-<p class="big">AUC {esc(_fmt(pooled.get("auc")))} <small>(95% CI {esc(_fmt(lo))} to {esc(_fmt(hi))})</small></p>
-<p>The run's models and decision threshold were applied unchanged; intervals are percentile bootstrap.</p>
-<table>{table}</table>
-<h2>Metrics</h2><table>{rows}</table>
-{comparison}
-<h2>Plots</h2>{images}
-</body></html>
-"""
-    write_text(path, page)

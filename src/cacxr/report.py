@@ -94,22 +94,27 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     Raises:
         CacxrError: the folder or metrics.json is missing, or a JSON file cannot be read.
     """
+    from cacxr import runfolder
+
     run = Path(run_dir)
     if not run.is_dir():
         raise CacxrError(f"{run}: not a run folder (it does not exist)")
-    metrics = _read_json(run / "metrics.json", required=True)
-    config = _read_json(run / "config.json", required=False)
+    metrics = runfolder.read_metrics(run)
+    config = runfolder.read_config(run, required=False) or {}
+    if not config and isinstance(metrics.get("evaluation"), dict):
+        # An evaluation folder (cacxr evaluate): its settings are in metrics.json.
+        config = {k: v for k, v in metrics["evaluation"].items() if _is_scalar(v)}
     ingest = config.get("ingest") if isinstance(config.get("ingest"), dict) else None
     if ingest is None:
-        ingest = _read_json(run / "ingest" / "ingest.json", required=False) or None
-    plots_dir = run / "plots"
+        ingest = _read_json(run / runfolder.INGEST_DIR / "ingest.json", required=False) or None
+    plots_dir = run / runfolder.PLOTS_DIR
     plots = (
         sorted(plots_dir.rglob("*.png"), key=lambda p: _plot_rank(p, plots_dir)) if plots_dir.is_dir() else []
     )
     page = render_report(
         metrics, config, plots=[(p.relative_to(plots_dir).as_posix(), p) for p in plots], ingest=ingest
     )
-    out = run / "report.html"
+    out = run / runfolder.REPORT_FILE
     write_text(out, page)
     return out
 
@@ -144,7 +149,7 @@ def render_report(
         f"<h1>CAC from chest radiographs: {_e(task)}</h1>",
         f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston). '
         f"{_e(_cohort_sentence(pooled))}</p>",
-        _headline(task, pooled),
+        _headline(task, pooled, "evaluation data" if "evaluation" in metrics else "pooled out-of-fold"),
         "<h2>How it was evaluated</h2>",
         f"<p>{_e(_evaluation_text(metrics, config))}</p>",
         _final_note(config.get("final")),
@@ -171,12 +176,12 @@ def render_report(
 # Sections
 
 
-def _headline(task: str, pooled: dict) -> str:
+def _headline(task: str, pooled: dict, scope: str = "pooled out-of-fold") -> str:
     ci = pooled.get("auc_ci") or [None, None]
     label = "AUC of the predicted CAC" if task == "regression" else "AUC"
     ci_text = f"95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}" if None not in ci else "95 % CI n/a"
     items = [
-        f'<div><div>{_e(label)} (pooled out-of-fold)</div><span class="big">{_e(_fmt(pooled.get("auc")))}</span> '
+        f'<div><div>{_e(label)} ({_e(scope)})</div><span class="big">{_e(_fmt(pooled.get("auc")))}</span> '
         f'<span class="ci">{_e(ci_text)}</span></div>'
     ]
     ba_ci = pooled.get("balanced_accuracy_ci") or [None, None]

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _FOLD_COLUMNS = ("patient_id", "fold", "cac_score", "label", "score")
+_OPTIONAL_COLUMNS = ("site", "log_cac", "probability", "score_compare", "predicted_label_compare")
 
 
 
@@ -108,27 +109,38 @@ def write_fold_files(
 
 
 def write_run_predictions(
-    path: Path, task: str, rows: Sequence[dict[str, Any]], decision_thresholds: dict[int, float]
+    path: Path, task: str, rows: Sequence[dict[str, Any]], decision_thresholds: dict[Any, float]
 ) -> None:
-    """RUN/predictions.csv: every patient once, with the label its fold's model predicts.
+    """RUN/predictions.csv (also an evaluation folder's): every patient once, with its predicted label.
 
-    Columns: patient_id, fold, cac_score, label, score (probability, or predicted CAC), predicted_label;
-    regression adds log_cac (predicted, unclipped) and probability (calibrated P(CAC > T)) when the folds
-    recorded them, and cac_band and predicted_band (Agatston bands).
+    Columns: patient_id, fold, [site,] cac_score, label, score (probability, or predicted CAC),
+    predicted_label; regression adds log_cac (predicted, unclipped) and probability (calibrated
+    P(CAC > T)) when the rows have them, and cac_band and predicted_band (Agatston bands); an evaluation
+    with a compared run adds score_compare and predicted_label_compare.
+
+    Args:
+        path: the CSV file.
+        task: ``classification`` or ``regression``.
+        rows: one dict per patient; ``predicted_label`` is computed as score >= its fold's threshold
+            unless given.
+        decision_thresholds: fold -> its decision threshold.
     """
+    present = [c for c in _OPTIONAL_COLUMNS if rows and all(c in row for row in rows)]
     columns = [*_FOLD_COLUMNS, "predicted_label"]
+    if "site" in present:
+        columns.insert(2, "site")
+    columns += [c for c in ("log_cac", "probability") if c in present]
     if task == "regression":
-        columns += [c for c in ("log_cac", "probability") if all(c in row for row in rows)]
         columns += ["cac_band", "predicted_band"]
+    columns += [c for c in ("score_compare", "predicted_label_compare") if c in present]
     out = []
     for row in sorted(rows, key=lambda r: r["patient_id"]):
         record = {
             **row,
-            "cac_score": csv_number(row["cac_score"]),
-            "score": csv_number(row["score"]),
-            **{c: csv_number(row[c]) for c in ("log_cac", "probability") if c in row},
-            "predicted_label": int(row["score"] >= decision_thresholds[row["fold"]]),
-        }
+            **{c: csv_number(row[c]) for c in ("cac_score", "score", "log_cac", "probability", "score_compare")
+               if c in row},
+            "predicted_label": int(row.get("predicted_label", row["score"] >= decision_thresholds[row["fold"]])),
+        }  # fmt: skip
         if task == "regression":
             record["cac_band"] = AGATSTON_BANDS[int(agatston_band(row["cac_score"]))]
             record["predicted_band"] = AGATSTON_BANDS[int(agatston_band(row["score"]))]
