@@ -20,7 +20,6 @@ model on the same patients.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cacxr import runfolder
 from cacxr.errors import CacxrError
 
 __all__ = [
@@ -330,7 +330,7 @@ def run_clinical_baseline(
 
     root = Path(run_dir)
     candidates = [Path(record["manifest"])] if record.get("manifest") else []
-    candidates.append(root / "ingest" / "manifest.csv")
+    candidates.append(root / runfolder.INGEST_DIR / "manifest.csv")
     manifest = next((p for p in candidates if p.is_file()), None)
     if manifest is None:
         return _skipped(list(CLINICAL_FEATURES), f"the run's manifest ({candidates[0]}) is gone: no age or sex")
@@ -338,9 +338,10 @@ def run_clinical_baseline(
         covariates = {row.patient_id: (float(row.age), row.sex) for row in read_manifest(manifest)}
     except CacxrError as exc:
         return _skipped(list(CLINICAL_FEATURES), str(exc))
-    roles = _read_roles(root / "folds.csv")
-    if roles is None:
-        return _skipped(list(CLINICAL_FEATURES), f"{root / 'folds.csv'}: missing or unreadable")
+    try:
+        roles = runfolder.read_fold_roles(root)
+    except CacxrError as exc:
+        return _skipped(list(CLINICAL_FEATURES), str(exc))
     cac = {row["patient_id"]: float(row["cac_score"]) for row in rows}
     folds = [
         (k, [*parts.get("train", []), *parts.get("val", [])], parts.get("test", []))
@@ -348,15 +349,3 @@ def run_clinical_baseline(
     ]
     scores = {row["patient_id"]: float(row["score"]) for row in rows}
     return clinical_baseline(folds, covariates, cac, threshold, image_scores=scores)
-
-
-def _read_roles(path: Path) -> dict[int, dict[str, list[str]]] | None:
-    """folds.csv as fold -> role -> patient ids."""
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            table: dict[int, dict[str, list[str]]] = {}
-            for row in csv.DictReader(fh):
-                table.setdefault(int(row["fold"]), {}).setdefault(row["role"], []).append(row["patient_id"])
-        return table
-    except (OSError, KeyError, ValueError):
-        return None

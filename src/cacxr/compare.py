@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.atomic import atomic_path, read_json_object, write_json, write_text
+from cacxr import runfolder
+from cacxr.atomic import atomic_path, write_json, write_text
 from cacxr.config import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
 from cacxr.errors import CacxrError
 
@@ -188,28 +189,25 @@ def _names(paths: list[Path]) -> list[str]:
 def _read_run(path: Path, name: str) -> _Run:
     if not path.is_dir():
         raise CacxrError(f"{path}: no such run folder")
-    metrics = read_json_object(path / "metrics.json", "a finished run has one; train it, or merge its folds")
-    config = read_json_object(path / "config.json", "not a cacxr run folder")
+    metrics = runfolder.read_metrics(path)
+    config = runfolder.read_config(path)
     if "pooled" not in metrics or "task" not in metrics:
-        raise CacxrError(f"{path / 'metrics.json'}: not the metrics of a cross-validated run (no pooled figures)")
-    predictions, note = _read_predictions(path / "predictions.csv")
+        raise CacxrError(
+            f"{path / runfolder.METRICS_FILE}: not the metrics of a cross-validated run (no pooled figures)"
+        )
+    predictions, note = _read_predictions(path)
     return _Run(path=path, name=name, config=config, metrics=metrics, predictions=predictions, predictions_note=note)
 
 
-def _read_predictions(path: Path) -> tuple[dict[str, tuple[int, float, float]] | None, str]:
+def _read_predictions(run_dir: Path) -> tuple[dict[str, tuple[int, float, float]] | None, str]:
     """patient_id -> (label, score, cac_score), or None and the reason (then no paired test is possible)."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        table = {
-            row["patient_id"]: (int(row["label"]), float(row["score"]), float(row["cac_score"])) for row in rows
-        }
-    except FileNotFoundError:
-        return None, f"{path}: missing"
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        return None, f"{path}: unreadable ({type(exc).__name__}: {exc})"
+        rows = runfolder.read_run_predictions(run_dir)
+    except CacxrError as exc:
+        return None, str(exc)
+    table = {row["patient_id"]: (row["label"], row["score"], row["cac_score"]) for row in rows}
     if len(table) != len(rows):
-        return None, f"{path}: a patient appears twice"
+        return None, f"{run_dir / runfolder.PREDICTIONS}: a patient appears twice"
     return table, ""
 
 

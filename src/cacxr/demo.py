@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cacxr import runfolder
 from cacxr.atomic import write_json
 from cacxr.errors import CacxrError
 
@@ -152,7 +153,7 @@ def _check_folder(root: Path, settings: DemoSettings, run_dir: Path) -> None:
         raise CacxrError(f"{root}: not empty and not a cacxr demo folder (no {_MARKER}); choose another --out")
     if (root / _COMPARISON).is_file():
         raise CacxrError(
-            f"{root}: already holds a finished demo (report: {run_dir / 'report.html'}, comparison: "
+            f"{root}: already holds a finished demo (report: {run_dir / runfolder.REPORT_FILE}, comparison: "
             f"{root / _COMPARISON}); "
             "choose another --out to run it again"
         )

@@ -98,13 +98,13 @@ def _evaluation_rows(
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
     if data.is_dir():
         chosen = site or DEFAULT_SITE
-        summary = ingest(data, out / "ingest", labels=labels, site=chosen, workers=workers, progress=progress)
-        rows = read_manifest(out / "ingest" / "manifest.csv")
+        summary = ingest(data, out / runfolder.INGEST_DIR, labels=labels, site=chosen, workers=workers, progress=progress)
+        rows = read_manifest(out / runfolder.INGEST_DIR / "manifest.csv")
         source = {
             "data": str(data),
             "kind": "folder",
             "site": chosen,
-            "ingest": str(out / "ingest" / "ingest.json"),
+            "ingest": str(out / runfolder.INGEST_DIR / "ingest.json"),
         }
         if not rows:
             hint = (
