@@ -46,7 +46,8 @@ def tiny_cohort(factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_run(factory: pytest.TempPathFactory, name: str = "classification") -> Path:
-    """A trained run folder: ``classification`` or ``regression`` (same cohort, folds and settings)."""
+    """A trained run folder: ``classification``, ``regression`` or ``clinical`` (classification with
+    ``--clinical age,sex``); same cohort, folds and settings."""
     from cacxr.config import TrainConfig
     from cacxr.train import train_run
 
@@ -69,7 +70,23 @@ def tiny_run(factory: pytest.TempPathFactory, name: str = "classification") -> P
             num_threads=1,
             progress=False,
             store=str(_root(factory) / "store"),
+            clinical=["age", "sex"] if name == "clinical" else [],
         )
         train_run(config)
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def tiny_final_run(factory: pytest.TempPathFactory, name: str = "classification") -> Path:
+    """A copy of :func:`tiny_run` ``name`` with its final model (``cacxr fit-final``)."""
+    import shutil
+
+    from cacxr.final import fit_final
+
+    key = (str(factory.getbasetemp()), f"{name}+final")
+    if key not in _CACHE:
+        out = _root(factory) / f"run_{name}_final"
+        shutil.copytree(tiny_run(factory, name), out)
+        fit_final(out, device="cpu", progress=False, num_threads=1)
         _CACHE[key] = out
     return _CACHE[key]

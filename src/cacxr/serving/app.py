@@ -74,10 +74,15 @@ class ModelInfo(BaseModel):
     arch: str
     task: Literal["classification", "regression"]
     threshold: float = Field(description="a patient is positive when CAC > threshold")
-    decision_threshold: float = Field(description="score above which label is 1 (chosen on validation)")
+    decision_threshold: float = Field(
+        description="score (probability; regression without an operating point: predicted CAC) at or above "
+        "which label is 1 (chosen on validation)"
+    )
     profile: str = Field(description="preprocessing profile")
     image_size: int = Field(description="side of the model's square input, in pixels")
-    folds: list[int] = Field(description="the folds whose models are averaged")
+    folds: list[int] = Field(description="the folds whose models are averaged ([-1]: the final model)")
+    model: str = Field("", description="final, ensemble or fold K")
+    calibration: list[str] = Field(default_factory=list, description="calibration methods of the models")
     cacxr_version: str = Field(description="version of the serving package")
     trained_with: str = Field(description="package version recorded when the run was trained")
 
@@ -91,7 +96,7 @@ class Prediction(BaseModel):
     cols: int
     view: str = Field(description="DICOM ViewPosition ('' for PNG/JPEG or when absent)")
     task: Literal["classification", "regression"]
-    probability: float | None = Field(description="P(CAC > threshold) (classification runs)")
+    probability: float | None = Field(description="calibrated P(CAC > threshold)")
     label: int = Field(description="1 when the score is above the decision threshold, else 0")
     predicted_cac: float | None = Field(description="predicted CAC score (regression runs)")
     agatston_band: str | None = Field(description="Agatston band of the predicted CAC (regression runs)")
