@@ -1,0 +1,129 @@
+"""Calibration maps (cacxr.calibration) and the calibrated fold records of a trained run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score as roc_auc
+
+from cacxr.calibration import CalibrationModule, apply_calibration, fit_calibration
+from cacxr.errors import CacxrError
+
+
+def _logistic_sample(n: int, slope: float, intercept: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(0.0, 2.0, n)
+    labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-(slope * raw + intercept)))).astype(int)
+    return raw, labels
+
+
+def test_platt_recovers_a_known_logistic_map() -> None:
+    raw, labels = _logistic_sample(4000, slope=0.5, intercept=-1.0)
+    record = fit_calibration(raw, labels, "platt")
+    assert record["method"] == "platt" and (record["n"], record["n_positive"]) == (4000, int(labels.sum()))
+    assert record["slope"] == pytest.approx(0.5, abs=0.06)
+    assert record["intercept"] == pytest.approx(-1.0, abs=0.1)
+
+
+def test_platt_on_separable_scores_stays_finite_and_monotone() -> None:
+    # Platt's smoothed targets: a perfectly separated validation split still gives a finite map.
+    record = fit_calibration([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0], [0, 0, 0, 1, 1, 1], "platt")
+    assert np.isfinite(record["slope"]) and record["slope"] > 0
+    probs = apply_calibration(record, [-3.0, 0.0, 3.0])
+    assert probs[0] < probs[1] < probs[2] and probs[0] > 0.0 and probs[2] < 1.0
+
+
+def test_isotonic_is_monotone_and_matches_sklearn() -> None:
+    from sklearn.isotonic import IsotonicRegression
+
+    raw, labels = _logistic_sample(300, slope=1.0, intercept=0.0, seed=1)
+    record = fit_calibration(raw, labels, "isotonic")
+    grid = np.linspace(-8, 8, 201)
+    probs = apply_calibration(record, grid)
+    assert np.all(np.diff(probs) >= -1e-12) and probs.min() >= 0.0 and probs.max() <= 1.0
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(raw, labels).predict(grid)
+    np.testing.assert_allclose(probs, reference, atol=1e-6)
+
+
+def test_none_is_the_sigmoid_of_the_raw_score_minus_its_offset() -> None:
+    record = fit_calibration([0.0, 1.0], [0, 1], "none", offset=2.0)
+    assert record["method"] == "none"
+    np.testing.assert_allclose(apply_calibration(record, [2.0, 2.0 + np.log(3.0)]), [0.5, 0.75])
+    # No map at all: the softmax probability (log-odds through a sigmoid).
+    np.testing.assert_allclose(apply_calibration(None, [0.0]), [0.5])
+
+
+def test_one_class_validation_falls_back_to_none_and_says_so() -> None:
+    record = fit_calibration([0.1, 0.5, 0.9], [1, 1, 1], "platt")
+    assert record["method"] == "none" and record["requested"] == "platt" and "one class" in record["note"]
+
+
+def test_calibration_keeps_the_ranking_of_an_informative_model() -> None:
+    raw, labels = _logistic_sample(500, slope=1.2, intercept=0.3, seed=2)
+    record = fit_calibration(raw, labels, "platt")
+    assert roc_auc(labels, apply_calibration(record, raw)) == pytest.approx(roc_auc(labels, raw))
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic", "none"])
+def test_the_torch_module_is_the_same_map_and_differentiable(method: str) -> None:
+    raw, labels = _logistic_sample(200, slope=0.8, intercept=0.2, seed=3)
+    record = fit_calibration(raw, labels, method)
+    x = torch.linspace(-6, 6, 50, requires_grad=True)
+    out = CalibrationModule(record)(x)
+    np.testing.assert_allclose(out.detach().numpy(), apply_calibration(record, x.detach().numpy()), atol=1e-6)
+    out.sum().backward()
+    assert x.grad is not None and torch.all(x.grad >= 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([0.1], [1], "beta"), "--calibration must be one of platt, isotonic, none"),
+        (([0.1, 0.2], [1], "platt"), "2 scores but 1 labels"),
+    ],
+)
+def test_bad_requests_are_refused(args: tuple, message: str) -> None:
+    with pytest.raises(CacxrError, match=message):
+        fit_calibration(*args)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_each_fold_records_its_calibration_and_calibrated_validation_scores(
+    task: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from _tiny_run import tiny_run
+
+    run = tiny_run(tmp_path_factory, task)
+    for k in (0, 1):
+        record = json.loads((run / f"fold_{k}" / "fold.json").read_text())
+        calibration, validation = record["calibration"], record["validation"]
+        assert calibration["method"] in ("platt", "none") and calibration["n"] == record["n"]["val"]
+        assert len(validation) == record["n"]["val"]
+        assert all(0.0 <= v["score"] <= 1.0 and v["label"] in (0, 1) for v in validation)
+        labels = [v["label"] for v in validation]
+        expected = roc_auc(labels, [v["score"] for v in validation]) if len(set(labels)) == 2 else None
+        assert record["val_auc"] == (pytest.approx(expected) if expected is not None else None)
+    header = (run / "predictions.csv").read_text().splitlines()[0].split(",")
+    if task == "regression":
+        assert {"log_cac", "probability"} <= set(header)  # predicted log CAC and calibrated P(CAC > T)
+    else:
+        assert "log_cac" not in header
+
+
+def test_fold_scores_are_the_calibrated_probabilities_of_the_loaded_fold(run_dir: Path) -> None:
+    """The test part's scores in predictions.csv are the loaded fold's calibrated probabilities."""
+    import csv
+
+    from cacxr.run import load_run
+    from cacxr.store import ImageStore
+
+    loaded = load_run(run_dir, fold=0)
+    with (run_dir / "predictions.csv").open(newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row["fold"] == "0"]
+    store = ImageStore.open(json.loads((run_dir / "config.json").read_text())["store"])
+    scores = loaded.scores(np.stack([store.get(row["patient_id"]) for row in rows]))
+    np.testing.assert_allclose(scores.probability, [float(row["score"]) for row in rows], atol=2e-3)
