@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def scores(run: Path) -> dict[str, float]:
     return {row["patient_id"]: float(row["score"]) for row in read_csv(run / "predictions.csv")}
+
+
+def raw_scores(run: Path) -> dict[str, float]:
+    """The models' raw log-odds behind a classification run's calibrated scores (Platt or none maps)."""
+    maps = {str(k): json.loads((run / f"fold_{k}" / "fold.json").read_text())["calibration"] for k in (0, 1)}
+    out = {}
+    for row in read_csv(run / "predictions.csv"):
+        p, cal = float(row["score"]), maps[row["fold"]]
+        logit = math.log(p / (1.0 - p))
+        out[row["patient_id"]] = (
+            (logit - cal["intercept"]) / cal["slope"] if cal["method"] == "platt" else logit + cal["offset"]
+        )
+    return out
 
 
 # ---- the whole pipeline, through the command line -------------------------------------------------------
@@ -235,9 +249,11 @@ def test_feature_cache_and_plain_path_agree(prepared: tuple[Path, Path], tmp_pat
     plain = _run(prepared, tmp_path / "plain", finetune="last", epochs=1, lr=1e-4, feature_cache=False)
     assert json.loads((cached / "config.json").read_text())["feature_cache_used"] is True
     assert json.loads((plain / "config.json").read_text())["feature_cache_used"] is False
-    a, b = scores(cached), scores(plain)
+    a, b = raw_scores(cached), raw_scores(plain)
     assert a.keys() == b.keys()
-    assert max(abs(a[k] - b[k]) for k in a) < 1e-2  # float16 maps: noise, not a different model
+    # The models' raw log-odds (each run's calibration map inverted; each run fits its own map on its own
+    # validation scores): float16 maps give noise, not a different model.
+    assert max(abs(a[k] - b[k]) for k in a) < 4e-2
     for k in (0, 1):
         ha = json.loads((cached / f"fold_{k}" / "fold.json").read_text())["history"][0]
         hb = json.loads((plain / f"fold_{k}" / "fold.json").read_text())["history"][0]
