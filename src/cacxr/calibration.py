@@ -108,7 +108,7 @@ def apply_calibration(record: dict[str, Any] | None, raw: ArrayLike) -> np.ndarr
     """
     with torch.no_grad():
         values = torch.as_tensor(np.asarray(raw, dtype=np.float64))
-        return CalibrationModule(record).to(torch.float64)(values).numpy()
+        return CalibrationModule(record)(values).numpy()
 
 
 def _sigmoid_params(record: dict[str, Any]) -> tuple[float, float]:
@@ -142,23 +142,27 @@ class CalibrationModule(torch.nn.Module):
                 raise CacxrError("malformed isotonic calibration map (knots)")
             widths = np.diff(knots_x)
             slopes = np.divide(np.diff(knots_y), widths, out=np.zeros_like(widths), where=widths > 0)
-            self.register_buffer("knots", torch.tensor(knots_x, dtype=torch.float32))
-            self.register_buffer("start", torch.tensor(float(knots_y[0]), dtype=torch.float32))
-            self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float32))
+            # Parameters kept in float64 (exact in apply_calibration), cast to the input's dtype when applied.
+            self.register_buffer("knots", torch.tensor(knots_x, dtype=torch.float64))
+            self.register_buffer("start", torch.tensor(float(knots_y[0]), dtype=torch.float64))
+            self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float64))
             a, b = 1.0, 0.0
         else:
             a, b = _sigmoid_params(record)
             if not (math.isfinite(a) and math.isfinite(b)):
                 raise CacxrError("malformed calibration map (slope or intercept not finite)")
-        self.register_buffer("slope", torch.tensor(a, dtype=torch.float32))
-        self.register_buffer("intercept", torch.tensor(b, dtype=torch.float32))
+        self.register_buffer("slope", torch.tensor(a, dtype=torch.float64))
+        self.register_buffer("intercept", torch.tensor(b, dtype=torch.float64))
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        dtype = raw.dtype
         if not self.isotonic:
-            return torch.sigmoid(raw * self.slope + self.intercept)
+            return torch.sigmoid(raw * self.slope.to(dtype) + self.intercept.to(dtype))
+        start = self.start.to(dtype)
         if self.slopes.numel() == 0:
-            return torch.zeros_like(raw) + self.start
+            return torch.zeros_like(raw) + start
         # Linear interpolation as a sum of clamped ramps: only elementwise operations (exportable).
-        lo, hi = self.knots[:-1], self.knots[1:]
+        knots = self.knots.to(dtype)
+        lo, hi = knots[:-1], knots[1:]
         ramps = torch.minimum(torch.maximum(raw[..., None], lo), hi) - lo
-        return self.start + (ramps * self.slopes).sum(dim=-1)
+        return start + (ramps * self.slopes.to(dtype)).sum(dim=-1)
