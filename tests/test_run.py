@@ -100,3 +100,19 @@ def test_images_of_another_size_are_refused(run_dir: Path) -> None:
         loaded.score(np.zeros((2, 32, 32), dtype=np.uint8))
     with pytest.raises(CacxrError, match="expected normalised images"):
         loaded.score(torch.zeros((2, IMAGE_SIZE, IMAGE_SIZE)))  # no channel axis
+
+
+def test_the_operating_point_threshold_decides_when_the_run_has_one(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["operating_point"] = {"rule": "sensitivity=0.90", "threshold": 0.37}
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    images = np.stack([store_of(run_dir).get(pid) for pid in store_of(run_dir).ids[:8]])
+    for fold in (None, 0):  # the ensemble and a single fold use the run's operating point
+        loaded = load_run(copy, fold=fold)
+        assert loaded.decision_threshold == 0.37 and loaded.decision_on == "probability"
+        scores = loaded.scores(images)
+        # On the calibrated probability, for regression runs too (not on the predicted CAC).
+        assert loaded.predict_label(scores).tolist() == [int(p >= 0.37) for p in scores.probability]
+    assert load_run(run_dir).decision_on == ("score" if load_run(run_dir).task == "regression" else "probability")
