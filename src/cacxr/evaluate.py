@@ -24,7 +24,6 @@ re-running into it reuses its ingest and image store.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from cacxr import __version__, runfolder
 from cacxr.atomic import write_json
 from cacxr.errors import CacxrError
-from cacxr.manifest import ManifestRow, read_manifest
+from cacxr.manifest import ManifestRow, labelled_rows, read_manifest
 
 if TYPE_CHECKING:
     from cacxr.run import LoadedRun
@@ -99,14 +98,14 @@ def _evaluation_rows(
     if data.is_dir():
         chosen = site or DEFAULT_SITE
         summary = ingest(data, out / runfolder.INGEST_DIR, labels=labels, site=chosen, workers=workers, progress=progress)
-        rows = read_manifest(out / runfolder.INGEST_DIR / "manifest.csv")
+        manifest = out / runfolder.INGEST_DIR / "manifest.csv"
         source = {
             "data": str(data),
             "kind": "folder",
             "site": chosen,
             "ingest": str(out / runfolder.INGEST_DIR / "ingest.json"),
         }
-        if not rows:
+        if not read_manifest(manifest):
             hint = (
                 " (folders whose name contains 'CAC' are internal: try --site all)"
                 if chosen == "external"
@@ -116,19 +115,14 @@ def _evaluation_rows(
             raise CacxrError(
                 f"{data}: no usable labelled image for --site {chosen}{hint}; excluded: {reasons}"
             )
+        chosen = "all"  # ingest kept the site's patients only
     elif data.is_file():
-        rows = read_manifest(data)
-        if site not in (None, "all"):
-            rows = [row for row in rows if row.site == site]
+        manifest, chosen = data, site or "all"
         source = {"data": str(data), "kind": "manifest", "site": site or "as listed"}
-        if not rows:
-            raise CacxrError(f"{data}: no patient left in the manifest (--site {site})")
     else:
         raise CacxrError(f"{data}: no such data folder or manifest file")
-    labelled = [row for row in rows if not math.isnan(row.cac_score)]
-    source["n_without_label"] = len(rows) - len(labelled)
-    if not labelled:
-        raise CacxrError(f"{data}: no patient has a CAC label, so nothing can be evaluated")
+    # The selection of cacxr train: the site's rows that have a CAC score.
+    labelled, source["n_without_label"] = labelled_rows(manifest, chosen, "evaluated")
     return labelled, source
 
 
@@ -348,28 +342,16 @@ def _write_predictions(path: Path, rows: list[ManifestRow], runs: list[_Scored],
 def _write_plots(
     folder: Path, rows: list[ManifestRow], runs: list[_Scored], metrics: dict[str, Any]
 ) -> list[Path]:
-    """ROC, confusion, calibration (classification), error by band; regression: scatter, Agatston confusion."""
-    from cacxr import plots
+    """The run's plot set (``runfiles.write_score_plots``); a compared run is drawn thin in the ROC."""
+    from cacxr.training.runfiles import write_score_plots
 
     run = runs[0].run
     cac = np.array([row.cac_score for row in rows], dtype=float)
     y = (cac > run.threshold).astype(int)
     score = np.array([runs[0].scores[row.patient_id] for row in rows])
-    pooled = metrics["pooled"]
-    threshold = f"CAC > {run.threshold:g}"
-    written = [
-        plots.roc_plot(  # the evaluated run drawn thick with its CI, a compared run thin
-            [(r.name, y, [r.scores[row.patient_id] for row in rows]) for r in runs[1:]],
-            folder / "roc.png",
-            title=f"ROC on the evaluation data ({threshold})",
-            pooled=(runs[0].name, y, score),
-            ci=tuple(pooled["auc_ci"]),
-        ),
-        plots.confusion_plot(
-            pooled["confusion_matrix"],
-            [f"CAC <= {run.threshold:g}", threshold],
-            folder / "confusion.png",
-            title=f"Confusion at the run's decision threshold {run.decision_threshold:.3g}",
-        ),
-    ]
-    return written + plots.outcome_plots(folder, run.task, y, cac, score, pooled)
+    return write_score_plots(
+        folder, run.task, run.threshold, y, cac, score, metrics["pooled"],
+        curves=[(r.name, y, [r.scores[row.patient_id] for row in rows]) for r in runs[1:]],
+        name=runs[0].name, scope="evaluation data",
+        confusion_title=f"Confusion at the run's decision threshold {run.decision_threshold:.3g}",
+    )  # fmt: skip

@@ -26,6 +26,7 @@ __all__ = [
     "read_excluded",
     "write_excluded",
     "manifest_hash",
+    "labelled_rows",
     "EXCLUSION_REASONS",
 ]
 
@@ -152,3 +153,30 @@ def read_excluded(path: str | os.PathLike[str]) -> list[ExcludedRow]:
 def manifest_hash(path: str | os.PathLike[str]) -> str:
     """SHA-256 of the manifest file's bytes (recorded in a run's config.json)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def labelled_rows(manifest: str | os.PathLike[str], site: str, purpose: str) -> tuple[list[ManifestRow], int]:
+    """The rows of a manifest that train or evaluate use: those of ``site`` that have a CAC score.
+
+    The one data selection of ``cacxr train`` and ``cacxr evaluate``.
+
+    Args:
+        manifest: a manifest.csv.
+        site: ``internal``, ``external`` or ``all``.
+        purpose: what the rows are for, in the messages (``trained`` or ``evaluated``).
+
+    Returns:
+        ``(rows with a CAC score, number of rows of the site without one)``.
+
+    Raises:
+        CacxrError: no row of ``site``, or none with a CAC score.
+    """
+    rows = read_manifest(manifest)
+    if site != "all":
+        rows = [row for row in rows if row.site == site]
+        if not rows:
+            raise CacxrError(f"{manifest}: no patient of site {site!r} (choose --site internal, external or all)")
+    labelled = [row for row in rows if not math.isnan(row.cac_score)]
+    if not labelled:
+        raise CacxrError(f"{manifest}: no patient has a CAC score, so nothing can be {purpose}")
+    return labelled, len(rows) - len(labelled)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from cacxr import __version__, runfolder
 from cacxr.config import TrainConfig, resolve_device
 from cacxr.distributed import DistContext, session
 from cacxr.errors import CacxrError
-from cacxr.manifest import ManifestRow, manifest_hash, read_manifest
+from cacxr.manifest import ManifestRow, labelled_rows, manifest_hash
 from cacxr.splits import make_folds
 from cacxr.store import ImageStore
 from cacxr.training import runfiles
@@ -351,18 +350,11 @@ def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
 
 
 def _labelled_rows(manifest: Path, site: str) -> list[ManifestRow]:
-    """The manifest's rows of ``site`` that have a CAC score."""
-    rows = read_manifest(manifest)
-    if site != "all":
-        rows = [row for row in rows if row.site == site]
-        if not rows:
-            raise CacxrError(f"{manifest}: no patient of site {site!r} (choose --site external or all)")
-    labelled = [row for row in rows if not math.isnan(row.cac_score)]
-    if len(labelled) < len(rows):
-        logger.warning("%s: %d patients without a CAC score are left out", manifest, len(rows) - len(labelled))
-    if not labelled:
-        raise CacxrError(f"{manifest}: no patient has a CAC score, so nothing can be trained")
-    return labelled
+    """The manifest's rows of ``site`` that have a CAC score (``manifest.labelled_rows``)."""
+    rows, unlabelled = labelled_rows(manifest, site, "trained")
+    if unlabelled:
+        logger.warning("%s: %d patients without a CAC score are left out", manifest, unlabelled)
+    return rows
 
 
 def _summary(metrics: dict[str, Any]) -> str:

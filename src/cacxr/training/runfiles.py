@@ -42,6 +42,7 @@ __all__ = [
     "write_fold_files",
     "write_run_predictions",
     "write_run_plots",
+    "write_score_plots",
 ]
 
 _FOLD_COLUMNS = ("patient_id", "fold", "cac_score", "label", "score")
@@ -176,23 +177,51 @@ def write_run_plots(
     score = np.array([row["score"] for row in rows])
     cac = np.array([row["cac_score"] for row in rows])
     per_fold = [(f"fold {k}", y[[r["fold"] == k for r in rows]], score[[r["fold"] == k for r in rows]]) for k in folds]
-    pooled = metrics["pooled"]
+    written = write_score_plots(
+        plots_dir, task, threshold, y, cac, score, metrics["pooled"],
+        curves=per_fold, name="pooled", scope="out-of-fold predictions",
+        confusion_title="Confusion matrix (each fold at its own decision threshold)",
+    )  # fmt: skip
+    return [*written[:2], plots.loss_plot(histories, plots_dir / "loss.png", best_epochs), *written[2:]]
+
+
+def write_score_plots(
+    plots_dir: Path,
+    task: str,
+    threshold: float,
+    y: np.ndarray,
+    cac: np.ndarray,
+    score: np.ndarray,
+    pooled: dict[str, Any],
+    *,
+    curves: Sequence[tuple[str, Any, Any]],
+    name: str,
+    scope: str,
+    confusion_title: str,
+) -> list[Path]:
+    """The plot set of scored patients (a run's out-of-fold predictions, or an evaluation's).
+
+    ROC (``curves`` thin, the scores ``name`` thick with the pooled CI), confusion matrix, then
+    :func:`cacxr.plots.outcome_plots` (score or error by band, calibration or scatter).
+
+    Returns:
+        The PNG files written.
+    """
     positive = _positive(threshold)
     written = [
         plots.roc_plot(
-            per_fold,
+            list(curves),
             plots_dir / "roc.png",
-            title=f"ROC, out-of-fold predictions ({positive})",
-            pooled=("pooled", y, score),
+            title=f"ROC, {scope} ({positive})",
+            pooled=(name, y, score),
             ci=tuple(pooled["auc_ci"]),
         ),
         plots.confusion_plot(
             pooled["confusion_matrix"],
             [f"CAC <= {threshold:g}", positive],
             plots_dir / "confusion.png",
-            title="Confusion matrix (each fold at its own decision threshold)",
+            title=confusion_title,
         ),
-        plots.loss_plot(histories, plots_dir / "loss.png", best_epochs),
     ]
     return written + plots.outcome_plots(plots_dir, task, y, cac, score, pooled)
 
