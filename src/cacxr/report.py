@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cacxr import __version__
-from cacxr.atomic import write_text
+from cacxr.atomic import read_json_object, write_text
 from cacxr.errors import CacxrError
 from cacxr.metrics import AGATSTON_BANDS
 
@@ -106,7 +106,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         config = {k: v for k, v in metrics["evaluation"].items() if _is_scalar(v)}
     ingest = config.get("ingest") if isinstance(config.get("ingest"), dict) else None
     if ingest is None:
-        ingest = _read_json(run / runfolder.INGEST_DIR / "ingest.json", required=False) or None
+        path = run / runfolder.INGEST_DIR / "ingest.json"
+        ingest = read_json_object(path) if path.is_file() else None
     plots_dir = run / runfolder.PLOTS_DIR
     plots = (
         sorted(plots_dir.rglob("*.png"), key=lambda p: _plot_rank(p, plots_dir)) if plots_dir.is_dir() else []
@@ -394,20 +395,6 @@ def _plots_section(plots: Iterable[tuple[str, Path]]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _read_json(path: Path, required: bool) -> dict:
-    if not path.is_file():
-        if required:
-            raise CacxrError(f"{path}: missing; a report needs the run's metrics.json")
-        return {}
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacxrError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(content, dict):
-        raise CacxrError(f"{path}: expected a JSON object, found {type(content).__name__}")
-    return content
 
 
 def _plot_rank(path: Path, root: Path) -> tuple[int, str]:
