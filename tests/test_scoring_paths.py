@@ -155,7 +155,7 @@ def test_serve_gives_the_same_score(case: dict) -> None:
     client = TestClient(create_app(RunModel(run)))
     health = client.get("/health")
     assert health.status_code == 200, health.text
-    assert health.json()["model"]["model"] == ("final" if run.is_final else "ensemble")
+    assert health.json()["model"]["model"] == ("final" if run.is_final else "ensemble of folds 0, 1")
     upload = {"file": ("upload.dcm", case["image"].read_bytes(), "application/octet-stream")}
     answer = client.post("/predict", files=upload)
     assert answer.status_code == 200, answer.text

@@ -286,6 +286,7 @@ def evaluate_run(
         **settings,
         **source,
         "folds_used": [int(k) for k, _ in run.models],
+        "model": run.model_name,
         "decision_threshold": float(run.decision_threshold),
         "profile": run.profile,
         "image_size": int(run.image_size),

@@ -97,7 +97,7 @@ def contract(run: LoadedRun) -> dict[str, Any]:
         "output": output,
         "outputs": [OUTPUT_NAME, *(["probability"] if run.task == "regression" else [])],
         "arch": run.config.arch,
-        "model": _model_name(run),
+        "model": run.model_name,
         "profile": profile.name,
         "profile_version": int(profile.version),
         "image_size": size,
@@ -123,13 +123,6 @@ def contract(run: LoadedRun) -> dict[str, Any]:
 
 def _model_name_of(fold: int) -> str:
     return "final" if fold == FINAL_FOLD else f"fold {fold}"
-
-
-def _model_name(run: LoadedRun) -> str:
-    """``final``, ``ensemble of folds 0, 1, ...`` or ``fold K``."""
-    if run.is_final or len(run.models) == 1:
-        return _model_name_of(run.models[0][0])
-    return "ensemble of folds " + ", ".join(str(k) for k, _ in run.models)
 
 
 class _Exported(torch.nn.Module):

@@ -98,6 +98,15 @@ class LoadedRun:
         return [k for k, _ in self.models] == [FINAL_FOLD]
 
     @property
+    def model_name(self) -> str:
+        """Which model scores: ``final``, ``ensemble of folds 0, 1, ...`` or ``fold K``."""
+        if self.is_final:
+            return "final"
+        if len(self.models) == 1:
+            return f"fold {self.models[0][0]}"
+        return "ensemble of folds " + ", ".join(str(k) for k, _ in self.models)
+
+    @property
     def task(self) -> str:
         """``classification`` or ``regression``."""
         return self.config.task

@@ -131,7 +131,7 @@ def _describe_run(run: LoadedRun) -> dict[str, Any]:
         "profile": run.profile,
         "image_size": run.image_size,
         "folds": [fold for fold, _ in run.models],
-        "model": "final" if run.is_final else ("ensemble" if len(run.models) > 1 else f"fold {run.models[0][0]}"),
+        "model": run.model_name,
         "calibration": sorted({str((r.get("calibration") or {}).get("method", "none")) for r in run.folds.values()}),
         "cacxr_version": __version__,
         "trained_with": str(recorded.get("cacxr_version", "")),
