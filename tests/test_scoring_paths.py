@@ -87,11 +87,21 @@ def _prepared(case: dict) -> tuple[np.ndarray, list[tuple[float, str]]]:
     return image[None], [values]
 
 
-def test_evaluate_gives_the_same_score(case: dict, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def external_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cohort's external patients, ingested once for every kind of run."""
+    from cacxr.ingest import ingest
+
+    out = tmp_path_factory.mktemp("external")
+    ingest(tiny_cohort(tmp_path_factory), out, site="external", workers=1, progress=False)
+    return out / "manifest.csv"
+
+
+def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_path: Path) -> None:
     from cacxr.evaluate import evaluate_run
 
     out = tmp_path / "eval"
-    evaluate_run(case["run_dir"], case["cohort"], out, n_boot=50, viz=False, progress=False, workers=1)
+    evaluate_run(case["run_dir"], external_manifest, out, n_boot=50, viz=False, progress=False, workers=1)
     with (out / "predictions.csv").open(newline="") as fh:
         rows = {row["patient_id"]: row for row in csv.DictReader(fh)}
     got = rows[case["image"].parts[-3]]

@@ -7,6 +7,7 @@ A run folder (``cacxr train --out RUN``)::
     RUN/fold_<k>/fold.json       the fold's record (written last: the fold is finished when it exists)
     RUN/fold_<k>/model.safetensors
     RUN/fold_<k>/predictions.csv the fold's test patients
+    RUN/fold_<k>/checkpoint.pt   while the fold trains (resumable), deleted when it has finished
     RUN/final/final.json         the final model's record (written last), see cacxr.final
     RUN/final/model.safetensors
     RUN/predictions.csv          out-of-fold predictions, every patient once
@@ -41,6 +42,7 @@ __all__ = [
     "FINAL_RECORD",
     "FINAL_FOLD",
     "MODEL_FILE",
+    "CHECKPOINT",
     "PLOTS_DIR",
     "REPORT_FILE",
     "INGEST_DIR",
@@ -73,6 +75,7 @@ FOLD_RECORD = "fold.json"
 FINAL_DIR = "final"
 FINAL_RECORD = "final.json"
 MODEL_FILE = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"  # an unfinished fold's (or final model's) last epoch, deleted when it finishes
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
 INGEST_DIR = "ingest"

@@ -52,6 +52,7 @@ from cacxr.metrics import (
     target_to_cac,
 )
 from cacxr.models import CACNet, build_model
+from cacxr.runfolder import CHECKPOINT
 from cacxr.scoring import raw_scores
 from cacxr.splits import Fold
 from cacxr.store import ImageStore
@@ -61,7 +62,6 @@ __all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_s
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_FORMAT = 1
 _EVAL_BATCH = 32
 
