@@ -33,9 +33,18 @@ from numpy.typing import ArrayLike
 
 from cacxr.errors import CacxrError
 
-__all__ = ["METHODS", "fit_calibration", "apply_calibration", "identity_calibration", "CalibrationModule"]
+__all__ = [
+    "METHODS", "fit_calibration", "apply_calibration", "identity_calibration", "none_offset", "CalibrationModule",
+]
 
 METHODS = ("platt", "isotonic", "none")
+
+
+def none_offset(task: str, threshold: float) -> float:
+    """The ``none`` map's offset: 0 (log-odds), or the log CAC where the predicted CAC rounds above T."""
+    if task == "classification":
+        return 0.0
+    return float(np.log(min(max(threshold + 0.5, 0.0), 2000.0) + 0.001))  # cacxr.metrics.cac_to_target
 
 
 def identity_calibration(offset: float = 0.0, note: str = "") -> dict[str, Any]:

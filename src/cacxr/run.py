@@ -87,7 +87,7 @@ class LoadedRun:
 
     def __post_init__(self) -> None:
         try:
-            members = [ModelScore(model, self.task, self.folds[k]) for k, model in self.models]
+            members = [ModelScore(model, self.task, self.folds[k], self.threshold) for k, model in self.models]
         except CacxrError as exc:
             raise CacxrError(f"{self.run_dir}: {exc}") from None
         self.scorer = RunScorer(members, self.task).to(self.device).eval()

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from cacxr.calibration import CalibrationModule
+from cacxr.calibration import CalibrationModule, identity_calibration, none_offset
 from cacxr.errors import CacxrError
 
 __all__ = ["SEX_CODES", "sex_code", "raw_scores", "covariate_tensors", "ClinicalInputs", "ModelScore", "RunScorer"]
@@ -94,18 +94,22 @@ class ModelScore(torch.nn.Module):
         task: ``classification`` or ``regression``.
         record: the model's fold.json / final.json (``target_mean``, ``target_std``, ``calibration``,
             ``clinical_encoder``).
+        threshold: positive means CAC > threshold: the ``none`` map of a record without ``calibration``
+            (a run trained before calibration existed) centres a regression model's probability there.
 
     Raises:
         CacxrError: a model that takes covariates without an encoder in its record.
     """
 
-    def __init__(self, model: torch.nn.Module, task: str, record: dict[str, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, task: str, record: dict[str, Any], threshold: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.target_mean = float(record.get("target_mean") or 0.0)
         self.target_std = float(record.get("target_std") or 1.0)
-        self.calibration = CalibrationModule(record.get("calibration"))
+        self.calibration = CalibrationModule(
+            record.get("calibration") or identity_calibration(none_offset(task, threshold))
+        )
         encoder = record.get("clinical_encoder")
         if getattr(model, "n_clinical", 0) and not encoder:
             raise CacxrError("a model that takes clinical covariates has no clinical_encoder in its record")

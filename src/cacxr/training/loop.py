@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from cacxr.accel import AccelPlan, choose_accel
 from cacxr.atomic import atomic_path
-from cacxr.calibration import apply_calibration, fit_calibration
+from cacxr.calibration import apply_calibration, fit_calibration, none_offset
 from cacxr.clinical import ClinicalEncoder, clinical_width
 from cacxr.config import TrainConfig
 from cacxr.data import Augment, StoreDataset
@@ -117,7 +117,7 @@ def model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
 
 def calibration_offset(cfg: TrainConfig) -> float:
     """The raw score where an uncalibrated (``none``) probability is 0.5: 0, or the regression cut's log CAC."""
-    return 0.0 if cfg.task == "classification" else float(cac_to_target(cfg.threshold + 0.5))
+    return none_offset(cfg.task, cfg.threshold)
 
 
 @dataclass
