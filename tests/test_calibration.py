@@ -127,3 +127,27 @@ def test_fold_scores_are_the_calibrated_probabilities_of_the_loaded_fold(run_dir
     store = ImageStore.open(json.loads((run_dir / "config.json").read_text())["store"])
     scores = loaded.scores(np.stack([store.get(row["patient_id"]) for row in rows]))
     np.testing.assert_allclose(scores.probability, [float(row["score"]) for row in rows], atol=2e-3)
+
+
+def test_a_fold_without_a_calibration_map_is_scored_with_the_none_map(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run trained before calibration existed: P(CAC > T) = sigmoid(log CAC - log(T + 0.5 + 0.001))."""
+    import shutil
+
+    from _tiny_run import tiny_run
+    from cacxr.calibration import none_offset
+    from cacxr.run import load_run
+    from cacxr.store import ImageStore
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run(tmp_path_factory, "regression"), run)
+    path = run / "fold_0" / "fold.json"
+    record = json.loads(path.read_text())
+    del record["calibration"]
+    path.write_text(json.dumps(record))
+    loaded = load_run(run, fold=0)
+    store = ImageStore.open(json.loads((run / "config.json").read_text())["store"])
+    scores = loaded.scores(np.stack([store.get(pid) for pid in sorted(store.ids)[:4]]))
+    expected = 1.0 / (1.0 + np.exp(-(scores.log_cac - none_offset("regression", 0.0))))
+    np.testing.assert_allclose(scores.probability, expected, rtol=1e-5)
