@@ -118,7 +118,10 @@ class ModelScore(torch.nn.Module):
     def forward(self, x: torch.Tensor, age: torch.Tensor, sex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(raw, probability)`` of a normalised batch (N, 1, S, S), each (N,)."""
         covariates = () if self.clinical is None else (self.clinical(age, sex).to(x.dtype),)
-        out = self.model(x, *covariates)
+        return self.from_output(self.model(x, *covariates))
+
+    def from_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw, probability)`` of the model's outputs (the training loop scores its test part with this)."""
         raw = raw_scores(self.task, out.float(), self.target_mean, self.target_std)
         return raw, self.calibration(raw)
 

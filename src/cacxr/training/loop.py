@@ -53,7 +53,7 @@ from cacxr.metrics import (
 )
 from cacxr.models import CACNet, build_model
 from cacxr.runfolder import CHECKPOINT
-from cacxr.scoring import raw_scores
+from cacxr.scoring import ModelScore, raw_scores
 from cacxr.splits import Fold
 from cacxr.store import ImageStore
 from cacxr.weights import load_pretrained
@@ -294,8 +294,15 @@ def train_fold(
     test_metrics, test_scores, extra = None, np.zeros(0), {}
     if ids["test"]:
         test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
-        test_raw = task.raw(test_out)
-        test_probability = apply_calibration(calibration, test_raw)
+        # The scoring path's own object, as load_run builds it from fold.json (cacxr.scoring).
+        member = {
+            "target_mean": task.mean, "target_std": task.std, "calibration": calibration,
+            "clinical_encoder": encoder.to_dict() if encoder is not None else None,
+        }  # fmt: skip
+        scorer = ModelScore(model, cfg.task, member, cfg.threshold)
+        with torch.no_grad():
+            raw, probability = scorer.from_output(test_out)
+        test_raw, test_probability = raw.double().numpy(), probability.double().numpy()
         test_scores = test_probability if cfg.task == "classification" else target_to_cac(test_raw)
         extra = {} if cfg.task == "classification" else {"log_cac": test_raw, "probability": test_probability}
         if cfg.task == "classification":
