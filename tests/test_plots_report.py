@@ -131,9 +131,16 @@ def test_report_classification(tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
 
     pooled = metrics["pooled"]
-    assert f'<span class="big">{pooled["auc"]:.3f}</span>' in page
+    # The headline is the mean per-fold AUC with its interval; the pooled AUC stands beside it, labelled.
+    fold_level = metrics["fold_level"]
+    assert f'<span class="big">{fold_level["auc_mean"]:.3f}</span>' in page
+    flo, fhi = fold_level["auc_ci"]
+    assert f"95 % CI {flo:.3f} – {fhi:.3f}" in page
+    assert f"folds range {fold_level['auc_min']:.3f} – {fold_level['auc_max']:.3f}" in page
+    assert "fold-averaged DeLong variance" in page
     lo, hi = pooled["auc_ci"]
-    assert f"95 % CI {lo:.3f} – {hi:.3f}" in page
+    assert f"pooled out-of-fold AUC {pooled['auc']:.3f} (95 % CI {lo:.3f} – {hi:.3f})" in page
+    assert "includes the differences in calibration" in page
     assert "Positive = CAC &gt; 0 (Agatston)" in page
     assert f"{pooled['n']} patients evaluated, {pooled['n_pos']} positive" in page
     assert "3-fold cross-validation" in page and "20% of the training" in page

@@ -69,7 +69,7 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid 
 .headline { display: flex; gap: 2.5rem; align-items: baseline; flex-wrap: wrap; background: #f3f6fb;
             border-radius: 8px; padding: 1rem 1.5rem; }
 .big { font-size: 3rem; font-weight: 700; } .ci { font-size: 1.3rem; color: #3b4a66; }
-.secondary { font-size: 1.2rem; }
+.secondary { font-size: 1.2rem; } .method { color: #5a6478; font-size: 0.85rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #d6dbe4; padding: 0.3rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -144,7 +144,7 @@ def render_report(
         f"<h1>CAC from chest radiographs: {_e(task)}</h1>",
         f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston). '
         f"{_e(_cohort_sentence(pooled))}</p>",
-        _headline(task, pooled),
+        _headline(task, metrics),
         "<h2>How it was evaluated</h2>",
         f"<p>{_e(_evaluation_text(metrics, config))}</p>",
         _final_note(config.get("final")),
@@ -171,14 +171,32 @@ def render_report(
 # Sections
 
 
-def _headline(task: str, pooled: dict) -> str:
-    ci = pooled.get("auc_ci") or [None, None]
+def _headline(task: str, metrics: dict) -> str:
+    """The mean per-fold AUC with its interval first, the pooled AUC beside it (one figure: the pooled)."""
+    pooled = metrics.get("pooled") or {}
+    fold_level = metrics.get("fold_level") if isinstance(metrics.get("fold_level"), dict) else None
     label = "AUC of the predicted CAC" if task == "regression" else "AUC"
+    ci = pooled.get("auc_ci") or [None, None]
     ci_text = f"95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}" if None not in ci else "95 % CI n/a"
-    items = [
-        f'<div><div>{_e(label)} (pooled out-of-fold)</div><span class="big">{_e(_fmt(pooled.get("auc")))}</span> '
-        f'<span class="ci">{_e(ci_text)}</span></div>'
-    ]
+    items = []
+    if fold_level and fold_level.get("n_folds", 0) > 1 and fold_level.get("auc_mean") is not None:
+        fci = fold_level.get("auc_ci") or [None, None]
+        fci_text = f"95 % CI {_fmt(fci[0])} – {_fmt(fci[1])}" if None not in fci else "95 % CI n/a"
+        items.append(
+            f'<div><div>{_e(label)}, mean of {_e(str(fold_level["n_folds"]))} folds</div>'
+            f'<span class="big">{_e(_fmt(fold_level["auc_mean"]))}</span> <span class="ci">{_e(fci_text)}</span>'
+            f'<div class="method">interval: {_e(fold_level.get("method", ""))}; folds range '
+            f'{_e(_fmt(fold_level.get("auc_min")))} – {_e(_fmt(fold_level.get("auc_max")))}</div></div>'
+        )
+        items.append(
+            f'<div class="secondary">pooled out-of-fold {_e(label)} {_e(_fmt(pooled.get("auc")))} '
+            f"({_e(ci_text)})<br><small>{_e(fold_level.get('pooled_label', ''))}</small></div>"
+        )
+    else:
+        items.append(
+            f'<div><div>{_e(label)} (pooled out-of-fold)</div><span class="big">{_e(_fmt(pooled.get("auc")))}'
+            f'</span> <span class="ci">{_e(ci_text)}</span></div>'
+        )
     ba_ci = pooled.get("balanced_accuracy_ci") or [None, None]
     items.append(
         f'<div class="secondary">balanced accuracy {_e(_fmt(pooled.get("balanced_accuracy")))}'
@@ -191,7 +209,9 @@ def _headline(task: str, pooled: dict) -> str:
             f'<div class="secondary">MAE of log CAC {_e(_fmt(pooled.get("mae_log")))}<br>'
             f"Spearman ρ {_e(_fmt(pooled.get('spearman')))}</div>"
         )
-    return f'<div class="headline">{"".join(items)}</div>'
+    warning = metrics.get("stability_warning")
+    note = f'<p class="note"><strong>Stability warning.</strong> {_e(warning)}</p>' if warning else ""
+    return f'<div class="headline">{"".join(items)}</div>{note}'
 
 
 def _cohort_sentence(pooled: dict) -> str:
