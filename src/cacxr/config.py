@@ -81,6 +81,8 @@ class TrainConfig:
         amp: mixed precision on CUDA; ``None``: automatic (cacxr.accel); the CPU always stays float32.
         channels_last: channels-last memory format on CUDA; ``None``: automatic.
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
+        operating_point: the rule fixing the reported operating point on all folds' validation
+            predictions: ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.operating_point).
     """
 
     task: str = "classification"
@@ -121,6 +123,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    operating_point: str = "sensitivity=0.90"
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -142,6 +145,9 @@ class TrainConfig:
         from cacxr.clinical import parse_clinical
 
         cfg.clinical = parse_clinical(cfg.clinical)
+        from cacxr.operating_point import parse_rule
+
+        parse_rule(cfg.operating_point)
         cfg._validate()
         return cfg
 

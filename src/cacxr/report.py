@@ -338,23 +338,38 @@ def _comparison(comparison: Any) -> str:
 
 
 def _baseline_note(baseline: Any) -> str:
-    """The clinical baseline's paired DeLong test against the image model, or why it was skipped."""
+    """The image model against the clinical baseline, fold by fold (pooled DeLong beside), or why skipped."""
     if not isinstance(baseline, dict):
         return ""
     if baseline.get("skipped"):
         return f'<p class="note">Clinical baseline (age + sex) not computed: {_e(str(baseline.get("note", "")))}.</p>'
+    parts = []
+    stratified = baseline.get("fold_stratified_test")
+    if isinstance(stratified, dict) and not stratified.get("skipped"):
+        ci = stratified.get("ci") or [None, None]
+        parts.append(
+            "Image model vs clinical baseline, fold by fold (fold-stratified DeLong: mean of the within-fold "
+            f"paired AUC differences): mean AUC {_fmt(stratified.get('auc_a'))} vs {_fmt(stratified.get('auc_b'))}, "
+            f"difference {_fmt(stratified.get('diff'))} (95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}), "
+            f"p = {_fmt(stratified.get('p_value'), digits=4)}."
+        )
     test = baseline.get("delong_test")
-    if not isinstance(test, dict) or test.get("skipped"):
+    if isinstance(test, dict) and not test.get("skipped"):
+        ci = test.get("ci") or [None, None]
+        parts.append(
+            ("For reference, on pooled scores " if parts else "Image model vs clinical baseline on the same patients ")
+            + f"(paired DeLong): AUC {_fmt(test.get('auc_a'))} vs {_fmt(test.get('auc_b'))}, difference "
+            f"{_fmt(test.get('diff'))} (95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}), "
+            f"p = {_fmt(test.get('p_value'), digits=4)}"
+            + ("; it includes the calibration differences between fold models." if parts else ".")
+        )
+    if not parts:
         return ""
-    ci = test.get("ci") or [None, None]
-    return (
-        "<p>Image model vs clinical baseline on the same patients (paired DeLong): AUC "
-        f"{_e(_fmt(test.get('auc_a')))} vs {_e(_fmt(test.get('auc_b')))}, difference "
-        f"{_e(_fmt(test.get('diff')))} (95 % CI {_e(_fmt(ci[0]))} – {_e(_fmt(ci[1]))}), "
-        f"p = {_e(_fmt(test.get('p_value'), digits=4))}. The baseline is a logistic regression on age and sex "
-        f"fitted on each fold's training patients ({_e(str(baseline.get('n_known', '?')))} of "
-        f"{_e(str(baseline.get('n', '?')))} patients with both known).</p>"
+    parts.append(
+        "The baseline is a logistic regression on age (cubic spline), sex and age x sex, fitted on each fold's "
+        f"training patients ({baseline.get('n_known', '?')} of {baseline.get('n', '?')} patients with both known)."
     )
+    return f"<p>{_e(' '.join(parts))}</p>"
 
 
 def _confusion_tables(task: str, pooled: dict) -> str:

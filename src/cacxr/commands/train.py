@@ -95,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="age,sex",
         help="clinical covariates fed to the head beside the image features: age, sex or age,sex (default none)",
     )
+    parser.add_argument(
+        "--operating-point",
+        default=d.operating_point,
+        metavar="youden|sensitivity=X|specificity=X",
+        help="rule fixing the reported operating point on all folds' validation predictions "
+        f"(default {d.operating_point}: a rule-out point)",
+    )
     parser.add_argument("--amp", action=switch, help="mixed precision on CUDA (default: bf16/fp16 where fast)")
     parser.add_argument("--channels-last", action=switch, help="channels-last tensors on CUDA (default: auto)")
     parser.add_argument("--compile", action=switch, help="torch.compile the trained part on CUDA (default: auto)")
@@ -152,8 +159,23 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"once they have finished: cacxr train {run_dir} --merge"
         )
     pooled = metrics["pooled"]
-    lines = [f"pooled AUC {_fmt(pooled.get('auc'))} (95% CI {_ci(pooled.get('auc_ci'))}), "
-             f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}"]
+    lines = []
+    fold_level = metrics.get("fold_level") or {}
+    if fold_level.get("auc_mean") is not None:
+        lines.append(
+            f"mean per-fold AUC {_fmt(fold_level['auc_mean'])} (95% CI {_ci(fold_level.get('auc_ci'))}; "
+            f"folds {_fmt(fold_level.get('auc_min'))}-{_fmt(fold_level.get('auc_max'))})"
+        )
+    lines.append(f"pooled AUC {_fmt(pooled.get('auc'))} (95% CI {_ci(pooled.get('auc_ci'))}), "
+                 f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}")
+    if metrics.get("stability_warning"):
+        lines.append(f"warning: {metrics['stability_warning']}")
+    point = metrics.get("operating_point") or {}
+    if point.get("threshold") is not None:
+        lines.append(
+            f"operating point {point['rule']}: threshold {point['threshold']:.3f}, sensitivity "
+            f"{_fmt(point.get('sensitivity'))}, specificity {_fmt(point.get('specificity'))}"
+        )
     if metrics["task"] == "regression":
         lines.append(f"MAE of log CAC {_fmt(pooled.get('mae_log'))}, Spearman {_fmt(pooled.get('spearman'))}")
     lines.append(f"report: {run_dir / 'report.html'}")

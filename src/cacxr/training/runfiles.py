@@ -42,6 +42,8 @@ FOLD_RECORD = "fold.json"
 MODEL_FILE = "model.safetensors"
 PREDICTIONS = "predictions.csv"
 _FOLD_COLUMNS = ("patient_id", "fold", "cac_score", "label", "score")
+# Optional columns (calibrated regression runs): unclipped predicted log CAC, calibrated P(CAC > T).
+_OPTIONAL_COLUMNS = ("log_cac", "probability")
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -136,6 +138,7 @@ def read_predictions(run_dir: Path, fold: int) -> list[dict[str, Any]]:
                 "cac_score": float(row["cac_score"]),
                 "label": int(row["label"]),
                 "score": float(row["score"]),
+                **{name: float(row[name]) for name in _OPTIONAL_COLUMNS if row.get(name) not in (None, "")},
             }
             for row in rows
         ]
@@ -153,7 +156,7 @@ def write_run_predictions(
     Columns: patient_id, fold, cac_score, label, score (probability, or predicted CAC), predicted_label;
     regression adds cac_band and predicted_band (Agatston bands).
     """
-    columns = [*_FOLD_COLUMNS, "predicted_label"]
+    columns = [*_FOLD_COLUMNS, *(c for c in _OPTIONAL_COLUMNS if rows and all(c in r for r in rows)), "predicted_label"]
     if task == "regression":
         columns += ["cac_band", "predicted_band"]
     out = []
@@ -162,6 +165,7 @@ def write_run_predictions(
             **row,
             "cac_score": _number(row["cac_score"]),
             "score": _number(row["score"]),
+            **{c: _number(row[c]) for c in _OPTIONAL_COLUMNS if c in columns},
             "predicted_label": int(row["score"] >= decision_thresholds[row["fold"]]),
         }
         if task == "regression":
@@ -232,7 +236,7 @@ def _number(value: float) -> str:
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
