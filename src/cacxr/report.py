@@ -59,7 +59,7 @@ _SUMMARY_SETTINGS = (
     ("seed", "seed"),
 )
 # Plot files are shown in this order (first matching word of the file name), then the rest.
-_PLOT_ORDER = ("roc", "confusion", "agatston", "calibration", "error_by_band", "band", "scatter", "loss")
+_PLOT_ORDER = ("roc", "confusion", "agatston", "calibration", "decision", "error_by_band", "band", "scatter", "loss")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -153,6 +153,9 @@ def render_report(
         _thresholds_sentence(task, threshold, folds),
         _comparison(metrics.get("comparison")),
         _baseline_note(metrics.get("clinical_baseline")),
+        _operating_point_section(metrics.get("operating_point"), threshold),
+        _calibration_section(metrics.get("calibration")),
+        _endpoints_section(metrics.get("endpoints")),
     ]
     if task == "regression":
         parts += [
@@ -370,6 +373,98 @@ def _baseline_note(baseline: Any) -> str:
         f"training patients ({baseline.get('n_known', '?')} of {baseline.get('n', '?')} patients with both known)."
     )
     return f"<p>{_e(' '.join(parts))}</p>"
+
+
+def _figure(key: str, value: Any, digits: int = 3) -> str:
+    """A figure of metrics.json, tagged with its key path (tests check every tagged figure against the file)."""
+    return f'<span data-key="{_e(key)}">{_e(_fmt(value, digits))}</span>'
+
+
+def _figure_ci(key: str, values: dict, digits: int = 3) -> str:
+    ci = values.get(f"{key.rsplit('.', 1)[-1]}_ci") or [None, None]
+    text = _figure(key, values.get(key.rsplit(".", 1)[-1]), digits)
+    if None in ci:
+        return text
+    return f"{text} ({_figure(key + '_ci.0', ci[0], digits)} – {_figure(key + '_ci.1', ci[1], digits)})"
+
+
+def _operating_point_section(point: Any, threshold: Any) -> str:
+    """The operating point fixed in advance: its rule, threshold and figures with intervals."""
+    if not isinstance(point, dict):
+        return ""
+    head = f"<h3>Operating point fixed in advance ({_e(str(point.get('rule', '')))})</h3>"
+    if point.get("threshold") is None:
+        return head + f'<p class="note">No operating point: {_e(str(point.get("note", "")))}.</p>'
+    rows = [
+        ("rule", _e(str(point.get("rule")))),
+        ("probability threshold", _figure("operating_point.threshold", point["threshold"], 4)),
+        ("chosen on", _e(str(point.get("chosen_on", "")))),
+    ]
+    for name, title in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"), ("npv", "NPV")):
+        rows.append((f"{title} (95 % CI)", _figure_ci(f"operating_point.{name}", point)))
+    table = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    return (
+        f"{head}<p>Positive = CAC &gt; {_e(_number(threshold))} when the calibrated probability reaches the threshold. "
+        f"Intervals: {_e(str(point.get('ci_method', 'Wilson score')))}.</p><table><tbody>{table}</tbody></table>"
+    )
+
+
+def _calibration_section(calibration: Any) -> str:
+    """Brier score, calibration intercept and slope, per fold and pooled."""
+    if not isinstance(calibration, dict):
+        return ""
+    if "pooled" not in calibration:
+        return f'<h3>Calibration</h3><p class="note">{_e(str(calibration.get("note", "")))}</p>'
+    head = "<tr><th></th><th>Brier score</th><th>calibration intercept (95 % CI)</th><th>calibration slope (95 % CI)</th></tr>"
+    body = []
+    for label, prefix, values in [
+        ("pooled (all out-of-fold)", "calibration.pooled", calibration["pooled"]),
+        *((f"fold {f['fold']}", f"calibration.folds.{i}", f) for i, f in enumerate(calibration.get("folds") or [])),
+    ]:
+        cells = [
+            _figure(f"{prefix}.brier", values.get("brier")),
+            _figure_ci(f"{prefix}.calibration_intercept", values),
+            _figure_ci(f"{prefix}.calibration_slope", values),
+        ]
+        body.append(f"<tr><td>{_e(label)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>")
+    return (
+        "<h3>Calibration</h3><p>Intercept 0 and slope 1 mean well-calibrated probabilities: a negative intercept "
+        "means predicted risks too high on average, a slope below 1 predictions too extreme. "
+        f"{_e(str(calibration.get('method', '')))}. The decision curve (plots) shows the net benefit of the model, "
+        "the age + sex baseline, treating all and treating none.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _endpoints_section(endpoints: Any) -> str:
+    """A regression run's AUC for the guideline endpoints, from the same folds."""
+    if not isinstance(endpoints, list) or not endpoints:
+        return ""
+    head = "<tr><th>endpoint</th><th>AUC, mean of folds (95 % CI)</th><th>folds range</th><th>pooled AUC (95 % CI)</th><th>n (positive)</th></tr>"
+    body = []
+    for i, entry in enumerate(endpoints):
+        key = f"endpoints.{i}"
+        if entry.get("auc_mean") is None:
+            cells = [_e(str(entry.get("note", "n/a"))), "", ""]
+        else:
+            mean_ci = entry.get("auc_mean_ci") or [None, None]
+            pooled_ci = entry.get("pooled_auc_ci") or [None, None]
+            cells = [
+                f"{_figure(key + '.auc_mean', entry['auc_mean'])} ({_figure(key + '.auc_mean_ci.0', mean_ci[0])} – "
+                f"{_figure(key + '.auc_mean_ci.1', mean_ci[1])})",
+                f"{_figure(key + '.auc_min', entry.get('auc_min'))} – {_figure(key + '.auc_max', entry.get('auc_max'))}",
+                f"{_figure(key + '.pooled_auc', entry.get('pooled_auc'))} ({_figure(key + '.pooled_auc_ci.0', pooled_ci[0])}"
+                f" – {_figure(key + '.pooled_auc_ci.1', pooled_ci[1])})",
+            ]
+        n = f"{entry.get('n')} ({entry.get('n_pos')})"
+        body.append(
+            f"<tr><td>{_e(entry.get('endpoint', ''))}</td>{''.join(f'<td>{c}</td>' for c in cells)}<td>{_e(n)}</td></tr>"
+        )
+    return (
+        "<h3>Guideline endpoints from the same folds</h3><p>The regression's out-of-fold predictions ranked "
+        "against three endpoints (Agatston): any calcium, CAC ≥ 100 and CAC ≥ 400.</p>"
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _confusion_tables(task: str, pooled: dict) -> str:
