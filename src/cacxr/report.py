@@ -444,7 +444,7 @@ def _endpoints_section(endpoints: Any) -> str:
     body = []
     for i, entry in enumerate(endpoints):
         key = f"endpoints.{i}"
-        if entry.get("auc_mean") is None:
+        if entry.get("pooled_auc") is None:
             cells = [_e(str(entry.get("note", "n/a"))), "", ""]
         else:
             mean_ci = entry.get("auc_mean_ci") or [None, None]
