@@ -142,7 +142,7 @@ def render_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>cacxr report: {_e(task)}</title><style>{_CSS}</style></head><body>",
         f"<h1>CAC from chest radiographs: {_e(task)}</h1>",
-        f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston). '
+        f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston){_e(_guideline(threshold))}. '
         f"{_e(_cohort_sentence(pooled))}</p>",
         _headline(task, metrics),
         "<h2>How it was evaluated</h2>",
@@ -215,6 +215,24 @@ def _headline(task: str, metrics: dict) -> str:
     warning = metrics.get("stability_warning")
     note = f'<p class="note"><strong>Stability warning.</strong> {_e(warning)}</p>' if warning else ""
     return f'<div class="headline">{"".join(items)}</div>{note}'
+
+
+def _guideline(threshold: Any) -> str:
+    """The endpoint in guideline wording: Agatston scores are whole numbers, so CAC > T is CAC ≥ T + 1."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        return ""
+    if value == 0:
+        return ": any coronary calcium"
+    if not value.is_integer():
+        return ""
+    text = f", i.e. CAC ≥ {value + 1:g} in whole Agatston units"
+    if value + 1 in (100.0, 400.0):
+        return text + " (the guideline endpoint)"
+    if value in (100.0, 400.0):
+        return text + f" (the guideline endpoint CAC ≥ {value:g} is --threshold {value - 1:g})"
+    return text
 
 
 def _cohort_sentence(pooled: dict) -> str:

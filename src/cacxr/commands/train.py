@@ -46,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of folds, model and order (default {d.seed})")
     parser.add_argument("--image-size", type=int, default=d.image_size, help=f"model input side in px (default {d.image_size})")
     parser.add_argument(
-        "--threshold", type=float, default=d.threshold, help="positive means CAC > threshold (default 0)"
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help="positive means CAC > T, strictly (default 0: any calcium); Agatston scores are whole numbers, so the "
+        "guideline endpoints CAC >= 100 and CAC >= 400 are --threshold 99 and 399",
     )
     parser.add_argument(
         "--weights", default=d.weights, metavar="none|PATH|NAME", help="pretrained weights (default none)"
