@@ -8,7 +8,12 @@ from scipy.stats import binomtest
 
 from cacxr.config import TrainConfig
 from cacxr.errors import CacxrError
-from cacxr.operating_point import choose_operating_threshold, operating_point, operating_point_figures, parse_rule
+from cacxr.operating_point import (
+    choose_operating_threshold,
+    operating_point,
+    operating_point_figures,
+    parse_rule,
+)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +73,7 @@ def test_operating_point_chosen_on_validation_measured_on_test() -> None:
     for k in range(5):
         y = rng.integers(0, 2, 60)
         p = 1 / (1 + np.exp(-(2.0 * y - 1.0 + rng.normal(size=60))))
-        records += [{"patient_id": f"{k}-{i}", "label": int(a), "score": float(b)} for i, (a, b) in enumerate(zip(y, p))]
+        records += [{"patient_id": f"{k}-{i}", "label": int(a), "score": float(b)} for i, (a, b) in enumerate(zip(y, p, strict=True))]
     y_test = rng.integers(0, 2, 2000)
     p_test = 1 / (1 + np.exp(-(2.0 * y_test - 1.0 + rng.normal(size=2000))))
     result = operating_point("sensitivity=0.90", records, y_test, p_test, n_folds=5)
