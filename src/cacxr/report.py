@@ -179,6 +179,8 @@ def _headline(task: str, metrics: dict) -> str:
     pooled = metrics.get("pooled") or {}
     fold_level = metrics.get("fold_level") if isinstance(metrics.get("fold_level"), dict) else None
     label = "AUC of the predicted CAC" if task == "regression" else "AUC"
+    if pooled.get("auc_on"):
+        label = f"AUC of the {pooled['auc_on']}"
     ci = pooled.get("auc_ci") or [None, None]
     ci_text = f"95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}" if None not in ci else "95 % CI n/a"
     items = []
