@@ -89,3 +89,46 @@ def test_operating_point_chosen_on_validation_measured_on_test() -> None:
 def test_without_validation_records_no_operating_point_is_guessed() -> None:
     result = operating_point("youden", None, [0, 1], [0.2, 0.8])
     assert result["threshold"] is None and "no inner-validation predictions" in result["note"]
+
+
+def test_merge_chooses_the_operating_point_on_the_folds_validation_records(run_dir, tmp_path) -> None:
+    """A tiny run whose fold.json files hold validation records (as calibrated folds write them)."""
+    import csv
+    import json
+    import shutil
+
+    from cacxr.train import merge_folds
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with (run / "predictions.csv").open(newline="") as fh:
+        cac = {row["patient_id"]: float(row["cac_score"]) for row in csv.DictReader(fh)}
+    with (run / "folds.csv").open(newline="") as fh:
+        roles = list(csv.DictReader(fh))
+    rng = np.random.default_rng(0)
+    records = []
+    for k in (0, 1):
+        path = run / f"fold_{k}" / "fold.json"
+        fold = json.loads(path.read_text())
+        val = [r["patient_id"] for r in roles if r["fold"] == str(k) and r["role"] == "val"]
+        fold["validation"] = [
+            {"patient_id": pid, "label": int(cac[pid] > 0), "score": float(np.clip(0.3 + 0.4 * (cac[pid] > 0)
+             + rng.normal(0, 0.2), 0, 1))}
+            for pid in val
+        ]  # fmt: skip
+        records += fold["validation"]
+        path.write_text(json.dumps(fold))
+    metrics = merge_folds(run)
+    point = metrics["operating_point"]
+    expected = choose_operating_threshold([r["label"] for r in records], [r["score"] for r in records], "sensitivity=0.90")
+    assert point["threshold"] == pytest.approx(expected)
+    with (run / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    y = np.array([int(r["label"]) for r in rows])
+    s = np.array([float(r["score"]) for r in rows])
+    assert point["sensitivity"] == pytest.approx(np.mean(s[y == 1] >= expected))
+    assert point["specificity"] == pytest.approx(np.mean(s[y == 0] < expected))
+    assert json.loads((run / "metrics.json").read_text())["operating_point"] == point
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "Operating point fixed in advance (sensitivity=0.90)" in page
+    assert f'<span data-key="operating_point.threshold">{expected:.4f}</span>' in page
