@@ -132,3 +132,17 @@ def test_merge_chooses_the_operating_point_on_the_folds_validation_records(run_d
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "Operating point fixed in advance (sensitivity=0.90)" in page
     assert f'<span data-key="operating_point.threshold">{expected:.4f}</span>' in page
+
+
+@pytest.mark.parametrize("value", ["youden", "specificity=0.95"])
+def test_operating_point_flag_reaches_the_config(value: str) -> None:
+    import argparse
+
+    from cacxr.commands.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["data", "--task", "classification", "--out", "run", "--operating-point", value])
+    assert config_from_args(args).resolved().operating_point == value
+    default = parser.parse_args(["data", "--task", "classification", "--out", "run"])
+    assert config_from_args(default).operating_point == "sensitivity=0.90"

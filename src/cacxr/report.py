@@ -66,6 +66,7 @@ _SUMMARY_SETTINGS = (
     ("augment", "augmentation"),
     ("kfold", "folds"),
     ("val_fraction", "validation share"),
+    ("operating_point", "operating point rule"),
     ("seed", "seed"),
 )
 # Plot files are shown in this order (first matching word of the file name), then the rest.
