@@ -96,7 +96,7 @@ def test_real_runs_numbers_equal_metrics_json(real_runs: list[Path], tmp_path: P
     result = compare_runs(real_runs, tmp_path / "cmp")
     table = _read_csv(tmp_path / "cmp" / "compare.csv")
     assert [r["name"] for r in result["runs"]] == [p.name for p in real_runs]
-    assert len(result["groups"]) == 1 and result["notes"] == []
+    assert len(result["groups"]) == 1 and all("stability warning" in note for note in result["notes"])
     for run_dir, entry, row in zip(real_runs, result["runs"], table, strict=True):
         pooled = json.loads((run_dir / "metrics.json").read_text())["pooled"]
         regression = entry["task"] == "regression"
@@ -317,3 +317,13 @@ def test_runs_with_different_folds_fall_back_to_a_pooled_test(tmp_path: Path) ->
     (runs[1] / "predictions.csv").write_text("\n".join(swapped) + "\n")
     paired = compare_runs(runs, tmp_path / "out", viz=False)["runs"][1]["paired"]
     assert paired["stratified"] is False and "pooled" in paired["method"]
+
+
+def test_a_run_with_fold_drift_carries_its_stability_warning(tmp_path: Path) -> None:
+    runs = [_fake_run(tmp_path / "a", seed=1), _fake_run(tmp_path / "b", seed=2)]
+    metrics = json.loads((runs[1] / "metrics.json").read_text())
+    metrics["stability_warning"] = "The pooled out-of-fold AUC (0.690) differs from the mean per-fold AUC (0.840)"
+    (runs[1] / "metrics.json").write_text(json.dumps(metrics))
+    result = compare_runs(runs, tmp_path / "out", viz=False)
+    assert result["notes"] == [f"b: stability warning: {metrics['stability_warning']}"]
+    assert "stability warning" in (tmp_path / "out" / "compare.md").read_text()

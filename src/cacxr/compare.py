@@ -394,6 +394,8 @@ def _notes(runs: list[_Run], groups: dict[str, list[_Run]]) -> list[str]:
     for run in runs:
         if run.predictions is None:
             notes.append(f"{run.name}: {run.predictions_note}; its patients are known only by its manifest hash.")
+        if run.metrics.get("stability_warning"):
+            notes.append(f"{run.name}: stability warning: {run.metrics['stability_warning']}")
     return notes
 
 
