@@ -225,11 +225,13 @@ def _read_run(path: Path, name: str) -> _Run:
 
 def _validation_auc(path: Path, config: dict[str, Any]) -> float | None:
     """The mean of the folds' inner-validation AUCs (fold_<k>/fold.json ``val_auc``); None when any is missing."""
+    from cacxr.training.runfiles import read_fold_record
+
     values = []
     for k in range(int(config.get("kfold") or 0)):
         try:
-            record = json.loads((path / f"fold_{k}" / "fold.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            record = read_fold_record(path, k)
+        except CacxrError:
             return None
         value = record.get("val_auc") if isinstance(record, dict) else None
         if not _finite(value):
