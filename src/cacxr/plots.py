@@ -387,7 +387,7 @@ def calibration_plots(
         slope = entry.get("calibration_slope")
         text = "n/a" if slope is None else f"{slope:.2f}"
         ax.plot(predicted, observed, marker="o", label=f"fold {entry['fold']} (slope {text}, Brier {entry['brier']:.3f})")
-    ax.set(xlabel="predicted probability", ylabel="observed share of positives", xlim=(0, 1), ylim=(0, 1))
+    ax.set(xlabel="predicted probability", ylabel="observed share of positives", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.set_title("Calibration per fold (quintiles of the predicted probability)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=7)
