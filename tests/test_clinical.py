@@ -117,7 +117,9 @@ def test_run_reports_the_baseline_beside_the_image_model(tmp_path_factory, task)
     assert delong["auc_a"] == pytest.approx(metrics["pooled"]["auc"]) and 0.0 <= delong["p_value"] <= 1.0
     page = (run / "report.html").read_text(encoding="utf-8")
     assert f"<td>clinical baseline (age, sex)</td><td>{pooled['auc']:.3f}" in page
-    assert "Image model vs clinical baseline on the same patients (paired DeLong)" in page
+    assert "Image model vs clinical baseline, fold by fold (fold-stratified DeLong" in page
+    stratified = baseline["fold_stratified_test"]
+    assert f"difference {stratified['diff']:.3f}" in page
 
 
 def test_merge_notes_a_skipped_baseline_when_ages_are_missing(tmp_path_factory, tmp_path: Path) -> None:
@@ -232,3 +234,44 @@ def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tm
     batch = normalise(images, run.profile)[:, None]
     with torch.no_grad():
         np.testing.assert_allclose(score_module(run)(batch).numpy(), unknown, rtol=1e-5)
+
+
+def test_baseline_captures_a_nonlinear_age_effect_and_an_age_by_sex_interaction() -> None:
+    """Risk rises with age in men only, and only past 60: a straight line on age alone cannot do this."""
+    rng = np.random.default_rng(5)
+    n = 400
+    ids = [f"P{i:03d}" for i in range(n)]
+    age = rng.uniform(35, 85, n)
+    sex = np.where(rng.random(n) < 0.5, "M", "F")
+    risk = (sex == "M") & (age > 60)
+    cac = {pid: 300.0 * float(r) for pid, r in zip(ids, risk, strict=True)}
+    covariates = {pid: (float(a), str(s)) for pid, a, s in zip(ids, age, sex, strict=True)}
+    folds = [(0, ids[n // 2 :], ids[: n // 2]), (1, ids[: n // 2], ids[n // 2 :])]
+    scores: dict[str, float] = {}
+    result = clinical_baseline(folds, covariates, cac, 100.0, n_boot=50, scores_out=scores)
+    assert "spline" in result["model"] and "age x sex" in result["model"]
+    assert result["pooled"]["auc"] > 0.95
+    assert set(scores) == set(ids)
+    # women past 60 get a lower probability than men past 60
+    women = np.mean([scores[p] for p, a, s in zip(ids, age, sex, strict=True) if s == "F" and a > 70])
+    men = np.mean([scores[p] for p, a, s in zip(ids, age, sex, strict=True) if s == "M" and a > 70])
+    assert men - women > 0.4
+
+
+def test_image_vs_baseline_test_is_fold_stratified() -> None:
+    from cacxr.foldstats import fold_paired_test
+
+    ids, cac, covariates, folds = _toy()
+    noise = {pid: float(i % 7) for i, pid in enumerate(ids)}
+    scores: dict[str, float] = {}
+    result = clinical_baseline(folds, covariates, cac, 100.0, image_scores=noise, n_boot=50, scores_out=scores)
+    test = result["fold_stratified_test"]
+    expected = fold_paired_test(
+        [
+            (k, [int(cac[p] > 100) for p in test_ids], [noise[p] for p in test_ids], [scores[p] for p in test_ids])
+            for k, _, test_ids in folds
+        ]
+    )
+    assert test["diff"] == pytest.approx(expected["diff"]) and test["p_value"] == pytest.approx(expected["p_value"])
+    assert test["diff"] < 0 and test["n_folds"] == 2
+    assert result["delong_test"]["pooled"] is True

@@ -15,7 +15,8 @@ from cacxr.cli import main
 from cacxr.compare import METRIC_COLUMNS, compare_runs
 from cacxr.config import TrainConfig
 from cacxr.errors import CacxrError
-from cacxr.metrics import build_metrics, delong_test
+from cacxr.foldstats import fold_paired_test, holm_adjust
+from cacxr.metrics import build_metrics
 
 # CAC of patient i: a fixed cohort whatever the run (about half positive at threshold 0).
 _CAC_CYCLE = (0.0, 3.0, 0.0, 40.0, 0.0, 250.0, 0.0, 900.0, 12.0, 0.0)
@@ -95,7 +96,7 @@ def test_real_runs_numbers_equal_metrics_json(real_runs: list[Path], tmp_path: P
     result = compare_runs(real_runs, tmp_path / "cmp")
     table = _read_csv(tmp_path / "cmp" / "compare.csv")
     assert [r["name"] for r in result["runs"]] == [p.name for p in real_runs]
-    assert len(result["groups"]) == 1 and result["notes"] == []
+    assert len(result["groups"]) == 1 and all("stability warning" in note for note in result["notes"])
     for run_dir, entry, row in zip(real_runs, result["runs"], table, strict=True):
         pooled = json.loads((run_dir / "metrics.json").read_text())["pooled"]
         regression = entry["task"] == "regression"
@@ -114,9 +115,17 @@ def test_real_runs_numbers_equal_metrics_json(real_runs: list[Path], tmp_path: P
     paired = other["paired"]
     assert paired["against"] == best["name"] and paired["n"] == best["n"]
     assert 0.0 <= paired["p_value"] <= 1.0
-    # DeLong's AUCs are those of the runs' own out-of-fold scores.
-    assert paired["auc_a"] == pytest.approx(best["auc"], abs=1e-12)
-    assert paired["auc_b"] == pytest.approx(other["auc"], abs=1e-12)
+    # Same folds: the test is fold-stratified, on the runs' own per-fold AUCs (regression: of log CAC).
+    assert paired["stratified"] and paired["n_folds"] == 2
+    assert paired["p_holm"] == paired["p_value"]  # one test: Holm changes nothing
+    for entry, run_dir in zip(result["runs"], real_runs, strict=True):
+        fold_level = json.loads((run_dir / "metrics.json").read_text())["fold_level"]
+        assert entry["auc_mean_folds"] == fold_level["auc_mean"]
+        assert entry["auc_mean_ci"] == fold_level["auc_ci"]
+    assert paired["auc_a"] == pytest.approx(best["auc_mean_folds"], abs=1e-12)
+    assert paired["auc_b"] == pytest.approx(other["auc_mean_folds"], abs=1e-12)
+    # The tiny runs' folds hold no inner-validation AUC: the ranking says it is exploratory.
+    assert result["groups"][0]["exploratory"] == (best["val_auc"] is None)
     assert {"task", "lr", "milestones"} <= set(result["settings_differ"])
     assert "out" not in result["settings_differ"] and "data" not in result["settings_differ"]
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
@@ -134,7 +143,7 @@ def test_cli_prints_each_run(real_runs: list[Path], tmp_path: Path, capsys: pyte
     out = capsys.readouterr().out
     for run_dir in real_runs:
         assert run_dir.name in out
-    assert "best of its group" in out and "DeLong p =" in out
+    assert "best of its group" in out and "DeLong p =" in out and "mean per-fold AUC" in out
     assert (tmp_path / "c" / "compare.md").is_file() and not (tmp_path / "c" / "forest.png").exists()
 
 
@@ -153,13 +162,22 @@ def test_three_runs_paired_against_best_and_settings_diff(tmp_path: Path) -> Non
     assert result["settings_differ"] == ["lr", "arch", "seed"]
     assert by_name["c"]["settings"] == {"lr": 1e-3, "arch": "resnet18", "seed": 3}
     preds = {name: _read_csv(tmp_path / name / "predictions.csv") for name in "abc"}
-    labels = [int(r["label"]) for r in preds["b"]]
+    labels = np.array([int(r["label"]) for r in preds["b"]])
+    folds = np.array([int(r["fold"]) for r in preds["b"]])
+    raw = []
     for name in "ac":
-        expected = delong_test(labels, [float(r["score"]) for r in preds["b"]], [float(r["score"]) for r in preds[name]])
+        best_s = np.array([float(r["score"]) for r in preds["b"]])
+        other_s = np.array([float(r["score"]) for r in preds[name]])
+        expected = fold_paired_test([(k, labels[folds == k], best_s[folds == k], other_s[folds == k]) for k in (0, 1)])
         paired = by_name[name]["paired"]
+        assert paired["stratified"] and "fold-stratified" in paired["method"]
         assert paired["p_value"] == pytest.approx(expected["p_value"])
         assert paired["diff"] == pytest.approx(expected["diff"]) and paired["diff"] > 0
         assert 0.0 <= paired["p_value"] < 0.05  # noise 0.3 vs 1.5 on 40 patients: clearly better
+        raw.append(paired["p_value"])
+    # Holm across the two tests.
+    assert [by_name[n]["paired"]["p_holm"] for n in "ac"] == pytest.approx(holm_adjust(raw))
+    assert result["groups"][0]["exploratory"] is True  # no fold.json val_auc in these runs
     table = _read_csv(tmp_path / "out" / "compare.csv")
     assert [row["arch"] for row in table] == ["resnet18", "densenet121", "resnet18"]
     assert [row["best"] for row in table] == ["0", "1", "0"]
@@ -169,6 +187,7 @@ def test_three_runs_paired_against_best_and_settings_diff(tmp_path: Path) -> Non
     for name in "ac":
         p = by_name[name]["paired"]["p_value"]
         assert ("< 0.001" if p < 0.001 else f"{p:.3f}") in markdown
+    assert "exploratory" in markdown
 
 
 def test_identical_scores_give_p_one(tmp_path: Path) -> None:
@@ -272,3 +291,39 @@ def test_demo_ends_with_both_approaches_compared(tmp_path: Path) -> None:
     _assert_png(tmp_path / "demo" / "compare" / "forest.png")
     with pytest.raises(CacxrError, match="already holds a finished demo"):
         run_demo(tmp_path / "demo", settings, progress=False)
+
+
+def test_reference_is_chosen_on_validation_not_test(tmp_path: Path) -> None:
+    """Run b is far better on its test folds, but a has the higher inner-validation AUC: a is the reference."""
+    runs = [_fake_run(tmp_path / "a", seed=1, noise=1.5), _fake_run(tmp_path / "b", seed=2, noise=0.3)]
+    for run, val_aucs in zip(runs, ([0.80, 0.82], [0.70, 0.71]), strict=True):
+        for k, value in enumerate(val_aucs):
+            (run / f"fold_{k}").mkdir()
+            (run / f"fold_{k}" / "fold.json").write_text(json.dumps({"fold": k, "val_auc": value}))
+    result = compare_runs(runs, tmp_path / "out", viz=False)
+    by_name = {r["name"]: r for r in result["runs"]}
+    assert by_name["a"]["best"] and not by_name["b"]["best"]
+    assert by_name["a"]["val_auc"] == pytest.approx(0.81)
+    assert result["groups"][0]["exploratory"] is False
+    assert "inner-validation" in result["groups"][0]["ranked_by"]
+    assert by_name["b"]["paired"]["diff"] < 0  # the reference minus the run: b is better on test
+    assert "Ranked by inner-validation AUC" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_runs_with_different_folds_fall_back_to_a_pooled_test(tmp_path: Path) -> None:
+    runs = [_fake_run(tmp_path / "a", seed=1), _fake_run(tmp_path / "b", seed=2)]
+    lines = (runs[1] / "predictions.csv").read_text().splitlines()
+    swapped = [lines[0]] + [",".join([*r.split(",")[:1], str(1 - int(r.split(",")[1])), *r.split(",")[2:]]) for r in lines[1:]]
+    (runs[1] / "predictions.csv").write_text("\n".join(swapped) + "\n")
+    paired = compare_runs(runs, tmp_path / "out", viz=False)["runs"][1]["paired"]
+    assert paired["stratified"] is False and "pooled" in paired["method"]
+
+
+def test_a_run_with_fold_drift_carries_its_stability_warning(tmp_path: Path) -> None:
+    runs = [_fake_run(tmp_path / "a", seed=1), _fake_run(tmp_path / "b", seed=2)]
+    metrics = json.loads((runs[1] / "metrics.json").read_text())
+    metrics["stability_warning"] = "The pooled out-of-fold AUC (0.690) differs from the mean per-fold AUC (0.840)"
+    (runs[1] / "metrics.json").write_text(json.dumps(metrics))
+    result = compare_runs(runs, tmp_path / "out", viz=False)
+    assert result["notes"] == [f"b: stability warning: {metrics['stability_warning']}"]
+    assert "stability warning" in (tmp_path / "out" / "compare.md").read_text()

@@ -217,3 +217,12 @@ def test_cache_of_a_real_image_store(tmp_path, real_cxr_dir):
     with torch.no_grad():
         x = normalise(np.stack([store.get(i) for i in store.ids]), store.profile).unsqueeze(1)
         torch.testing.assert_close(model.tail(cache.get(store.ids)), model(x), rtol=1e-2, atol=1e-2)
+
+
+def test_trunk_outputs_that_underflow_float16_are_refused_not_cached_as_zeros(tmp_path):
+    store, model = MemoryStore(n=2), _model()
+    trunk = model.trunk_features
+    model.trunk_features = lambda x: trunk(x) * 1e-9  # tiny activations: float16 would store 0
+    with pytest.raises(CacxrError, match=r"underflow float16: \d+% of the non-zero values.*--no-feature-cache"):
+        FeatureCache.build(model, store, store.ids, tmp_path, progress=False)
+    assert not list(tmp_path.rglob("CAC_*.npy"))

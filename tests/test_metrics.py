@@ -430,3 +430,36 @@ def test_build_metrics_derives_labels_from_cac_and_checks_keys() -> None:
         build_metrics("regression", 0.0, [{"fold": 0, "score": [1.0]}])
     with pytest.raises(CacxrError, match="no fold predictions"):
         build_metrics("classification", 0.0, [])
+
+
+def test_regression_auc_ranks_the_unclipped_log_cac_when_given() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from cacxr.runfigures import add_run_figures
+
+    rng = np.random.default_rng(7)
+    cac = np.where(rng.random(120) < 0.5, 0.0, np.exp(rng.normal(4, 1.5, 120)))
+    log_cac = np.log(cac + 0.001) * 0.5 + rng.normal(0, 2.0, 120) - 4  # many predictions below log(0.001)
+    pred = np.clip(np.exp(log_cac) - 0.001, 0, None)
+    y = (cac > 0).astype(int)
+    folds = np.arange(120) % 3
+    entries = [{"fold": k, "cac_true": cac[folds == k], "score": pred[folds == k], "log_cac": log_cac[folds == k]}
+               for k in range(3)]  # fmt: skip
+    metrics = build_metrics("regression", 0.0, entries, n_boot=50)
+    assert metrics["pooled"]["auc"] == pytest.approx(roc_auc_score(y, log_cac))
+    assert metrics["pooled"]["auc_on"] == "predicted log CAC (unclipped)"
+    assert metrics["folds"][0]["auc"] == pytest.approx(roc_auc_score(y[folds == 0], log_cac[folds == 0]))
+    clipped = build_metrics("regression", 0.0, [{k: v for k, v in e.items() if k != "log_cac"} for e in entries], n_boot=50)
+    assert clipped["pooled"]["auc"] != pytest.approx(metrics["pooled"]["auc"])  # ties at 0 cost rank information
+    rows = [
+        {"patient_id": f"P{i}", "fold": int(folds[i]), "cac_score": float(cac[i]), "label": int(y[i]),
+         "score": float(pred[i]), "log_cac": float(log_cac[i])}
+        for i in range(120)
+    ]  # fmt: skip
+    add_run_figures("regression", "youden", {}, rows, metrics)
+    by_endpoint = {e["endpoint"]: e for e in metrics["endpoints"]}
+    assert list(by_endpoint) == ["CAC > 0", "CAC ≥ 100", "CAC ≥ 400"]
+    assert by_endpoint["CAC ≥ 100"]["pooled_auc"] == pytest.approx(roc_auc_score(cac >= 100, log_cac))
+    assert by_endpoint["CAC ≥ 100"]["n_pos"] == int((cac >= 100).sum())
+    assert "no calibration figures" in metrics["calibration"]["note"]  # no probability column
+    assert metrics["operating_point"]["threshold"] is None

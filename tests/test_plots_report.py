@@ -131,9 +131,16 @@ def test_report_classification(tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
 
     pooled = metrics["pooled"]
-    assert f'<span class="big">{pooled["auc"]:.3f}</span>' in page
+    # The headline is the mean per-fold AUC with its interval; the pooled AUC stands beside it, labelled.
+    fold_level = metrics["fold_level"]
+    assert f'<span class="big">{fold_level["auc_mean"]:.3f}</span>' in page
+    flo, fhi = fold_level["auc_ci"]
+    assert f"95 % CI {flo:.3f} – {fhi:.3f}" in page
+    assert f"folds range {fold_level['auc_min']:.3f} – {fold_level['auc_max']:.3f}" in page
+    assert "fold-averaged DeLong variance" in page
     lo, hi = pooled["auc_ci"]
-    assert f"95 % CI {lo:.3f} – {hi:.3f}" in page
+    assert f"pooled out-of-fold AUC {pooled['auc']:.3f} (95 % CI {lo:.3f} – {hi:.3f})" in page
+    assert "includes the differences in calibration" in page
     assert "Positive = CAC &gt; 0 (Agatston)" in page
     assert f"{pooled['n']} patients evaluated, {pooled['n_pos']} positive" in page
     assert "3-fold cross-validation" in page and "20% of the training" in page
@@ -219,3 +226,78 @@ def test_report_errors_name_the_file(setup, message: str, tmp_path: Path) -> Non
         write_report(run)
     assert str(run) in str(info.value)
     assert not (run / "report.html").exists()
+
+
+def _resolve(metrics: dict, key: str):
+    value = metrics
+    for part in key.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def _full_run(tmp_path: Path, task: str) -> tuple[Path, dict]:
+    """A run folder whose metrics.json has every figure: fold level, operating point, calibration, endpoints."""
+    from cacxr.runfigures import add_run_figures
+
+    folds = np.arange(90) % 3
+    prob = np.clip(PROB, 0.01, 0.99)
+    log_cac = np.log(PRED_CAC + 0.001)
+    rows = [
+        {"patient_id": f"P{i:02d}", "fold": int(folds[i]), "cac_score": float(CAC[i]), "label": int(Y[i]),
+         "score": float(prob[i] if task == "classification" else PRED_CAC[i]), "probability": float(prob[i]),
+         "log_cac": float(log_cac[i])}
+        for i in range(90)
+    ]  # fmt: skip
+    entries = [
+        {"fold": k, "y_true": Y[folds == k], "cac_true": CAC[folds == k],
+         "score": (prob if task == "classification" else PRED_CAC)[folds == k],
+         "log_cac": None if task == "classification" else log_cac[folds == k]}
+        for k in range(3)
+    ]  # fmt: skip
+    metrics = build_metrics(task, 0.0, entries, n_boot=100)
+    rng = np.random.default_rng(3)
+    records = {
+        k: {"validation": [{"patient_id": f"V{k}{i}", "label": int(i % 2), "score": float(np.clip(0.3 + 0.4 * (i % 2)
+            + rng.normal(0, 0.2), 0, 1))} for i in range(30)]}
+        for k in range(3)
+    }  # fmt: skip
+    baseline = {row["patient_id"]: 0.5 for row in rows}
+    add_run_figures(task, "sensitivity=0.90", records, rows, metrics, baseline)
+    run = tmp_path / f"full_{task}"
+    write_json(run / "metrics.json", metrics)
+    write_json(run / "config.json", {"task": task, "threshold": 0.0, "kfold": 3})
+    plots.calibration_plots(run / "plots", metrics["calibration"], rows, task)
+    return run, metrics
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_every_figure_in_the_report_equals_metrics_json(tmp_path: Path, task: str) -> None:
+    run, _ = _full_run(tmp_path, task)
+    page = write_report(run).read_text(encoding="utf-8")
+    metrics = json.loads((run / "metrics.json").read_text())  # the figures as written to the file
+    tagged = re.findall(r'<span data-key="([^"]+)">([^<]*)</span>', page)
+    keys = {key for key, _ in tagged}
+    assert {"operating_point.threshold", "operating_point.sensitivity", "operating_point.npv_ci.1",
+            "calibration.pooled.brier", "calibration.folds.2.calibration_slope"} <= keys  # fmt: skip
+    assert ("endpoints.1.auc_mean" in keys) == (task == "regression")
+    for key, text in tagged:
+        value = _resolve(metrics, key)
+        if text == "n/a":
+            assert value is None, key
+            continue
+        digits = len(text.split(".")[1])
+        assert float(text) == pytest.approx(value, abs=0.5 * 10**-digits + 1e-12), key
+    # The headline: mean per-fold AUC, its interval and range, the pooled AUC beside it.
+    fold_level, pooled = metrics["fold_level"], metrics["pooled"]
+    big = re.search(r'<span class="big">([0-9.]+)</span> <span class="ci">95 % CI ([0-9.]+) – ([0-9.]+)</span>', page)
+    assert [float(v) for v in big.groups()] == pytest.approx(
+        [fold_level["auc_mean"], *fold_level["auc_ci"]], abs=5e-4
+    )
+    pooled_text = re.search(r"pooled out-of-fold AUC[^0-9]* ([0-9.]+) \(95 % CI ([0-9.]+) – ([0-9.]+)\)", page)
+    assert [float(v) for v in pooled_text.groups()] == pytest.approx([pooled["auc"], *pooled["auc_ci"]], abs=5e-4)
+    for fold in metrics["folds"]:
+        assert f"<td>fold {fold['fold']}</td><td>{fold['auc']:.3f}" in page
+    assert "decision curve" in page and "calibration folds" in page  # the two new plots are embedded
+    if task == "regression":
+        assert "CAC ≥ 100" in page and "CAC ≥ 400" in page
+        assert metrics["pooled"]["auc_on"] == "predicted log CAC (unclipped)"

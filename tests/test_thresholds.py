@@ -71,7 +71,7 @@ def test_folds_are_stratified_on_the_thresholded_label(run_at_100: Path) -> None
 
 def test_report_states_the_threshold(run_at_100: Path) -> None:
     page = (run_at_100 / "report.html").read_text(encoding="utf-8")
-    assert "Positive = CAC &gt; 100 (Agatston)" in page
+    assert "Positive = CAC &gt; 100 (Agatston), i.e. CAC ≥ 101 in whole Agatston units (the guideline endpoint CAC ≥ 100 is --threshold 99)" in page
     assert "A patient is called positive (CAC &gt; 100)" in page
     assert "CAC &gt; 0" not in page
 

@@ -156,9 +156,27 @@ def test_cli_run_from_a_data_folder_writes_every_output(
             assert (run / f"fold_{k}" / name).stat().st_size > 0
         assert not (run / f"fold_{k}" / "checkpoint.pt").exists()  # removed once the fold finished
     plots = {p.name for p in (run / "plots").glob("*.png")}
-    assert plots == {"roc.png", "confusion.png", "loss.png", "error_by_band.png", "calibration.png"}
+    assert plots == {
+        "roc.png", "confusion.png", "loss.png", "error_by_band.png", "calibration.png", "calibration_folds.png",
+        "decision_curve.png",
+    }  # fmt: skip
     report = (run / "report.html").read_text()
     assert "AUC" in report and f"{pooled['auc']:.3f}" in report
+    # The headline figures and the new sections (fold.json holds no validation records on this branch yet:
+    # the operating point says why it is missing rather than guessing one from a test fold).
+    fold_level = metrics["fold_level"]
+    assert fold_level["auc_mean"] == pytest.approx(np.mean([f["auc"] for f in metrics["folds"]]))
+    assert f'<span class="big">{fold_level["auc_mean"]:.3f}</span>' in report
+    assert "mean per-fold AUC" in printed
+    point = metrics["operating_point"]
+    assert point["rule"] == "sensitivity=0.90"
+    if point["threshold"] is None:
+        assert "no inner-validation predictions" in point["note"] and "No operating point" in report
+    else:
+        assert 0 < point["threshold"] < 1 and "Operating point fixed in advance" in report
+    calibration = metrics["calibration"]
+    assert [f["fold"] for f in calibration["folds"]] == [0, 1] and 0 <= calibration["pooled"]["brier"] <= 1
+    assert len(calibration["decision_curve"]["model"]) == len(calibration["decision_curve"]["thresholds"])
 
 
 def test_no_patient_has_two_roles_in_a_fold(base_run: tuple[Path, dict]) -> None:

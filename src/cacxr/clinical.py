@@ -12,10 +12,12 @@ Encoding (:class:`ClinicalEncoder`), fitted on a fold's training patients only:
 statistics are stored in each fold's fold.json (``clinical_encoder``) so that inference applies the same
 transform to the values read from a DICOM header.
 
-Baseline (:func:`clinical_baseline`): an age + sex logistic regression (scikit-learn) fitted on each
-fold's train + val patients and scored once on its test patients, with the run's own folds; metrics.json
-reports its pooled AUC with a bootstrap CI, per-fold AUCs, and a paired DeLong test against the image
-model on the same patients.
+Baseline (:func:`clinical_baseline`): a logistic regression (scikit-learn) on a natural-looking cubic
+spline of age (``SplineTransformer``, 4 knots at quantiles), sex one-hot and an age x sex term, fitted on
+each fold's train + val patients and scored once on its test patients, with the run's own folds. metrics.json
+reports its pooled AUC with a bootstrap CI, per-fold AUCs, and the image model against it on the same
+patients fold by fold (``fold_stratified_test``: mean within-fold paired DeLong difference, its interval
+and p-value), with the pooled DeLong test beside it for reference (it mixes the folds' calibrations).
 """
 
 from __future__ import annotations
@@ -211,26 +213,27 @@ def clinical_baseline(
     min_known: float = MIN_KNOWN_SHARE,
     n_boot: int = 2000,
     seed: int = 0,
+    scores_out: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Age + sex logistic regression on the run's folds, scored out of fold like the image model.
+    """Age (spline) + sex + age x sex logistic regression on the run's folds, scored out of fold.
 
     Args:
         folds: ``(fold, fit ids (train + val), test ids)`` per fold.
         covariates: patient id -> (age or NaN, sex ``M``/``F``/"").
         cac: patient id -> true CAC (positive means CAC > ``threshold``).
         threshold: the run's threshold.
-        image_scores: patient id -> the image model's out-of-fold score, for the paired DeLong test.
+        image_scores: patient id -> the image model's out-of-fold score, for the paired tests.
         min_known: share of patients that must have both age and sex, else the baseline is skipped.
         n_boot: bootstrap resamples of the AUC CIs.
         seed: bootstrap seed.
+        scores_out: when given, filled with patient id -> the baseline's out-of-fold probability.
 
     Returns:
         ``{"features", "n_known", "n", "pooled": {"auc", "auc_ci", "n", "n_pos"}, "folds": [...],
-        "delong_test": {...}, "imputation": ...}``; or ``{"features", "skipped": True, "note": ...}`` when
+        "fold_stratified_test": {...}, "delong_test": {... pooled}, "imputation": ...}``; or ``{"features", "skipped": True, "note": ...}`` when
         too few patients have age and sex or a fold lacks a class.
     """
-    from sklearn.linear_model import LogisticRegression
-
+    from cacxr.foldstats import fold_paired_test
     from cacxr.metrics import bootstrap_ci, classification_metrics, delong_test
 
     features = list(CLINICAL_FEATURES)
@@ -252,9 +255,9 @@ def clinical_baseline(
             n_known=n_known,
         )
 
-    def encoded(encoder: ClinicalEncoder, members: Sequence[str]) -> np.ndarray:
-        values = [covariates.get(pid, (math.nan, "")) for pid in members]
-        return encoder.transform([a for a, _ in values], [s for _, s in values])
+    def values(members: Sequence[str]) -> tuple[list[float], list[str]]:
+        pairs = [covariates.get(pid, (math.nan, "")) for pid in members]
+        return [a for a, _ in pairs], [s for _, s in pairs]
 
     per_fold, labels, scores, order = [], [], [], []
     for k, fit_ids, test_ids in folds:
@@ -262,10 +265,8 @@ def clinical_baseline(
         y_test = np.array([cac[pid] > threshold for pid in test_ids], dtype=int)
         if len(set(y_fit)) < 2 or len(set(y_test)) < 2:
             return _skipped(features, f"fold {k} lacks a class (positive means CAC > {threshold:g})", n_known)
-        fit_values = [covariates.get(pid, (math.nan, "")) for pid in fit_ids]
-        encoder = ClinicalEncoder.fit(features, [a for a, _ in fit_values], [s for _, s in fit_values])
-        model = LogisticRegression(max_iter=1000).fit(encoded(encoder, fit_ids), y_fit)
-        p = model.predict_proba(encoded(encoder, test_ids))[:, 1]
+        model = _BaselineModel.fit(*values(fit_ids), y_fit)
+        p = model.predict(*values(test_ids))
         auc = classification_metrics(y_test, p)["auc"]
         ci = list(bootstrap_ci(y_test, p, "auc", n_boot=n_boot, seed=seed))
         per_fold.append({"fold": k, "auc": auc, "auc_ci": ci, "n": len(y_test), "n_pos": int(y_test.sum())})
@@ -281,24 +282,72 @@ def clinical_baseline(
     }
     result: dict[str, Any] = {
         "features": features,
-        "model": "logistic regression (scikit-learn), standardised age, sex one-hot with an unknown level",
+        "model": "logistic regression (scikit-learn): cubic spline of age (4 knots), sex one-hot with an unknown "
+        "level, age x sex",
         "imputation": "unknown ages get the median age of the fold's training part",
         "n": len(ids),
         "n_known": n_known,
         "pooled": pooled,
         "folds": per_fold,
     }
+    if scores_out is not None:
+        scores_out.update(zip(order, p_all.tolist(), strict=True))
     if image_scores is not None and all(pid in image_scores for pid in order):
         image = np.array([image_scores[pid] for pid in order], dtype=np.float64)
+        names = {"a": "image model", "b": "clinical baseline"}
+        try:
+            bounds = np.cumsum([0, *(len(y) for y in labels)])
+            result["fold_stratified_test"] = {
+                **names,
+                **fold_paired_test(
+                    [
+                        (f["fold"], labels[i], image[bounds[i] : bounds[i + 1]], scores[i])
+                        for i, f in enumerate(per_fold)
+                    ]
+                ),
+            }
+        except CacxrError as exc:
+            result["fold_stratified_test"] = {"skipped": True, "note": str(exc)}
         try:
             result["delong_test"] = {
-                "a": "image model",
-                "b": "clinical baseline",
+                **names,
+                "pooled": True,
+                "note": "on pooled out-of-fold scores: includes the calibration differences between fold models",
                 **delong_test(y_all, image, p_all),
             }
         except CacxrError as exc:
             result["delong_test"] = {"skipped": True, "note": str(exc)}
     return result
+
+
+@dataclass
+class _BaselineModel:
+    """The baseline's design (age spline, sex one-hot, age x sex) and its logistic regression."""
+
+    encoder: ClinicalEncoder
+    spline: Any
+    model: Any
+
+    @classmethod
+    def fit(cls, ages: Sequence[float], sexes: Sequence[str], y: np.ndarray) -> _BaselineModel:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import SplineTransformer
+
+        encoder = ClinicalEncoder.fit(list(CLINICAL_FEATURES), ages, sexes)
+        base = encoder.transform(ages, sexes)
+        spline = SplineTransformer(n_knots=4, degree=3, knots="quantile", extrapolation="linear")
+        spline.fit(base[:, :1])
+        fitted = cls(encoder, spline, None)
+        fitted.model = LogisticRegression(max_iter=1000).fit(fitted.design(ages, sexes), y)
+        return fitted
+
+    def design(self, ages: Sequence[float], sexes: Sequence[str]) -> np.ndarray:
+        base = self.encoder.transform(ages, sexes).astype(np.float64)
+        age_z, sex = base[:, :1], base[:, 1:]
+        return np.hstack([self.spline.transform(age_z), sex, age_z * sex[:, :1]])  # last: age x male
+
+    def predict(self, ages: Sequence[float], sexes: Sequence[str]) -> np.ndarray:
+        return self.model.predict_proba(self.design(ages, sexes))[:, 1]
 
 
 def _skipped(features: list[str], note: str, n_known: int | None = None) -> dict[str, Any]:
@@ -314,6 +363,7 @@ def run_clinical_baseline(
     record: dict[str, Any],
     rows: Sequence[dict[str, Any]],
     threshold: float,
+    scores_out: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The baseline of a finished run: its folds.csv, its manifest's age/sex and its out-of-fold scores.
 
@@ -322,6 +372,7 @@ def run_clinical_baseline(
         record: the run's config.json content (``manifest`` gives the covariates).
         rows: the run's out-of-fold predictions (``patient_id``, ``cac_score``, ``score``).
         threshold: positive means CAC > threshold.
+        scores_out: when given, filled with the baseline's out-of-fold probability of each patient.
 
     Returns:
         See :func:`clinical_baseline`; a skipped result with a note when the manifest or folds.csv is gone.
@@ -347,5 +398,5 @@ def run_clinical_baseline(
         (k, [*parts.get("train", []), *parts.get("val", [])], parts.get("test", []))
         for k, parts in sorted(roles.items())
     ]
-    scores = {row["patient_id"]: float(row["score"]) for row in rows}
-    return clinical_baseline(folds, covariates, cac, threshold, image_scores=scores)
+    scores = {row["patient_id"]: float(row.get("log_cac", row["score"])) for row in rows}
+    return clinical_baseline(folds, covariates, cac, threshold, image_scores=scores, scores_out=scores_out)

@@ -17,16 +17,24 @@ predictions.csv; a run without it falls back to its manifest's sha256) and the s
 threshold is the endpoint). Runs that differ in either are not refused: they are shown apart, in
 groups A, B, ..., with a note, and a group's best run and paired tests concern that group only.
 
-Paired test: within a group, the run with the highest pooled AUC is the reference, and each other run
-is compared with it by DeLong's test on the two runs' out-of-fold scores of the same patients
-(``cacxr.metrics.delong_test``); ``diff`` is the best run's AUC minus this run's.
+Headline: each run's mean per-fold AUC with its 95 % interval (metrics.json ``fold_level``), the pooled
+out-of-fold AUC beside it (it includes the calibration drift between fold models).
+
+Reference run: within a group, the run with the highest **inner-validation** AUC (the mean of its folds'
+``val_auc`` in fold.json) is the reference; the test folds take no part in choosing it. When a run's folds
+hold no validation AUC (runs trained before calibrated folds), the reference is the highest mean per-fold
+test AUC and the group's ranking is marked exploratory.
+
+Paired test: each other run is compared with the reference on the same patients. When both runs put every
+shared patient in the same fold, the test is fold-stratified (``cacxr.foldstats.fold_paired_test``: the
+mean of the within-fold paired DeLong differences, its interval and p-value); otherwise it falls back to
+DeLong's test on the pooled scores, and says so. ``diff`` is the reference's AUC minus this run's. Holm's
+correction is applied across all the paired tests of the comparison (``p_holm``).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -38,23 +46,13 @@ from typing import Any
 import numpy as np
 
 from cacxr import runfolder
-from cacxr.atomic import atomic_path, write_json, write_text
+from cacxr.atomic import write_json, write_text
+from cacxr.compare_files import METRIC_COLUMNS, REGRESSION_ONLY, csv_text, forest_plot, markdown
 from cacxr.config import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
 from cacxr.errors import CacxrError
 
 __all__ = [
     "compare_runs", "summary_lines", "METRIC_COLUMNS", "COMPARED_SETTINGS"]
-
-# Pooled metrics shown for each run: (metrics.json key, title); the last two only for regression runs.
-METRIC_COLUMNS = (
-    ("auc", "AUC"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("sensitivity", "sensitivity"),
-    ("specificity", "specificity"),
-    ("mae_log", "MAE (log CAC)"),
-    ("spearman", "Spearman"),
-)
-_REGRESSION_ONLY = ("mae_log", "spearman")
 
 # config.json keys that define what a run computes: not where its files were, nor whether it drew plots.
 _VERSION_KEYS = ("cacxr_version", "torch_version", "store_profile_version")
@@ -72,13 +70,14 @@ class _Run:
     name: str
     config: dict[str, Any]
     metrics: dict[str, Any]
-    # patient_id -> (label, score, cac_score); None when the run has no readable predictions.csv
-    predictions: dict[str, tuple[int, float, float]] | None
+    # patient_id -> (label, score, cac_score, fold or None); None when the run has no readable predictions.csv
+    predictions: dict[str, tuple[int, float, float, int | None]] | None
     predictions_note: str = ""
     group: str = ""
     paired: dict[str, Any] | None = None
     paired_note: str = ""
     best: bool = False  # the reference of its group
+    val_auc: float | None = None  # mean inner-validation AUC of its folds (fold.json val_auc)
 
     @property
     def task(self) -> str:
@@ -92,20 +91,43 @@ class _Run:
     def pooled(self) -> dict[str, Any]:
         return self.metrics.get("pooled") or {}
 
+    @property
+    def fold_level(self) -> dict[str, Any]:
+        """metrics.json's fold_level, or one computed from predictions.csv's folds for older runs."""
+        if isinstance(self.metrics.get("fold_level"), dict):
+            return self.metrics["fold_level"]
+        from cacxr.foldstats import fold_level_auc
+
+        if self.predictions is None or any(v[3] is None for v in self.predictions.values()):
+            return {}
+        folds = sorted({v[3] for v in self.predictions.values()})
+        rows = list(self.predictions.values())
+        return fold_level_auc(
+            [(k, [r[0] for r in rows if r[3] == k], [r[1] for r in rows if r[3] == k]) for k in folds],
+            pooled_auc=self.pooled.get("auc"),
+            pooled_auc_ci=self.pooled.get("auc_ci"),
+        )
+
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """One line per note and per run of a ``compare_runs`` result: its pooled AUC and its paired test."""
+    """One line per note and per run of a ``compare_runs`` result: its AUCs and its paired test."""
     lines = [f"note: {note}" for note in result["notes"]]
     for entry in result["runs"]:
         auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+        mean = "n/a" if entry["auc_mean_folds"] is None else f"{entry['auc_mean_folds']:.3f}"
         if entry["best"]:
-            versus = "best of its group"
+            group_entry = next(g for g in result["groups"] if g["id"] == entry["group"])
+            versus = "best of its group" + (" (exploratory: ranked on test folds)" if group_entry["exploratory"] else "")
         elif entry["paired"]:
-            versus = f"vs best {entry['paired']['diff']:+.3f}, DeLong p = {entry['paired']['p_value']:.3g}"
+            paired = entry["paired"]
+            versus = (
+                f"vs best {paired['diff']:+.3f}, DeLong p = {paired['p_value']:.3g} "
+                f"(Holm {paired['p_holm']:.3g}; {'fold-stratified' if paired['stratified'] else 'pooled'})"
+            )
         else:
             versus = entry["paired_note"]
         group = f"[{entry['group']}] " if len(result["groups"]) > 1 else ""
-        lines.append(f"{group}{entry['name']} ({entry['task']}): pooled AUC {auc}; {versus}")
+        lines.append(f"{group}{entry['name']} ({entry['task']}): mean per-fold AUC {mean} (pooled {auc}); {versus}")
     return lines
 
 
@@ -137,6 +159,7 @@ def compare_runs(
     groups = _group(runs)
     for members in groups.values():
         _paired_tests(members)
+    _holm(runs)
     differ = _settings_that_differ(runs)
     notes = _notes(runs, groups)
     out_dir = Path(out)
@@ -154,10 +177,10 @@ def compare_runs(
         "notes": notes,
         "files": {k: str(v) for k, v in files.items()},
     }
-    write_text(files["csv"], _csv_text(result))
-    write_text(files["markdown"], _markdown(result))
+    write_text(files["csv"], csv_text(result))
+    write_text(files["markdown"], markdown(result))
     if viz:
-        _forest_plot(result, files["forest"])
+        forest_plot(result, files["forest"])
     write_json(files["json"], result)
     return result
 
@@ -196,16 +219,40 @@ def _read_run(path: Path, name: str) -> _Run:
             f"{path / runfolder.METRICS_FILE}: not the metrics of a cross-validated run (no pooled figures)"
         )
     predictions, note = _read_predictions(path)
-    return _Run(path=path, name=name, config=config, metrics=metrics, predictions=predictions, predictions_note=note)
+    return _Run(
+        path=path, name=name, config=config, metrics=metrics, predictions=predictions, predictions_note=note,
+        val_auc=_validation_auc(path, config),
+    )
 
 
-def _read_predictions(run_dir: Path) -> tuple[dict[str, tuple[int, float, float]] | None, str]:
-    """patient_id -> (label, score, cac_score), or None and the reason (then no paired test is possible)."""
+def _validation_auc(path: Path, config: dict[str, Any]) -> float | None:
+    """The mean of the folds' inner-validation AUCs (fold_<k>/fold.json ``val_auc``); None when any is missing."""
+    values = []
+    for k in range(int(config.get("kfold") or 0)):
+        try:
+            record = runfolder.read_fold_record(path, k)
+        except CacxrError:
+            return None
+        value = record.get("val_auc") if isinstance(record, dict) else None
+        if not _finite(value):
+            return None
+        values.append(float(value))
+    return float(np.mean(values)) if values else None
+
+
+def _read_predictions(run_dir: Path) -> tuple[dict[str, tuple[int, float, float, int | None]] | None, str]:
+    """patient_id -> (label, score, cac_score, fold), or None and the reason (then no paired test is possible).
+
+    The ranking score is the unclipped predicted log CAC of a regression run when predictions.csv has it.
+    """
     try:
         rows = runfolder.read_run_predictions(run_dir)
     except CacxrError as exc:
         return None, str(exc)
-    table = {row["patient_id"]: (row["label"], row["score"], row["cac_score"]) for row in rows}
+    table = {
+        row["patient_id"]: (row["label"], row.get("log_cac", row["score"]), row["cac_score"], row.get("fold"))
+        for row in rows
+    }
     if len(table) != len(rows):
         return None, f"{run_dir / runfolder.PREDICTIONS}: a patient appears twice"
     return table, ""
@@ -217,7 +264,7 @@ def _read_predictions(run_dir: Path) -> tuple[dict[str, tuple[int, float, float]
 def _cohort_key(run: _Run) -> tuple[float, str]:
     """Runs with equal keys are comparable: same threshold, same patients with the same CAC scores."""
     if run.predictions is not None:
-        text = "\n".join(f"{pid},{cac!r}" for pid, (_, _, cac) in sorted(run.predictions.items()))
+        text = "\n".join(f"{pid},{entry[2]!r}" for pid, entry in sorted(run.predictions.items()))
         cohort = "patients:" + hashlib.sha256(text.encode()).hexdigest()
     else:
         cohort = f"manifest:{run.config.get('manifest_sha256', run.path)}"
@@ -247,14 +294,30 @@ def _group_id(index: int) -> str:
     return letters
 
 
+def _ranking(members: list[_Run]) -> tuple[str, bool]:
+    """What ranks a group's runs, and whether that ranking is exploratory (test figures)."""
+    if all(run.val_auc is not None for run in members):
+        return "inner-validation AUC (mean of the folds' val_auc)", False
+    return "mean per-fold test AUC (exploratory: the folds hold no inner-validation AUC)", True
+
+
+def _rank_value(run: _Run, exploratory: bool) -> float | None:
+    if not exploratory:
+        return run.val_auc
+    mean = run.fold_level.get("auc_mean")
+    return mean if _finite(mean) else run.pooled.get("auc")
+
+
 def _best(members: list[_Run]) -> _Run | None:
-    """The run with the highest pooled AUC (the first given on ties); None when no AUC is defined."""
-    scored = [run for run in members if _finite(run.pooled.get("auc"))]
-    return max(scored, key=lambda run: run.pooled["auc"]) if scored else None
+    """The run ranked first (the first given on ties); None when no run has a defined figure."""
+    _, exploratory = _ranking(members)
+    scored = [run for run in members if _finite(_rank_value(run, exploratory))]
+    return max(scored, key=lambda run: _rank_value(run, exploratory)) if scored else None
 
 
 def _paired_tests(members: list[_Run]) -> None:
-    """DeLong test of each run against its group's best run, on their shared patients."""
+    """A paired test of each run against its group's reference run, on their shared patients."""
+    from cacxr.foldstats import fold_paired_test
     from cacxr.metrics import delong_test
 
     best = _best(members)
@@ -270,15 +333,33 @@ def _paired_tests(members: list[_Run]) -> None:
             run.paired_note = f"no paired test: {missing.predictions_note}"
             continue
         shared = sorted(set(best.predictions) & set(run.predictions))
-        labels = [best.predictions[pid][0] for pid in shared]
+        labels = np.array([best.predictions[pid][0] for pid in shared])
+        a = np.array([best.predictions[pid][1] for pid in shared])
+        b = np.array([run.predictions[pid][1] for pid in shared])
+        folds = [best.predictions[pid][3] for pid in shared]
+        same_folds = None not in folds and folds == [run.predictions[pid][3] for pid in shared]
         try:
-            test = delong_test(
-                labels, [best.predictions[pid][1] for pid in shared], [run.predictions[pid][1] for pid in shared]
-            )
+            if same_folds:
+                keys = np.array(folds)
+                test = fold_paired_test(
+                    [(k, labels[keys == k], a[keys == k], b[keys == k]) for k in sorted(set(folds))]
+                )
+            else:
+                test = {"method": "DeLong on pooled scores (the runs' folds differ)", **delong_test(labels, a, b)}
         except CacxrError as exc:
             run.paired_note = f"no paired test: {exc}"
             continue
-        run.paired = {"against": best.name, "n": len(shared), **test}
+        run.paired = {"against": best.name, **test, "n": len(shared), "stratified": same_folds}
+
+
+def _holm(runs: list[_Run]) -> None:
+    """Holm's correction across every paired test of the comparison (``p_holm``)."""
+    from cacxr.foldstats import holm_adjust
+
+    tested = [run for run in runs if run.paired is not None]
+    for run, adjusted in zip(tested, holm_adjust([run.paired["p_value"] for run in tested]), strict=True):
+        run.paired["p_holm"] = adjusted
+        run.paired["n_tests"] = len(tested)
 
 
 def _settings_that_differ(runs: list[_Run]) -> list[str]:
@@ -307,6 +388,8 @@ def _notes(runs: list[_Run], groups: dict[str, list[_Run]]) -> list[str]:
     for run in runs:
         if run.predictions is None:
             notes.append(f"{run.name}: {run.predictions_note}; its patients are known only by its manifest hash.")
+        if run.metrics.get("stability_warning"):
+            notes.append(f"{run.name}: stability warning: {run.metrics['stability_warning']}")
     return notes
 
 
@@ -325,8 +408,14 @@ def _run_summary(run: _Run, differ: list[str], groups: dict[str, list[_Run]]) ->
         "n_pos": pooled.get("n_pos"),
     }
     for key, _ in METRIC_COLUMNS:
-        summary[key] = None if key in _REGRESSION_ONLY and run.task != "regression" else pooled.get(key)
+        summary[key] = None if key in REGRESSION_ONLY and run.task != "regression" else pooled.get(key)
     summary["auc_ci"] = pooled.get("auc_ci")
+    fold_level = run.fold_level
+    summary["auc_mean_folds"] = fold_level.get("auc_mean")
+    summary["auc_mean_ci"] = fold_level.get("auc_ci")
+    summary["auc_folds_range"] = [fold_level.get("auc_min"), fold_level.get("auc_max")] if fold_level else None
+    summary["auc_mean_method"] = fold_level.get("method")
+    summary["val_auc"] = run.val_auc
     summary["best"] = run.best
     summary["paired"] = run.paired
     summary["paired_note"] = run.paired_note
@@ -336,8 +425,11 @@ def _run_summary(run: _Run, differ: list[str], groups: dict[str, list[_Run]]) ->
 
 def _group_summary(gid: str, members: list[_Run]) -> dict[str, Any]:
     best = next((run for run in members if run.best), None)
+    ranked_by, exploratory = _ranking(members)
     return {
         "id": gid,
+        "ranked_by": ranked_by,
+        "exploratory": exploratory,
         "threshold": members[0].threshold,
         "n_patients": _n_patients(members[0]),
         "runs": [run.name for run in members],
@@ -349,156 +441,6 @@ def _n_patients(run: _Run) -> int | None:
     return len(run.predictions) if run.predictions is not None else run.pooled.get("n")
 
 
-# ---- files -----------------------------------------------------------------------------------------------
-
-
-def _csv_text(result: dict[str, Any]) -> str:
-    """One row per run; floats as ``repr`` so that they read back exactly as in metrics.json."""
-    base = ["group", "run", "path", "task", "threshold", "n", "n_pos"]
-    metric_keys = [key for key, _ in METRIC_COLUMNS]
-    settings = [key for key in result["settings_differ"] if key not in base]
-    columns = [
-        *base, "auc", "auc_ci_low", "auc_ci_high", *metric_keys[1:], "best",
-        "paired_against", "paired_n", "auc_diff_best_minus_run", "diff_ci_low", "diff_ci_high", "p_value",
-        "paired_note", *settings,
-    ]
-    rows = []
-    for run in result["runs"]:
-        ci = run["auc_ci"] or [None, None]
-        paired = run["paired"] or {}
-        diff_ci = paired.get("ci") or [None, None]
-        row = {
-            "group": run["group"], "run": run["name"], "path": run["path"], "task": run["task"],
-            "threshold": run["threshold"], "n": run["n"], "n_pos": run["n_pos"],
-            "auc_ci_low": ci[0], "auc_ci_high": ci[1], "best": int(run["best"]),
-            "paired_against": paired.get("against"), "paired_n": paired.get("n"),
-            "auc_diff_best_minus_run": paired.get("diff"), "diff_ci_low": diff_ci[0], "diff_ci_high": diff_ci[1],
-            "p_value": paired.get("p_value"), "paired_note": run["paired_note"],
-        }
-        row.update({key: run[key] for key in metric_keys})
-        row.update({key: _csv_value(run["settings"].get(key)) for key in settings})
-        rows.append({k: _csv_value(v) for k, v in row.items()})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return value
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    runs = result["runs"]
-    lines = ["# Comparison of cacxr runs", ""]
-    lines += [f"> **Note.** {note}" + "\n" for note in result["notes"]]
-    lines.append(
-        "Pooled out-of-fold figures from each run's metrics.json (95 % CI: the run's bootstrap interval). "
-        "Paired test: DeLong's test of the run's AUC against the best run of its group (highest pooled AUC), "
-        "on the out-of-fold scores of the patients both runs share; ΔAUC = best − this run."
-    )
-    lines.append("")
-    regression = any(run["task"] == "regression" for run in runs)
-    titles = [title for key, title in METRIC_COLUMNS if regression or key not in _REGRESSION_ONLY]
-    keys = [key for key, _ in METRIC_COLUMNS if regression or key not in _REGRESSION_ONLY]
-    several = len(result["groups"]) > 1
-    for group in result["groups"]:
-        members = [run for run in runs if run["group"] == group["id"]]
-        if several:
-            lines += [f"## Group {group['id']}: CAC > {_number(group['threshold'])}, {group['n_patients']} patients", ""]
-        head = ["run", "task", "n (positive)", *titles, "vs best: ΔAUC (95 % CI)", "p (DeLong)"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
-        for run in members:
-            cells = [f"**{run['name']}**" if run["best"] else run["name"], run["task"], f"{run['n']} ({run['n_pos']})"]
-            for key in keys:
-                text = _fmt(run[key])
-                if key == "auc" and run["auc_ci"] and None not in run["auc_ci"]:
-                    text += f" ({_fmt(run['auc_ci'][0])}–{_fmt(run['auc_ci'][1])})"
-                cells.append(text)
-            cells += _paired_cells(run)
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        lines.append("")
-    lines += _settings_markdown(result)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _paired_cells(run: dict[str, Any]) -> list[str]:
-    if run["best"]:
-        return ["best", ""]
-    paired = run["paired"]
-    if paired is None:
-        return [run["paired_note"] or "n/a", ""]
-    lo, hi = paired["ci"]
-    return [f"{paired['diff']:+.3f} ({lo:+.3f} to {hi:+.3f}), n={paired['n']}", _p(paired["p_value"])]
-
-
-def _settings_markdown(result: dict[str, Any]) -> list[str]:
-    differ = result["settings_differ"]
-    if not differ:
-        return ["All compared settings are the same in every run.", ""]
-    names = [run["name"] for run in result["runs"]]
-    lines = ["## Settings that differ (config.json)", ""]
-    lines.append("| setting | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for key in differ:
-        values = [_setting(run["settings"].get(key)) for run in result["runs"]]
-        lines.append(f"| {key} | " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
-    lines.append("")
-    return lines
-
-
-def _forest_plot(result: dict[str, Any], path: Path) -> None:
-    """Pooled AUC and its 95 % CI per run, one row each, groups one below the other."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    runs = result["runs"]
-    several = len(result["groups"]) > 1
-    order = [run for group in result["groups"] for run in runs if run["group"] == group["id"]]
-    fig = Figure(figsize=(7.5, 1.2 + 0.45 * len(order)), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    labels, texts = [], []
-    for row, run in enumerate(order):
-        y = len(order) - 1 - row
-        auc, ci = run["auc"], run["auc_ci"] or [None, None]
-        labels.append((f"[{run['group']}] " if several else "") + f"{run['name']} ({run['task']})")
-        if auc is None:
-            texts.append("AUC n/a")
-            continue
-        colour = "black" if run["best"] else "tab:blue"
-        if None not in ci:
-            ax.errorbar(auc, y, xerr=[[auc - ci[0]], [ci[1] - auc]], fmt="none", ecolor=colour, capsize=4)
-            texts.append(f"{auc:.3f} ({ci[0]:.3f}–{ci[1]:.3f})")
-        else:
-            texts.append(f"{auc:.3f}")
-        ax.plot([auc], [y], marker="D" if run["best"] else "o", color=colour, markersize=7)
-    for row in range(1, len(order)):
-        if order[row]["group"] != order[row - 1]["group"]:  # a line between groups
-            ax.axhline(len(order) - row - 0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.axvline(0.5, linestyle="--", color="grey", linewidth=1)
-    ax.set_yticks(range(len(order) - 1, -1, -1), labels)
-    lows = [v for run in order for v in [run["auc"], *(run["auc_ci"] or [])] if v is not None]
-    ax.set_xlim(min([0.4, *lows]) - 0.02, 1.0)
-    ax.set_ylim(-0.7, len(order) - 0.3)
-    for row, text in enumerate(texts):
-        ax.annotate(text, (1.0, len(order) - 1 - row), xytext=(6, 0), textcoords="offset points", va="center",
-                    annotation_clip=False, fontsize=8)
-    ax.set_xlabel("pooled out-of-fold AUC (95 % CI); diamond: best of its group; dashed: chance")
-    ax.set_title("Runs compared")
-    ax.grid(axis="x", alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 # ---- formatting ------------------------------------------------------------------------------------------
 
 
@@ -506,25 +448,5 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float | np.floating):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
 def _number(value: Any) -> str:
     return f"{float(value):g}"
-
-
-def _setting(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)

@@ -83,6 +83,8 @@ class TrainConfig:
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
         calibration: calibration map fitted on each fold's validation scores (and on the final model's
             calibration patients): ``platt``, ``isotonic`` or ``none`` (cacxr.calibration).
+        operating_point: the rule fixing the reported operating point on all folds' validation
+            predictions: ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.operating_point).
     """
 
     task: str = "classification"
@@ -124,6 +126,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     calibration: str = "platt"
+    operating_point: str = "sensitivity=0.90"
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -145,6 +148,9 @@ class TrainConfig:
         from cacxr.clinical import parse_clinical
 
         cfg.clinical = parse_clinical(cfg.clinical)
+        from cacxr.operating_point import parse_rule
+
+        parse_rule(cfg.operating_point)
         cfg._validate()
         return cfg
 

@@ -75,6 +75,26 @@ def trunk_key(model: CACNet, store: Any) -> str:
     return digest.hexdigest()[:20]
 
 
+# Refuse a batch when more than this share of its non-zero trunk outputs would be stored as 0 in float16.
+UNDERFLOW_SHARE = 0.01
+
+
+def _to_float16(maps: np.ndarray, folder: Path, batch: Sequence[str]) -> np.ndarray:
+    """The maps in float16, or an error when they overflow or underflow it (cached zeros would be silent)."""
+    half = maps.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise CacxrError(f"{folder}: trunk features of {list(batch)} do not fit in float16 (too large)")
+    nonzero = maps != 0
+    flushed = nonzero & (half == 0)
+    if nonzero.any() and flushed.sum() > UNDERFLOW_SHARE * nonzero.sum():
+        raise CacxrError(
+            f"{folder}: trunk features of {list(batch)} underflow float16: {flushed.sum() / nonzero.sum():.0%} of "
+            f"the non-zero values (largest magnitude {np.abs(maps).max():.2e}) would be cached as 0; the trunk's "
+            "outputs are too small for the float16 cache, so train without it (--no-feature-cache)"
+        )
+    return half
+
+
 def _file_name(patient_id: str) -> str:
     """A file name for a patient id: the id itself when safe, else a hash of it."""
     if _SAFE_NAME.match(patient_id):
@@ -199,9 +219,7 @@ class FeatureCache:
                     x = torch.as_tensor(normalise(images, store.profile), dtype=torch.float32)
                     if x.ndim == 3:
                         x = x.unsqueeze(1)
-                    maps = model.trunk_features(x.to(device)).to("cpu", torch.float16).numpy()
-                    if not np.isfinite(maps).all():
-                        raise CacxrError(f"{folder}: trunk features of {batch} do not fit in float16")
+                    maps = _to_float16(model.trunk_features(x.to(device)).to("cpu", torch.float32).numpy(), folder, batch)
                     if cache is None:  # the first batch fixes the shape
                         write_json(meta_path, {**meta, "shape": list(maps.shape[1:])})
                         cache = cls(cache_dir, key)

@@ -305,6 +305,7 @@ def regression_metrics(
     cac_pred: ArrayLike,
     threshold: float = 0.0,
     decision_threshold: float | ArrayLike | None = None,
+    log_cac: ArrayLike | None = None,
 ) -> dict:
     """Metrics of predicted Agatston scores against the true ones.
 
@@ -315,6 +316,8 @@ def regression_metrics(
         decision_threshold: a prediction is positive when ``cac_pred >= decision_threshold``
             (scalar or one per case); default ``threshold + 0.5``, i.e. the predicted score rounded
             to an integer Agatston score is above ``threshold`` (consistent with the bands).
+        log_cac: the model's predicted log CAC before clipping (optional). When given, the AUC (and its
+            ranking) uses it: clipping predicted CAC at 0 makes ties among the lowest predictions.
 
     Returns:
         ``mae_log``, ``rmse_log``, ``r2_log``, ``pearson_log`` (on :func:`cac_to_target`),
@@ -345,8 +348,15 @@ def regression_metrics(
         "spearman": _correlation(stats.spearmanr, true, pred),
         "pearson_log": _correlation(stats.pearsonr, t_true, t_pred),
     }
-    binary = classification_metrics((true > threshold).astype(int), pred, decision_threshold)
+    y = (true > threshold).astype(int)
+    binary = classification_metrics(y, pred, decision_threshold)
     binary["decision_threshold"] = binary.pop("threshold")
+    if log_cac is not None:
+        ranking = _finite_1d("log_cac", log_cac)
+        if len(ranking) != len(true):
+            raise CacxrError(f"regression_metrics: {len(true)} true scores but {len(ranking)} log CAC predictions")
+        binary["auc"] = _auc(y, ranking)
+        binary["auc_on"] = "predicted log CAC (unclipped)"
     result.update(binary)
     band_true, band_pred = agatston_band(true), agatston_band(pred)
     bands = list(range(len(AGATSTON_BANDS)))
@@ -409,7 +419,8 @@ def build_metrics(
         threshold: positive means CAC > ``threshold``.
         per_fold_predictions: one dict per fold with ``fold``, ``score`` and
             ``decision_threshold`` (optional; classification default 0.5, regression default
-            ``threshold + 0.5``), and ``y_true`` (0/1; classification; derived from ``cac_true`` when
+            ``threshold + 0.5``), ``log_cac`` (optional, regression: unclipped predicted log CAC, then
+            used for the AUCs), and ``y_true`` (0/1; classification; derived from ``cac_true`` when
             absent) or ``cac_true`` (regression). ``score`` is a probability (classification) or a
             predicted CAC (regression).
         n_boot: bootstrap resamples of each confidence interval.
@@ -417,8 +428,10 @@ def build_metrics(
         alpha: 1 - confidence level.
 
     Returns:
-        ``{"task", "threshold", "ci": {...}, "folds": [...], "mean": {...}, "std": {...},
-        "pooled": {...}}``. Each fold has its metrics plus ``auc_ci``; ``pooled`` is computed on
+        ``{"task", "threshold", "ci": {...}, "fold_level": {...}, "stability_warning", "folds": [...],
+        "mean": {...}, "std": {...}, "pooled": {...}}``. ``fold_level`` is the headline (mean per-fold
+        AUC with its interval, :func:`cacxr.foldstats.fold_level_auc`); ``stability_warning`` a sentence
+        when the pooled AUC differs from it by more than 0.05, else ``None``. Each fold has its metrics plus ``auc_ci``; ``pooled`` is computed on
         all out-of-fold predictions together (each thresholded at its own fold's decision
         threshold) and has ``auc_ci`` and ``balanced_accuracy_ci``.
 
@@ -428,37 +441,53 @@ def build_metrics(
     _check_task(task)
     if not per_fold_predictions:
         raise CacxrError("build_metrics: no fold predictions")
-    folds, labels, scores, cuts, truths = [], [], [], [], []
+    from cacxr.foldstats import fold_level_auc, stability_warning
+
+    folds, labels, scores, cuts, truths, rankings = [], [], [], [], [], []
     for entry in per_fold_predictions:
         y, score, cut, truth = _fold_arrays(task, threshold, entry)
+        # What the AUC ranks: the score, or a regression's unclipped predicted log CAC when given.
+        ranking = score if entry.get("log_cac") is None else _finite_1d("log_cac", entry["log_cac"])
         if task == "classification":
             metrics = classification_metrics(y, score, cut)
             metrics["decision_threshold"] = metrics.pop("threshold")
         else:
-            metrics = regression_metrics(truth, score, threshold, cut)
-        metrics["auc_ci"] = list(bootstrap_ci(y, score, "auc", n_boot=n_boot, seed=seed, alpha=alpha))
+            log_cac = None if ranking is score else ranking
+            metrics = regression_metrics(truth, score, threshold, cut, log_cac=log_cac)
+        metrics["auc_ci"] = list(bootstrap_ci(y, ranking, "auc", n_boot=n_boot, seed=seed, alpha=alpha))
         folds.append({"fold": entry["fold"], **metrics})
         labels.append(y)
         scores.append(score)
+        rankings.append(ranking)
         cuts.append(np.full(len(score), cut, dtype=np.float64))
         truths.append(truth)
     y_all, s_all, cut_all = np.concatenate(labels), np.concatenate(scores), np.concatenate(cuts)
+    r_all = np.concatenate(rankings)
     if task == "classification":
         pooled = classification_metrics(y_all, s_all, cut_all)
         del pooled["threshold"]
     else:
-        pooled = regression_metrics(np.concatenate(truths), s_all, threshold, cut_all)
+        log_all = None if all(r is s for r, s in zip(rankings, scores, strict=True)) else r_all
+        pooled = regression_metrics(np.concatenate(truths), s_all, threshold, cut_all, log_cac=log_all)
         del pooled["decision_threshold"], pooled["threshold"]
-    for name in ("auc", "balanced_accuracy"):
-        pooled[f"{name}_ci"] = list(
-            bootstrap_ci(y_all, s_all, name, n_boot=n_boot, seed=seed, alpha=alpha, threshold=cut_all)
-        )
+    pooled["auc_ci"] = list(bootstrap_ci(y_all, r_all, "auc", n_boot=n_boot, seed=seed, alpha=alpha))
+    pooled["balanced_accuracy_ci"] = list(
+        bootstrap_ci(y_all, s_all, "balanced_accuracy", n_boot=n_boot, seed=seed, alpha=alpha, threshold=cut_all)
+    )
     pooled["decision_thresholds"] = [f["decision_threshold"] for f in folds]
     summary = pooled_summary(folds, task)
+    fold_level = fold_level_auc(
+        [(f["fold"], y, r) for f, y, r in zip(folds, labels, rankings, strict=True)],
+        pooled_auc=pooled["auc"],
+        pooled_auc_ci=pooled["auc_ci"],
+        alpha=alpha,
+    )
     return {
         "task": task,
         "threshold": float(threshold),
         "ci": {"method": "percentile bootstrap, stratified by class", "n_boot": n_boot, "level": 1 - alpha},
+        "fold_level": fold_level,
+        "stability_warning": stability_warning(fold_level),
         "folds": folds,
         "mean": summary["mean"],
         "std": summary["std"],

@@ -26,6 +26,7 @@ __all__ = [
     "loss_plot",
     "error_by_band_plot",
     "calibration_plot",
+    "calibration_plots",
     "scatter_plot",
     "outcome_plots",
 ]
@@ -354,6 +355,57 @@ def outcome_plots(
                 title="Agatston bands: true (rows) vs predicted (columns)",
             )
         )
+    return written
+
+
+def calibration_plots(
+    folder: str | os.PathLike[str], calibration: dict, rows: Sequence[dict], task: str
+) -> list[Path]:
+    """Calibration curve of each fold and the decision curve, from metrics.json's ``calibration``.
+
+    Args:
+        folder: the plots folder.
+        calibration: metrics.json ``calibration`` (nothing is drawn without its ``pooled`` figures).
+        rows: the out-of-fold predictions (``fold``, ``label``, ``score`` or ``probability``).
+        task: ``classification`` (probability = ``score``) or ``regression`` (``probability``).
+
+    Returns:
+        The PNG files written (``calibration_folds.png``, ``decision_curve.png``).
+    """
+    from sklearn.calibration import calibration_curve
+
+    if "pooled" not in calibration:
+        return []
+    folder = Path(folder)
+    key = "score" if task == "classification" else "probability"
+    fig, ax = _figure(5.6, 5.2)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    for entry in calibration["folds"]:
+        mine = [r for r in rows if r["fold"] == entry["fold"]]
+        y = np.array([r["label"] for r in mine])
+        observed, predicted = calibration_curve(y, [r[key] for r in mine], n_bins=5, strategy="quantile")
+        slope = entry.get("calibration_slope")
+        text = "n/a" if slope is None else f"{slope:.2f}"
+        ax.plot(predicted, observed, marker="o", label=f"fold {entry['fold']} (slope {text}, Brier {entry['brier']:.3f})")
+    ax.set(xlabel="predicted probability", ylabel="observed share of positives", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set_title("Calibration per fold (quintiles of the predicted probability)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+    written = [_save(fig, folder / "calibration_folds.png")]
+    curve = calibration["decision_curve"]
+    fig, ax = _figure(6.2, 4.6)
+    t = curve["thresholds"]
+    ax.plot(t, curve["model"], label="image model", color="tab:blue")
+    if curve.get("baseline") is not None:
+        ax.plot(t, curve["baseline"], label="age + sex baseline", color="tab:orange")
+    ax.plot(t, curve["treat_all"], label="treat all", color="grey", linestyle="--")
+    ax.plot(t, curve["treat_none"], label="treat none", color="black", linestyle=":")
+    prevalence = max(curve["treat_all"][0], 0.0) + 0.05
+    ax.set(xlabel="threshold probability", ylabel="net benefit", xlim=(0, 1), ylim=(-0.05, prevalence))
+    ax.set_title("Decision curve (out-of-fold predictions)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    written.append(_save(fig, folder / "decision_curve.png"))
     return written
 
 

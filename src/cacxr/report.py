@@ -8,8 +8,6 @@ PNGs are embedded as base64 data URIs: the page loads nothing from elsewhere.
 from __future__ import annotations
 
 import base64
-import html
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +17,17 @@ from cacxr import __version__
 from cacxr.atomic import read_json_object, write_text
 from cacxr.errors import CacxrError
 from cacxr.metrics import AGATSTON_BANDS
+from cacxr.report_figures import (
+    baseline_note,
+    calibration_section,
+    endpoints_section,
+    guideline_wording,
+    headline,
+    operating_point_section,
+)
+from cacxr.report_figures import esc as _e
+from cacxr.report_figures import fmt as _fmt
+from cacxr.report_figures import number as _number
 
 __all__ = ["write_report", "render_report"]
 
@@ -56,10 +65,11 @@ _SUMMARY_SETTINGS = (
     ("augment", "augmentation"),
     ("kfold", "folds"),
     ("val_fraction", "validation share"),
+    ("operating_point", "operating point rule"),
     ("seed", "seed"),
 )
 # Plot files are shown in this order (first matching word of the file name), then the rest.
-_PLOT_ORDER = ("roc", "confusion", "agatston", "calibration", "error_by_band", "band", "scatter", "loss")
+_PLOT_ORDER = ("roc", "confusion", "agatston", "calibration", "decision", "error_by_band", "band", "scatter", "loss")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -69,7 +79,7 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid 
 .headline { display: flex; gap: 2.5rem; align-items: baseline; flex-wrap: wrap; background: #f3f6fb;
             border-radius: 8px; padding: 1rem 1.5rem; }
 .big { font-size: 3rem; font-weight: 700; } .ci { font-size: 1.3rem; color: #3b4a66; }
-.secondary { font-size: 1.2rem; }
+.secondary { font-size: 1.2rem; } .method { color: #5a6478; font-size: 0.85rem; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #d6dbe4; padding: 0.3rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -148,9 +158,9 @@ def render_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>cacxr report: {_e(task)}</title><style>{_CSS}</style></head><body>",
         f"<h1>CAC from chest radiographs: {_e(task)}</h1>",
-        f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston). '
+        f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston){_e(guideline_wording(threshold))}. '
         f"{_e(_cohort_sentence(pooled))}</p>",
-        _headline(task, pooled, "evaluation data" if "evaluation" in metrics else "pooled out-of-fold"),
+        headline(task, metrics, "evaluation data" if "evaluation" in metrics else "pooled out-of-fold"),
         "<h2>How it was evaluated</h2>",
         f"<p>{_e(_evaluation_text(metrics, config))}</p>",
         _final_note(config.get("final")),
@@ -158,7 +168,10 @@ def render_report(
         _metrics_table(_BINARY_COLUMNS, pooled, folds, metrics, with_ci=True),
         _thresholds_sentence(task, threshold, folds),
         _comparison(metrics.get("comparison")),
-        _baseline_note(metrics.get("clinical_baseline")),
+        baseline_note(metrics.get("clinical_baseline")),
+        operating_point_section(metrics.get("operating_point"), threshold),
+        calibration_section(metrics.get("calibration")),
+        endpoints_section(metrics.get("endpoints")),
     ]
     if task == "regression":
         parts += [
@@ -175,29 +188,6 @@ def render_report(
 
 # ----------------------------------------------------------------------------------------------
 # Sections
-
-
-def _headline(task: str, pooled: dict, scope: str = "pooled out-of-fold") -> str:
-    ci = pooled.get("auc_ci") or [None, None]
-    label = "AUC of the predicted CAC" if task == "regression" else "AUC"
-    ci_text = f"95 % CI {_fmt(ci[0])} – {_fmt(ci[1])}" if None not in ci else "95 % CI n/a"
-    items = [
-        f'<div><div>{_e(label)} ({_e(scope)})</div><span class="big">{_e(_fmt(pooled.get("auc")))}</span> '
-        f'<span class="ci">{_e(ci_text)}</span></div>'
-    ]
-    ba_ci = pooled.get("balanced_accuracy_ci") or [None, None]
-    items.append(
-        f'<div class="secondary">balanced accuracy {_e(_fmt(pooled.get("balanced_accuracy")))}'
-        + (f" ({_e(_fmt(ba_ci[0]))} – {_e(_fmt(ba_ci[1]))})" if None not in ba_ci else "")
-        + f"<br>sensitivity {_e(_fmt(pooled.get('sensitivity')))} · specificity "
-        f"{_e(_fmt(pooled.get('specificity')))}</div>"
-    )
-    if task == "regression":
-        items.append(
-            f'<div class="secondary">MAE of log CAC {_e(_fmt(pooled.get("mae_log")))}<br>'
-            f"Spearman ρ {_e(_fmt(pooled.get('spearman')))}</div>"
-        )
-    return f'<div class="headline">{"".join(items)}</div>'
 
 
 def _cohort_sentence(pooled: dict) -> str:
@@ -324,26 +314,6 @@ def _comparison(comparison: Any) -> str:
     )
 
 
-def _baseline_note(baseline: Any) -> str:
-    """The clinical baseline's paired DeLong test against the image model, or why it was skipped."""
-    if not isinstance(baseline, dict):
-        return ""
-    if baseline.get("skipped"):
-        return f'<p class="note">Clinical baseline (age + sex) not computed: {_e(str(baseline.get("note", "")))}.</p>'
-    test = baseline.get("delong_test")
-    if not isinstance(test, dict) or test.get("skipped"):
-        return ""
-    ci = test.get("ci") or [None, None]
-    return (
-        "<p>Image model vs clinical baseline on the same patients (paired DeLong): AUC "
-        f"{_e(_fmt(test.get('auc_a')))} vs {_e(_fmt(test.get('auc_b')))}, difference "
-        f"{_e(_fmt(test.get('diff')))} (95 % CI {_e(_fmt(ci[0]))} – {_e(_fmt(ci[1]))}), "
-        f"p = {_e(_fmt(test.get('p_value'), digits=4))}. The baseline is a logistic regression on age and sex "
-        f"fitted on each fold's training patients ({_e(str(baseline.get('n_known', '?')))} of "
-        f"{_e(str(baseline.get('n', '?')))} patients with both known).</p>"
-    )
-
-
 def _confusion_tables(task: str, pooled: dict) -> str:
     parts = []
     cm = pooled.get("confusion_matrix")
@@ -422,32 +392,9 @@ def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    """A value as short text: numbers rounded, None as n/a, containers as compact JSON."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
-
-
 def _setting(value: Any) -> str:
     """A setting as text: floats as written (3e-4 stays 0.0003, not 0.000)."""
     return _number(value) if isinstance(value, float) else _fmt(value)
-
-
-def _number(value: Any) -> str:
-    """A threshold-like number without trailing zeros (0.0 -> 0, 10.5 -> 10.5)."""
-    try:
-        return f"{float(value):g}"
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _mean_std(mean: Any, std: Any) -> str:
@@ -460,5 +407,3 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
-def _e(text: str) -> str:
-    return html.escape(str(text), quote=True)

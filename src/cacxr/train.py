@@ -95,9 +95,11 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     Raises:
         CacxrError: not a run folder, or folds not finished yet (all of them are listed).
     """
+    from cacxr import plots
     from cacxr.clinical import run_clinical_baseline
     from cacxr.metrics import build_metrics
     from cacxr.report import write_report
+    from cacxr.runfigures import add_run_figures
 
     run_dir = Path(run_dir)
     record = runfolder.read_config(run_dir, required=False)
@@ -126,17 +128,21 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
                 "y_true": [row["label"] for row in mine],
                 "cac_true": [row["cac_score"] for row in mine],
                 "decision_threshold": fold["decision_threshold"],
+                "log_cac": [row["log_cac"] for row in mine] if all("log_cac" in row for row in mine) else None,
             }
         )
     metrics = build_metrics(cfg.task, cfg.threshold, per_fold)
     # The age + sex baseline on the same folds (skipped with a note when age/sex are mostly unknown).
-    metrics["clinical_baseline"] = run_clinical_baseline(run_dir, record, rows, cfg.threshold)
+    baseline_scores: dict[str, float] = {}
+    metrics["clinical_baseline"] = run_clinical_baseline(run_dir, record, rows, cfg.threshold, baseline_scores)
+    add_run_figures(cfg.task, cfg.operating_point, folds, rows, metrics, baseline_scores)
     thresholds = {k: float(fold["decision_threshold"]) for k, fold in folds.items()}
     runfiles.write_run_predictions(run_dir / runfolder.PREDICTIONS, cfg.task, rows, thresholds)
     if cfg.viz:
         histories = {k: fold["history"] for k, fold in folds.items()}
         best = {k: int(fold["best_epoch"]) for k, fold in folds.items()}
         runfiles.write_run_plots(run_dir / runfolder.PLOTS_DIR, cfg.task, cfg.threshold, rows, metrics, histories, best)
+        plots.calibration_plots(run_dir / runfolder.PLOTS_DIR, metrics.get("calibration") or {}, rows, cfg.task)
     runfolder.write_metrics(run_dir, metrics)
     record["best_epochs"] = {str(k): int(fold["best_epoch"]) for k, fold in folds.items()}
     runfolder.write_config(run_dir, record)

@@ -47,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of folds, model and order (default {d.seed})")
     parser.add_argument("--image-size", type=int, default=d.image_size, help=f"model input side in px (default {d.image_size})")
     parser.add_argument(
-        "--threshold", type=float, default=d.threshold, help="positive means CAC > threshold (default 0)"
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help="positive means CAC > T, strictly (default 0: any calcium); Agatston scores are whole numbers, so the "
+        "guideline endpoints CAC >= 100 and CAC >= 400 are --threshold 99 and 399",
     )
     parser.add_argument(
         "--weights", default=d.weights, metavar="none|PATH|NAME", help="pretrained weights (default none)"
@@ -101,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("platt", "isotonic", "none"),
         default=d.calibration,
         help="calibration of each fold's scores, fitted on its validation patients (default platt)",
+    )
+    parser.add_argument(
+        "--operating-point",
+        default=d.operating_point,
+        metavar="youden|sensitivity=X|specificity=X",
+        help="rule fixing the reported operating point on all folds' validation predictions "
+        f"(default {d.operating_point}: a rule-out point)",
     )
     parser.add_argument("--amp", action=switch, help="mixed precision on CUDA (default: bf16/fp16 where fast)")
     parser.add_argument("--channels-last", action=switch, help="channels-last tensors on CUDA (default: auto)")
@@ -159,8 +170,23 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
             f"once they have finished: cacxr train {run_dir} --merge"
         )
     pooled = metrics["pooled"]
-    lines = [f"pooled AUC {_fmt(pooled.get('auc'))} (95% CI {_ci(pooled.get('auc_ci'))}), "
-             f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}"]
+    lines = []
+    fold_level = metrics.get("fold_level") or {}
+    if fold_level.get("auc_mean") is not None:
+        lines.append(
+            f"mean per-fold AUC {_fmt(fold_level['auc_mean'])} (95% CI {_ci(fold_level.get('auc_ci'))}; "
+            f"folds {_fmt(fold_level.get('auc_min'))}-{_fmt(fold_level.get('auc_max'))})"
+        )
+    lines.append(f"pooled AUC {_fmt(pooled.get('auc'))} (95% CI {_ci(pooled.get('auc_ci'))}), "
+                 f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}")
+    if metrics.get("stability_warning"):
+        lines.append(f"warning: {metrics['stability_warning']}")
+    point = metrics.get("operating_point") or {}
+    if point.get("threshold") is not None:
+        lines.append(
+            f"operating point {point['rule']}: threshold {point['threshold']:.3f}, sensitivity "
+            f"{_fmt(point.get('sensitivity'))}, specificity {_fmt(point.get('specificity'))}"
+        )
     if metrics["task"] == "regression":
         lines.append(f"MAE of log CAC {_fmt(pooled.get('mae_log'))}, Spearman {_fmt(pooled.get('spearman'))}")
     lines.append(f"report: {run_dir / REPORT_FILE}")
