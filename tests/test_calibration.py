@@ -151,3 +151,15 @@ def test_a_fold_without_a_calibration_map_is_scored_with_the_none_map(
     scores = loaded.scores(np.stack([store.get(pid) for pid in sorted(store.ids)[:4]]))
     expected = 1.0 / (1.0 + np.exp(-(scores.log_cac - none_offset("regression", 0.0))))
     np.testing.assert_allclose(scores.probability, expected, rtol=1e-5)
+
+
+def test_platt_never_reverses_the_ranking() -> None:
+    # Validation scores that rank the patients backwards: the map keeps the model's order (probabilities
+    # at the smoothed prevalence) instead of flipping it on a small split.
+    raw = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    record = fit_calibration(raw, labels, "platt")
+    assert record["slope"] > 0 and "ranking kept" in record["note"]
+    probabilities = apply_calibration(record, raw)
+    assert np.all(np.diff(probabilities) >= 0)
+    assert probabilities == pytest.approx(0.5, abs=1e-4)

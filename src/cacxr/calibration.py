@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 METHODS = ("platt", "isotonic", "none")
+# The smallest Platt slope: keeps the raw scores' order when the validation split cannot estimate one.
+MIN_SLOPE = 1e-6
 
 
 def none_offset(task: str, threshold: float) -> float:
@@ -93,7 +95,17 @@ def fit_calibration(raw: ArrayLike, labels: ArrayLike, method: str, offset: floa
         fit = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000)
         fit.fit(np.concatenate([x, x])[:, None], np.r_[np.ones(len(x)), np.zeros(len(x))],
                 sample_weight=np.r_[target, 1.0 - target])  # fmt: skip
-        return {"method": "platt", "slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0]), **counts}
+        slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+        if slope > 0:
+            return {"method": "platt", "slope": slope, "intercept": intercept, **counts}
+        # A map must never reverse the model's ranking (that would be choosing the direction on the
+        # validation split): a model no better than chance there keeps its order, at the smoothed prevalence.
+        prevalence = float(np.mean(target))
+        return {
+            "method": "platt", "slope": MIN_SLOPE, "intercept": math.log(prevalence / (1.0 - prevalence)), **counts,
+            "note": f"validation scores do not rank the patients (fitted slope {slope:.3g}): probabilities at "
+            "the validation prevalence, ranking kept",
+        }  # fmt: skip
     from sklearn.isotonic import IsotonicRegression
 
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
