@@ -5,10 +5,9 @@ all the patients, with the settings the folds chose:
 
 - epochs: the median of the folds' best epochs (each chosen on its fold's validation patients), rounded
   half up, at least 1; the learning-rate schedule, optimiser and every other setting are the run's own;
-- decision threshold: the mean of the folds' decision thresholds (each chosen on its fold's validation
-  patients). The final model has no validation patients of its own, and this is also the rule of the
-  fold ensemble (``LoadedRun.decision_threshold``). Regression folds all use threshold + 0.5, so the mean
-  is that value;
+- decision threshold: the run's operating point (metrics.json ``operating_point``, chosen by
+  ``--operating-point`` on all folds' calibrated validation scores), the same cut as the fold ensemble's;
+  runs without one use the mean of the folds' decision thresholds (regression: threshold + 0.5);
 - calibration: a stratified share of the patients (``val_fraction``, 20 % by default; seeded by the run's
   seed) is held out as the final model's calibration patients; the model trains on the others, through
   the folds' own training loop (``cacxr.training.loop.train_fold``: the same accelerator path, feature
@@ -130,7 +129,14 @@ def fit_final(
     best_epochs = {k: int(r["best_epoch"]) for k, r in folds.items()}
     epochs = choose_epochs(list(best_epochs.values()))
     cuts = {k: float(r["decision_threshold"]) for k, r in folds.items()}
-    decision_threshold = float(statistics.fmean(cuts.values()))
+    # The run's operating point (chosen on every fold's calibrated validation scores) when it has one:
+    # the final model's map puts its scores on the same probability scale, so the validated cut carries over.
+    operating = runfolder.decision_threshold_override(root)
+    decision_threshold = operating if operating is not None else float(statistics.fmean(cuts.values()))
+    threshold_rule = (
+        f"the run's operating point ({cfg.operating_point}) on all folds' calibrated validation scores"
+        if operating is not None else "mean of the folds' validation-chosen decision thresholds"
+    )
     ids, cac = _run_patients(root)
     fit_ids, calibration_ids = calibration_split(ids, [int(cac[i] > cfg.threshold) for i in ids], cfg)
     rows = _manifest_rows(root, record, ids) if cfg.clinical else None
@@ -155,7 +161,7 @@ def fit_final(
         "epochs_chosen_by": "median of the folds' validation-selected best epochs, rounded half up, at least 1",
         "fold_best_epochs": {str(k): v for k, v in best_epochs.items()},
         "decision_threshold": decision_threshold,
-        "threshold_chosen_by": "mean of the folds' validation-chosen decision thresholds",
+        "threshold_chosen_by": threshold_rule,
         "fold_decision_thresholds": {str(k): v for k, v in cuts.items()},
         "n_patients": len(ids),
         "n_positive": int(sum(c > cfg.threshold for c in cac.values())),
