@@ -164,7 +164,7 @@ def _decode(upload: Upload, max_pixels: int) -> _Decoded:
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)
-    result = read_image(upload.path)
+    result = read_image(upload.path, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
     return _Decoded(result.image, result.meta, fmt, image_warnings(result.meta))

@@ -299,7 +299,7 @@ def check_dimensions(path: str | os.PathLike[str], fmt: str, name: str, max_pixe
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a corrupt header
             raise UploadError(422, f"{name}: corrupt {fmt.upper()} image ({type(exc).__name__})") from None
         _check_pixels(name, width * height, f"{width}x{height}", max_pixels)
-    header = read_header(path)
+    header = read_header(path, max_pixels=max_pixels)
     if not header.ok or header.meta is None:
         raise refusal(name, path, header.reason, header.detail)
     meta = header.meta
@@ -316,12 +316,15 @@ def _check_pixels(name: str, pixels: int, size: str, max_pixels: int) -> None:
 
 
 def refusal(name: str, path: str | os.PathLike[str], reason: str, detail: str) -> UploadError:
-    """A reader's refusal (``cacxr.imaging`` reason code and detail) as a 422 naming the upload.
+    """A reader's refusal (``cacxr.imaging`` reason code and detail) as a 4xx naming the upload.
 
-    The detail names the server's temporary file; that path is replaced by the client's file name.
+    ``too_large`` (the header or the codestream declares more pixels than the limit) is a 413, every
+    other reason a 422. The detail names the server's temporary file; that path is replaced by the
+    client's file name.
     """
     from cacxr.imaging import REASONS
 
     where = os.fspath(path)
     text = detail.replace(f"{where}: ", "").replace(where, "the upload") or REASONS.get(reason, "")
-    return UploadError(422, f"{name}: {reason or 'unreadable'}: {text}")
+    status = 413 if reason == "too_large" else 422
+    return UploadError(status, f"{name}: {reason or 'unreadable'}: {text}")
