@@ -100,7 +100,9 @@ def _evaluation_rows(
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
     if data.is_dir():
         chosen = site or DEFAULT_SITE
-        summary = ingest(data, out / "ingest", labels=labels, site=chosen, workers=workers, progress=progress)
+        summary = ingest(
+            data, out / "ingest", labels=labels, site=chosen, workers=workers, progress=progress, overwrite=True
+        )  # its own folder: a rerun replaces it
         rows = read_manifest(out / "ingest" / "manifest.csv")
         source = {
             "data": str(data),

@@ -50,8 +50,6 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.safepaths import file_kind
-
 from cacxr.codestream import (
     DEFAULT_MAX_PIXELS,
     CodestreamError,
@@ -60,6 +58,7 @@ from cacxr.codestream import (
     check_dicom_pixel_data,
     first_fragment_head,
 )
+from cacxr.safepaths import file_kind
 
 __all__ = [
     "FRONTAL_VIEWS",

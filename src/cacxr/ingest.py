@@ -35,6 +35,7 @@ from cacxr.manifest import (
     write_excluded,
     write_manifest,
 )
+from cacxr.safepaths import refuse_overwrite
 
 __all__ = [
     "ingest",
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 IGNORED_EXTENSIONS: tuple[str, ...] = (".db", ".sqlite", ".csv", ".json", ".txt", ".md", ".xlsx", ".log")
 SITES: tuple[str, ...] = ("internal", "external", "all")
 DEFAULT_LABELS = "site.db"
+OUTPUTS = ("manifest.csv", "excluded.csv", "ingest.json")
 # Rank of a kept candidate's view: lower wins (then more pixels, then the path in sort order).
 VIEW_PREFERENCE: dict[str, int] = {"PA": 0, "AP": 1, "NN": 2, "FRONTAL": 2}
 ASSUMED_FRONTAL_RANK = 3
@@ -207,7 +209,7 @@ def _run_chunks(
 # --------------------------------------------------------------------------- the inventory
 
 
-def _check_paths(data: Path, out: Path) -> None:
+def _check_paths(data: Path, out: Path, overwrite: bool) -> None:
     if not data.exists():
         raise CacxrError(f"{data}: DATA folder not found")
     if not data.is_dir():
@@ -221,6 +223,8 @@ def _check_paths(data: Path, out: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise CacxrError(f"{out}: the output path exists and is not a folder")
+    for name in OUTPUTS:  # an earlier ingest's results are never replaced silently
+        refuse_overwrite(out / name, overwrite)
 
 
 def _walk(data: Path) -> tuple[list[tuple[str, str, bool]], int]:
@@ -294,6 +298,7 @@ def ingest(
     workers: int | None = None,
     decode_check: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Inventory and clean a DICOM tree into ``out``/manifest.csv, excluded.csv and ingest.json.
 
@@ -306,6 +311,7 @@ def ingest(
         decode_check: decode the pixels of the files that reach rule 8, so that an undecodable file
             never reaches the manifest.
         progress: show tqdm progress bars.
+        overwrite: replace the outputs of an earlier ingest in ``out`` (default: refuse).
 
     Returns:
         The content of ingest.json: counts per reason, patients used per site, id fixes, rules, ...
@@ -318,7 +324,7 @@ def ingest(
     data, out = Path(data), Path(out)
     if site not in SITES:
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
-    _check_paths(data, out)
+    _check_paths(data, out, overwrite)
     candidates, ignored = _walk(data)
     if not candidates:
         raise CacxrError(f"{data}: no DICOM files found ({ignored} non-DICOM files)")
@@ -481,9 +487,7 @@ def _summary(
         "cacxr_version": __version__,
         "data": str(data.absolute()),
         "out": str(out.absolute()),
-        "outputs": {
-            name: str((out / name).absolute()) for name in ("manifest.csv", "excluded.csv", "ingest.json")
-        },
+        "outputs": {name: str((out / name).absolute()) for name in OUTPUTS},
         "site": site,
         "decode_check": decode_check,
         "workers": workers,

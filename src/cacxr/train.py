@@ -361,7 +361,7 @@ def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
     out = run_dir / "ingest"
     manifest = out / "manifest.csv"
     if not (manifest.is_file() and (out / "ingest.json").is_file()):  # a job of this run may have done it
-        ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress)
+        ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress, overwrite=True)
     return manifest
 
 
