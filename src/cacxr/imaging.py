@@ -69,6 +69,7 @@ __all__ = [
     "ReadResult",
     "is_frontal",
     "is_lateral",
+    "first_data_tag",
     "read_header",
     "read_image",
 ]
@@ -317,7 +318,7 @@ def _refusal_for(meta: ImageMeta, max_pixels: int) -> tuple[str, str] | None:
         return "multi_frame", f"{meta.path}: {meta.n_frames} frames in one file (one image expected)"
     if meta.rows * meta.cols * max(meta.n_frames, 1) > max_pixels:
         size = f"{meta.cols}x{meta.rows}"
-        return "too_large", f"{meta.path}: {size} pixels is above the limit of {max_pixels:,} pixels"
+        return "too_large", f"{meta.path}: image of {size} pixels is above the limit of {max_pixels:,} pixels"
     return None
 
 
@@ -469,14 +470,34 @@ def _has_pixel_value(ds: Any) -> bool:
     return any(tag in ds and ds[tag].value not in (None, b"") for tag in _PIXEL_TAGS)
 
 
+def first_data_tag(ds: Any) -> Any:
+    """The first element of a data set after any leading group lengths, or None when there is none.
+
+    Old ACR-NEMA-style exports start each group with its group length (gggg,0000), which the data
+    dictionary does not list: it says nothing about whether the bytes are DICOM, so it is skipped.
+
+    Args:
+        ds: a ``pydicom.Dataset`` (typically parsed with ``force=True``).
+
+    Returns:
+        The ``pydicom.tag.BaseTag`` of the first element that is not a group length (of an even group),
+        else None.
+    """
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+        if tag.element == 0 and tag.group % 2 == 0:
+            continue
+        return tag
+    return None
+
+
 def _check_parsed(ds: Any) -> None:
     """Reject what force=True 'parsed' out of a non-DICOM file (text, archives, random bytes)."""
     from pydicom.datadict import dictionary_has_tag
 
     if getattr(ds, "preamble", None) is not None or len(getattr(ds, "file_meta", ())):
         return
-    tags = list(ds.keys())
-    if not tags or not dictionary_has_tag(tags[0]):
+    tag = first_data_tag(ds)
+    if tag is None or not dictionary_has_tag(tag):
         raise ValueError("not a DICOM file (no DICM marker and no recognisable DICOM element)")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cacxr.errors import CacxrError
 
-__all__ = ["file_kind", "is_regular_file", "refuse_overwrite", "refuse_inside"]
+__all__ = ["data_roots", "file_kind", "is_regular_file", "refuse_overwrite", "refuse_inside"]
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -77,6 +77,28 @@ def refuse_overwrite(path: str | os.PathLike[str] | None, overwrite: bool, flag:
         raise CacxrError(f"{target}: is a folder; give a file name to write")
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise CacxrError(f"{target}: already exists; not replacing it (pass {flag} to replace it)")
+
+
+def data_roots(sources: Iterable[tuple[str | os.PathLike[str], str]]) -> set[Path]:
+    """The data folders a set of images comes from: the folder holding each image's patient folder.
+
+    Ingest names a patient after its folder (``DATA/<patient>/rx/IM-1.dcm``), so DATA is the parent of
+    the nearest ancestor named like the patient. Images outside such a folder (hand-made manifests)
+    name no data folder.
+
+    Args:
+        sources: ``(image path, patient id)`` pairs (absolute paths, or relative to the working folder).
+
+    Returns:
+        The resolved data folders.
+    """
+    roots: set[Path] = set()
+    for path, patient_id in sources:
+        image = Path(path).absolute()
+        folder = next((p for p in image.parents if patient_id and p.name == patient_id), None)
+        if folder is not None:
+            roots.add(folder.parent.resolve())
+    return roots
 
 
 def refuse_inside(

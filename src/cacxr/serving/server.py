@@ -53,6 +53,7 @@ def create_app(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     worker_threads: int = 2,
     explain_steps: int = 32,
+    read_timeout_s: float = 30.0,
 ) -> FastAPI:
     """Build the FastAPI app serving a trained run.
 
@@ -62,6 +63,7 @@ def create_app(
         max_image_pixels: the largest accepted rows x columns, checked before decoding (413 above it).
         worker_threads: uploads decoded and scored at once; further uploads wait in a queue.
         explain_steps: default integrated-gradients steps of ``/explain``.
+        read_timeout_s: seconds an upload may stall before it is answered 408.
 
     Returns:
         The app (run it with uvicorn, or test it with ``fastapi.testclient.TestClient``).
@@ -77,6 +79,7 @@ def create_app(
         max_image_pixels=max_image_pixels,
         worker_threads=worker_threads,
         explain_steps=explain_steps,
+        read_timeout_s=read_timeout_s,
     )
     model = run if isinstance(run, ServedModel) else RunModel(run)
     return build_app(model, limits)
