@@ -404,11 +404,16 @@ def test_nothing_is_written_under_data(tmp_path: Path, capsys) -> None:
 
 def test_headerless_dataset_starting_with_a_group_length_is_dicom(tmp_path: Path, client: TestClient) -> None:
     ds = _dataset()
-    ds.add_new(0x00080000, "UL", 0)  # (0008,0000) group length, as old ACR-NEMA-style exports write
     ds.PixelData = (np.arange(64 * 64) % 256).astype(np.uint8).tobytes()
     del ds.file_meta
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    body = buf.getvalue()
+    end = 0  # pydicom drops group lengths on write: prepend (0008,0000) UL as ACR-NEMA-style exports do
+    while struct.unpack_from("<H", body, end)[0] == 0x0008:
+        end += 8 + struct.unpack_from("<I", body, end + 4)[0]
     path = tmp_path / "IM0001"
-    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    path.write_bytes(struct.pack("<HHII", 0x0008, 0x0000, 4, end) + body)
     raw = path.read_bytes()
     assert raw[:4] == b"\x08\x00\x00\x00" and raw[128:132] != b"DICM"
     for reader in (read_header, read_image):
