@@ -396,6 +396,18 @@ def test_nothing_is_written_under_data(tmp_path: Path, capsys) -> None:
         main([*args, "--task", "classification", "--epochs", "1", "--kfold", "2", "--image-size", "32"]) == 2
     )
     assert "may not be inside the data folder" in capsys.readouterr().err
+    args = [
+        "train",
+        str(data),
+        "--task",
+        "classification",
+        "--out",
+        str(tmp_path / "run2"),
+        "--image-size",
+        "32",
+    ]
+    assert main([*args, "--feature-cache-dir", str(data / "features"), "--store", str(tmp_path / "s")]) == 2
+    assert "the feature cache (--feature-cache-dir) may not be inside" in capsys.readouterr().err
     assert _listing(data) == before
 
 
@@ -472,3 +484,23 @@ def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> No
         store = build_store(rows, tmp_path / "store", image_size=32, workers=1, progress=False)
     assert store.summary["corrupt"] == 1
     assert any("damaged store entry of patient P0" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_removes_a_killed_runs_temporary_checkpoint(cohort: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from cacxr.config import TrainConfig
+    from cacxr.train import train_run
+
+    config = TrainConfig(
+        task="classification", data=str(cohort), out=str(tmp_path / "run"), arch="resnet18", finetune="head",
+        epochs=1, kfold=2, fold=0, image_size=32, seed=1, batchsize=8, viz=False, workers=1, num_threads=1,
+        progress=False, store=str(tmp_path / "store"),
+    )  # fmt: skip
+    train_run(config)
+    leftover = tmp_path / "run" / "fold_1" / ".checkpoint.pt.k1ll3d.tmp"  # what SIGKILL mid-save leaves
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half a checkpoint")
+    train_run(replace(config, fold=1, resume=True))
+    assert not leftover.exists()
+    assert (tmp_path / "run" / "fold_1").is_dir()
