@@ -29,6 +29,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
+    RLELossless,
     generate_uid,
 )
 
@@ -504,3 +505,37 @@ def test_resume_removes_a_killed_runs_temporary_checkpoint(cohort: Path, tmp_pat
     train_run(replace(config, fold=1, resume=True))
     assert not leftover.exists()
     assert (tmp_path / "run" / "fold_1").is_dir()
+
+
+# ------------------------------------------------------------------------------------- 7. decoders
+
+
+@pytest.mark.parametrize(
+    ("syntax", "plugin", "signed"),
+    [
+        (JPEGLSLossless, "pyjpegls", False),
+        (JPEG2000Lossless, "imagecodecs", False),
+        (JPEG2000Lossless, "imagecodecs", True),
+        (RLELossless, "pylibjpeg", False),
+    ],
+    ids=["jpeg-ls", "jpeg2000", "jpeg2000-signed", "rle"],
+)
+def test_fastest_decoder_is_chosen_and_decodes_exactly(
+    tmp_path: Path, syntax: str, plugin: str, signed: bool
+) -> None:
+    from cacxr.decoders import decoding_plugin
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(48, 64))
+    pixels = pixels.astype(np.int16 if signed else np.uint16)
+    ds = _dataset(48, 64)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, int(signed)
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    ds.compress(syntax, pixels)
+    ds.save_as(tmp_path / "packed.dcm", enforce_file_format=True)
+    assert decoding_plugin(syntax) == plugin
+    packed, plain = read_image(tmp_path / "packed.dcm"), read_image(tmp_path / "plain.dcm")
+    assert packed.ok, packed.detail
+    np.testing.assert_array_equal(packed.image, plain.image)
+    assert decoding_plugin(ExplicitVRLittleEndian) == ""  # uncompressed: pydicom's own path

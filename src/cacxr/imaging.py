@@ -58,6 +58,7 @@ from cacxr.codestream import (
     check_dicom_pixel_data,
     first_fragment_head,
 )
+from cacxr.decoders import decoding_plugin
 from cacxr.safepaths import file_kind
 
 __all__ = [
@@ -428,7 +429,9 @@ def _read_dicom(
     try:
         # Unused high bits are cleared by _keep_stored_bits only when some value needs it (cheaper than
         # pydicom's unconditional pass, and it lets pydicom return a view instead of a copy).
-        ds.pixel_array_options(correct_unused_bits=False)
+        # The fastest installed decoder for the syntax (cacxr.decoders), not pydicom's first plugin.
+        plugin = decoding_plugin(meta.transfer_syntax)
+        ds.pixel_array_options(correct_unused_bits=False, **({"decoding_plugin": plugin} if plugin else {}))
         image, voi = _to_display(ds.pixel_array, ds, meta.voi, path)
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
         detail = _scrub(f"{path}: pixel data cannot be decoded: {_describe(exc)}", ds)
