@@ -198,13 +198,15 @@ def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
     """Peak resident memory of reading every bomb (header and image) stays far from a decode's GBs."""
     bombs = _bombs(tmp_path)
     script = (
-        "import resource, sys\n"
+        "import sys\n"
         "from cacxr.imaging import read_header, read_image\n"
         "reasons = []\n"
         "for path in sys.argv[1:]:\n"
         "    reasons += [read_header(path).reason, read_image(path).reason]\n"
         "print(' '.join(reasons))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        # VmHWM: this process's own peak (ru_maxrss would include the forking pytest's)
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "print(int(hwm.split()[1]) // 1024)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     done = subprocess.run(
@@ -377,10 +379,18 @@ def test_ingest_lists_fifos_and_device_links_without_opening_them(tmp_path: Path
 @pytest.mark.timeout(60)
 def test_predict_skips_a_fifo_given_explicitly(run_dir: Path, tmp_path: Path, capsys) -> None:
     os.mkfifo(tmp_path / "pipe.dcm")
-    image = _native(tmp_path / "img.dcm")
-    assert main(["predict", str(run_dir), str(tmp_path / "pipe.dcm"), str(image), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "pipe.dcm" in out
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "pipe2.dcm")
+    (tmp_path / "in" / "zero.dcm").symlink_to("/dev/zero")
+    image = _native(tmp_path / "in" / "img.dcm")
+    out_csv = tmp_path / "p.csv"
+    args = ["predict", str(run_dir), str(tmp_path / "pipe.dcm"), str(tmp_path / "in"), "--out", str(out_csv)]
+    assert main([*args, "--no-progress"]) == 0
+    text = out_csv.read_text()
+    for name in ("pipe.dcm", "pipe2.dcm", "zero.dcm"):
+        line = next(row for row in text.splitlines() if f"{name}," in row)
+        assert "not_regular_file" in line, line
+    assert image.name in text
 
 
 def test_nothing_is_written_under_data(tmp_path: Path, capsys) -> None:
