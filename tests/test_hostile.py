@@ -421,7 +421,17 @@ def test_nothing_is_written_under_data(tmp_path: Path, capsys) -> None:
     ]
     assert main([*args, "--feature-cache-dir", str(data / "features"), "--store", str(tmp_path / "s")]) == 2
     assert "the feature cache (--feature-cache-dir) may not be inside" in capsys.readouterr().err
+    assert main(["stats", str(data), "--out", str(data / "stats")]) == 2
+    assert "the stats folder (--out) may not be inside" in capsys.readouterr().err
     assert _listing(data) == before
+    # stats never replaces an earlier description either
+    assert main(["stats", str(data), "--out", str(tmp_path / "stats")]) == 0
+    first = (tmp_path / "stats" / "stats.json").read_bytes()
+    capsys.readouterr()
+    assert main(["stats", str(manifest), "--out", str(tmp_path / "stats")]) == 2
+    _one_line_refusal(capsys, tmp_path / "stats" / "stats.md")
+    assert (tmp_path / "stats" / "stats.json").read_bytes() == first
+    assert main(["stats", str(manifest), "--out", str(tmp_path / "stats"), "--overwrite"]) == 0
 
 
 # ------------------------------------------------------------------------- 5. headerless DICOM, 6. small
