@@ -561,3 +561,13 @@ def test_fastest_decoder_is_chosen_and_decodes_exactly(
     assert packed.ok, packed.detail
     np.testing.assert_array_equal(packed.image, plain.image)
     assert decoding_plugin(ExplicitVRLittleEndian) == ""  # uncompressed: pydicom's own path
+
+
+def test_read_timeout_flag_and_its_check(run) -> None:
+    from cacxr.cli import build_parser
+    from cacxr.errors import CacxrError
+
+    assert build_parser("serve").parse_args(["serve", "R"]).read_timeout == 30.0
+    assert build_parser("serve").parse_args(["serve", "R", "--read-timeout", "5"]).read_timeout == 5.0
+    with pytest.raises(CacxrError, match="read_timeout_s must be positive"):
+        create_app(run, read_timeout_s=0)

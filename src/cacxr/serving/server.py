@@ -136,6 +136,7 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     worker_threads: int = 2,
     explain_steps: int = 32,
+    read_timeout_s: float = 30.0,
 ) -> None:
     """Load a run once and serve it with uvicorn until interrupted (Ctrl-C).
 
@@ -147,6 +148,7 @@ def serve(
         max_upload_mb: the largest accepted upload, in MB (2**20 bytes).
         worker_threads: uploads decoded and scored at once.
         explain_steps: default integrated-gradients steps of ``/explain``.
+        read_timeout_s: seconds an upload may stall before it is answered 408.
 
     Raises:
         CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
@@ -163,6 +165,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         worker_threads=worker_threads,
         explain_steps=explain_steps,
+        read_timeout_s=read_timeout_s,
     )
     with _bind(host, port) as sock:
         if not is_loopback(host):
