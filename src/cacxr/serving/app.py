@@ -124,7 +124,10 @@ class ErrorAnswer(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorAnswer, "description": "malformed upload, no file field or empty file"},
-    408: {"model": ErrorAnswer, "description": "the upload stopped arriving (shorter than its Content-Length)"},
+    408: {
+        "model": ErrorAnswer,
+        "description": "the upload stopped arriving (shorter than its Content-Length)",
+    },
     413: {"model": ErrorAnswer, "description": "upload or image dimensions above the limits"},
     415: {"model": ErrorAnswer, "description": "not a DICOM, PNG or JPEG file (judged by its bytes)"},
     422: {"model": ErrorAnswer, "description": "corrupt image, or not a usable radiograph"},

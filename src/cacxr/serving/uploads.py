@@ -175,7 +175,8 @@ async def _body(request: Request, read_timeout: float):
             return
         except TimeoutError:
             raise UploadError(
-                408, f"the upload stalled: no data for {read_timeout:g} s (the body is shorter than announced?)"
+                408,
+                f"the upload stalled: no data for {read_timeout:g} s (the body is shorter than announced?)",
             ) from None
         except ClientDisconnect:
             raise UploadError(400, "the client disconnected before the upload was complete") from None
