@@ -571,3 +571,11 @@ def test_read_timeout_flag_and_its_check(run) -> None:
     assert build_parser("serve").parse_args(["serve", "R", "--read-timeout", "5"]).read_timeout == 5.0
     with pytest.raises(CacxrError, match="read_timeout_s must be positive"):
         create_app(run, read_timeout_s=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_label_table_that_is_a_fifo_is_refused_not_opened(cohort: Path, tmp_path: Path, capsys) -> None:
+    os.mkfifo(tmp_path / "labels.csv")
+    args = ["ingest", str(cohort), "--out", str(tmp_path / "out"), "--labels", str(tmp_path / "labels.csv")]
+    assert main([*args, "--workers", "1", "--no-progress"]) == 2
+    assert "the label table is a FIFO (named pipe), not a regular file" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from cacxr.manifest import (
     write_excluded,
     write_manifest,
 )
-from cacxr.safepaths import refuse_overwrite
+from cacxr.safepaths import file_kind, refuse_overwrite
 
 __all__ = [
     "ingest",
@@ -280,6 +280,10 @@ def _select(records: list[FileRecord]) -> dict[str, FileRecord]:
 
 
 def _resolve_labels(data: Path, labels: str | os.PathLike[str] | None) -> Path:
+    chosen = Path(labels) if labels is not None else data / DEFAULT_LABELS
+    kind = file_kind(chosen)
+    if kind not in ("", "missing"):  # a FIFO or a link to a device would block or never end
+        raise CacxrError(f"{chosen}: the label table is {kind}, not a regular file; it is not opened")
     if labels is not None:
         return Path(labels)
     default = data / DEFAULT_LABELS
