@@ -195,15 +195,19 @@ def test_deflated_zlib_bomb_is_refused(tmp_path: Path) -> None:
 
 
 def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
-    """Peak resident memory of reading every bomb (header and image) stays far from a decode's GBs."""
+    """Peak resident memory of reading every bomb (header and image) stays far from a decode's GBs.
+
+    The subprocess's address space is capped too, so that a regression fails this test (MemoryError,
+    not the size check's message) instead of taking the machine's memory.
+    """
     bombs = _bombs(tmp_path)
     script = (
-        "import sys\n"
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
         "from cacxr.imaging import read_header, read_image\n"
-        "reasons = []\n"
         "for path in sys.argv[1:]:\n"
-        "    reasons += [read_header(path).reason, read_image(path).reason]\n"
-        "print(' '.join(reasons))\n"
+        "    for result in (read_header(path), read_image(path)):\n"
+        "        print(result.reason, '|', result.detail)\n"
         # VmHWM: this process's own peak (ru_maxrss would include the forking pytest's)
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
         "print(int(hwm.split()[1]) // 1024)\n"
@@ -213,8 +217,11 @@ def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
         [sys.executable, "-c", script, *map(str, bombs.values())],
         capture_output=True, text=True, timeout=120, env=env, check=True,
     )  # fmt: skip
-    reasons, peak_mb = done.stdout.split("\n")[:2]
-    assert set(reasons.split()[1::2]) == {"too_large"}
+    *lines, peak_mb = done.stdout.strip().split("\n")
+    images = lines[1::2]  # read_image's line for each bomb
+    assert len(images) == len(bombs)
+    for line in images:
+        assert line.startswith("too_large |") and "above the limit" in line, line
     assert int(peak_mb) < 400, f"peak memory {peak_mb} MB"
 
 

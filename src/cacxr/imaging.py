@@ -341,6 +341,13 @@ def _read_raster(
     from PIL import Image
 
     fmt = _raster_format(path)
+    with open(path, "rb") as fp:
+        head = fp.read(1 << 16)
+    try:  # the size the PNG IHDR / JPEG SOF declares, before Pillow sees the file
+        check_codestream(head, max_pixels, what=f"{fmt.upper()} image")
+    except CodestreamError as exc:
+        if exc.reason == "too_large":  # a malformed header is left to Pillow's own message
+            raise _Refusal("too_large", f"{path}: {exc}", None) from exc
     try:
         # Pillow's lazy open reads the declared size (PNG IHDR, JPEG SOF) without decoding; the limit
         # is checked below (_refusal_for) before any pixel is decoded. Pillow's own bomb check at open
