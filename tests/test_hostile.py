@@ -373,6 +373,7 @@ def test_ingest_lists_fifos_and_device_links_without_opening_them(tmp_path: Path
     os.mkfifo(patient / "rx" / "pipe.dcm")
     (patient / "rx" / "zero.dcm").symlink_to("/dev/null" if not Path("/dev/zero").exists() else "/dev/zero")
     (patient / "rx" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    _encapsulated(patient / "rx" / "bomb.dcm", JPEGBaseline8Bit, _jpeg(declare=HUGE))
     before = _listing(data)
     summary = main(["ingest", str(data), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
     assert summary == 0
@@ -380,6 +381,7 @@ def test_ingest_lists_fifos_and_device_links_without_opening_them(tmp_path: Path
     assert rows["pipe.dcm"].reason == "not_regular_file" and "FIFO" in rows["pipe.dcm"].detail
     assert rows["zero.dcm"].reason == "not_regular_file" and "character device" in rows["zero.dcm"].detail
     assert rows["gone.dcm"].reason == "not_regular_file" and "broken" in rows["gone.dcm"].detail
+    assert rows["bomb.dcm"].reason == "too_large" and "60000x60000" in rows["bomb.dcm"].detail
     assert len(read_manifest(tmp_path / "out" / "manifest.csv")) == 4
     assert _listing(data) == before
     assert file_kind(patient / "rx" / "pipe.dcm") == "a FIFO (named pipe)"

@@ -62,14 +62,15 @@ RULES: tuple[str, ...] = (
     f"files with extension {', '.join(IGNORED_EXTENSIONS)} are not DICOM candidates (counted in ignored_files)",
     "patient id = first folder under DATA; site = internal when that name contains CAC, else external",
     "a header PatientID that differs from the folder name never wins (counted in header_id_mismatch)",
+    "0 not a regular file (FIFO, socket, device, broken link or a link to one) -> not_regular_file, never opened",
     "1 not parseable as DICOM -> unreadable",
     "2 no PixelData -> no_pixel_data",
     "3 Modality not in CR, DX, DR, RG, PX, OT, '' or a ct folder on the path -> not_radiograph",
-    "4 NumberOfFrames > 1 -> multi_frame",
+    "4 NumberOfFrames > 1 -> multi_frame; more pixels than the limit (header or codestream) -> too_large",
     "5 lateral ViewPosition (or empty ViewPosition and a description saying LAT) -> lateral_view",
     "6 patient of a site not selected by --site -> other_site",
     "7 no label row for the patient -> no_label",
-    "8 pixel data cannot be decoded -> unreadable (only with --decode-check)",
+    "8 pixel data cannot be decoded -> unreadable, or too_large from the codestream (only with --decode-check)",
     "9 unknown-view candidates -> unknown_view when the patient has a frontal candidate, "
     "else kept as frontal and flagged view_assumed_frontal",
     "10 one image per patient: PA > AP > NN/FRONTAL > assumed frontal, then most pixels, "
@@ -156,23 +157,28 @@ def _inspect_chunk(items: list[tuple[str, str, bool]]) -> list[FileRecord]:
     return [_inspect_file(*item) for item in items]
 
 
-def _decode_file(path: str, patient_id: str) -> tuple[str, str]:
-    """Rule 8: ``(path, problem)``; problem is ``""`` when the pixels decode."""
+def _decode_file(path: str, patient_id: str) -> tuple[str, tuple[str, str]]:
+    """Rule 8: ``(path, (reason, detail))``; reason is ``""`` when the pixels decode.
+
+    The reason is ``unreadable``, or ``too_large`` when the codestream declares more pixels than the limit.
+    """
     from cacxr.imaging import read_image
 
     try:
         result = read_image(path, patient_id=patient_id)
     except Exception as exc:  # a decoder crash on one file must not stop the batch
-        return path, f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"
+        return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}")
+    if result.reason == "too_large":
+        return path, ("too_large", result.detail.removeprefix(f"{path}: "))
     if result.reason or result.image is None:
         detail = result.detail.removeprefix(f"{path}: ") or result.reason or "no image"
         if not detail.startswith("pixel data cannot be decoded"):
             detail = f"pixel data cannot be decoded: {detail}"
-        return path, detail
-    return path, ""
+        return path, ("unreadable", detail)
+    return path, ("", "")
 
 
-def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple[str, tuple[str, str]]]:
     return [_decode_file(*item) for item in items]
 
 
@@ -357,8 +363,9 @@ def ingest(
         todo = [(r.path, r.patient_id) for r in records if not r.reason]
         problems = dict(_run_chunks(_decode_chunk, todo, workers, progress, "ingest: decoding"))
         for record in records:
-            if problems.get(record.path):
-                record.reason, record.detail = "unreadable", problems[record.path]
+            reason, detail = problems.get(record.path, ("", ""))
+            if reason:
+                record.reason, record.detail = reason, detail
 
     # Rules 9-10: one image per patient.
     kept = _select([r for r in records if not r.reason])
