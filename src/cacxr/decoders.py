@@ -20,7 +20,8 @@ missing, and to pydicom's own choice ("") when none of the preferred ones is ins
 
 The imagecodecs JPEG 2000 decoder is not one of pydicom's plugins: this module is also that plugin
 (``is_available``, ``DECODER_DEPENDENCIES`` and ``decode_frame``, pydicom's decoder plugin interface),
-registered on first use.
+registered on first use. It uses OpenJPEG's threads in a main process (predict, serve, a one-process
+store build) and one thread in pool workers (the store and ingest already run one process per core).
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
     """
     import imagecodecs
 
-    threads = min(_MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    frame = imagecodecs.jpeg2k_decode(src, numthreads=max(1, threads))
+    frame = imagecodecs.jpeg2k_decode(src, numthreads=_threads())
     runner.set_option("bits_allocated", frame.dtype.itemsize * 8)
     if frame.ndim == 3:
         runner.set_option("planar_configuration", 0)
@@ -82,6 +82,16 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
         if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):
             runner.set_option("photometric_interpretation", "RGB")
     return frame.tobytes()
+
+
+def _threads() -> int:
+    """OpenJPEG threads: the cores, up to 4, in a main process; 1 in a pool worker (one per core already)."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(_MAX_THREADS, cores))
 
 
 def decoding_plugin(transfer_syntax: str) -> str:
