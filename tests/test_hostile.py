@@ -6,6 +6,7 @@ line and the service's TestClient; peak memory is measured in a subprocess where
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import socket
@@ -230,10 +231,13 @@ def test_predict_cli_lists_bombs_as_too_large(run_dir: Path, tmp_path: Path, cap
     code = main(
         ["predict", str(run_dir), str(tmp_path / "in"), "--out", str(tmp_path / "p.csv"), "--no-progress"]
     )
-    assert code == 2  # nothing could be scored
-    text = (tmp_path / "p.csv").read_text() if (tmp_path / "p.csv").exists() else capsys.readouterr().out
-    for path in bombs.values():
-        assert path.name in text
+    assert code == 2  # nothing could be scored, but every input has its row
+    with open(tmp_path / "p.csv", newline="") as fp:
+        errors = {Path(row["input"]).name: row["error"] for row in csv.DictReader(fp)}
+    assert set(errors) == {path.name for path in bombs.values()}
+    for name, error in errors.items():
+        assert error.startswith("too_large:") and "above the limit" in error, (name, error)
+    assert "Traceback" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- the service
