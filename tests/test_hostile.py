@@ -592,3 +592,12 @@ def test_a_label_table_that_is_a_fifo_is_refused_not_opened(cohort: Path, tmp_pa
     args = ["ingest", str(cohort), "--out", str(tmp_path / "out"), "--labels", str(tmp_path / "labels.csv")]
     assert main([*args, "--workers", "1", "--no-progress"]) == 2
     assert "the label table is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+
+
+def test_decoder_choice_falls_back_when_a_package_is_missing(monkeypatch) -> None:
+    from cacxr import decoders
+
+    monkeypatch.setitem(decoders.PREFERENCES, JPEGLSLossless, ("not-installed", "pylibjpeg"))
+    assert decoders.decoding_plugin(JPEGLSLossless) == "pylibjpeg"
+    monkeypatch.setitem(decoders.PREFERENCES, JPEGLSLossless, ("not-installed",))
+    assert decoders.decoding_plugin(JPEGLSLossless) == ""  # pydicom's own choice
