@@ -217,6 +217,9 @@ def check_deflated(path: str, max_bytes: int) -> None:
     """
     from pydicom.filereader import read_file_meta_info
 
+    with open(path, "rb") as fp:  # fast path: the UID is in the file meta group, near the start
+        if _DEFLATED.encode() not in fp.read(4096):
+            return
     try:
         syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
     except Exception:  # noqa: BLE001 - no readable file meta group: not a deflated part-10 file
