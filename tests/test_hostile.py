@@ -193,6 +193,10 @@ def test_deflated_zlib_bomb_is_refused(tmp_path: Path) -> None:
     for reader in (read_header, read_image):
         result = reader(tmp_path / "zip.dcm", max_pixels=1_000_000)  # inflated limit: 4 MB + 16 MB
         assert result.reason == "too_large", result.detail
+    del ds[0x00091010]  # the same file without the padding: an ordinary deflated image reads fine
+    ds.save_as(tmp_path / "small.dcm", enforce_file_format=True)
+    small = read_image(tmp_path / "small.dcm", max_pixels=1_000_000)
+    assert small.ok and small.image.shape == (64, 64), small.detail
 
 
 def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
