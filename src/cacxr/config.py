@@ -167,7 +167,7 @@ class TrainConfig:
             (self.image_size >= 32, "--image-size must be at least 32"),
             (self.lr is not None and self.lr > 0, "--lr must be positive"),
             (self.wd >= 0, "--wd must not be negative"),
-            (self.threshold >= 0, "--threshold must not be negative (positive means CAC > threshold)"),
+            (self.threshold >= 0, f"--threshold must be a number >= 0 (got {self.threshold}; positive means CAC > threshold)"),
             (0 < self.val_fraction < 1, "--val-fraction must be between 0 and 1"),
             (self.fold is None or 0 <= self.fold < self.kfold, f"--fold must be in 0..{self.kfold - 1}"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),

@@ -97,7 +97,10 @@ def _evaluation_rows(
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
     if data.is_dir():
         chosen = site or DEFAULT_SITE
-        summary = ingest(data, out / runfolder.INGEST_DIR, labels=labels, site=chosen, workers=workers, progress=progress)
+        summary = ingest(
+            data, out / runfolder.INGEST_DIR, labels=labels, site=chosen, workers=workers, progress=progress,
+            overwrite=True,
+        )  # its own folder: a rerun replaces it
         manifest = out / runfolder.INGEST_DIR / "manifest.csv"
         source = {
             "data": str(data),

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from cacxr.atomic import write_bytes
 from cacxr.errors import CacxrError, missing_dependency
 from cacxr.inference import clinical_values, expand_inputs, prepare_input, score_module
+from cacxr.safepaths import refuse_overwrite
 
 if TYPE_CHECKING:
     from cacxr.imaging import ImageMeta
@@ -309,6 +310,7 @@ def explain_paths(
     method: str = "integrated-gradients",
     steps: int = 32,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[ExplainRow]:
     """Write one overlay PNG per input.
 
@@ -323,12 +325,14 @@ def explain_paths(
         method: ``integrated-gradients`` or ``gradcam``.
         steps: integration steps of integrated gradients.
         progress: show a progress bar.
+        overwrite: replace PNGs that already exist (default: refuse before computing anything).
 
     Returns:
         One row per input file; unreadable inputs have ``error`` set and no PNG.
 
     Raises:
-        CacxrError: unknown method, captum missing, or several inputs with ``out`` naming one PNG.
+        CacxrError: unknown method, captum missing, several inputs with ``out`` naming one PNG, ``out``
+            an existing file that is not a PNG, or an existing PNG without ``overwrite``.
     """
     _check_method(method)
     _captum()  # fail early, before reading anything, when captum is missing
@@ -339,7 +343,12 @@ def explain_paths(
         raise CacxrError(
             f"--out {out} names one PNG but the inputs give {len(entries)} images: pass a folder"
         )
+    if not single_file and out.exists() and not out.is_dir():
+        raise CacxrError(f"{out}: exists and is not a folder; give a folder or a new FILE.png for --out")
     targets = [out] if single_file else [out / name for name in _png_names([p for p, _ in entries])]
+    for (_, error), target in zip(entries, targets, strict=True):
+        if not error:
+            refuse_overwrite(target, overwrite)
     rows = []
     for (path, error), target in tqdm(
         list(zip(entries, targets, strict=True)), unit="image", desc="explain", disable=not progress

@@ -50,6 +50,17 @@ from typing import Any
 
 import numpy as np
 
+from cacxr.codestream import (
+    DEFAULT_MAX_PIXELS,
+    CodestreamError,
+    check_codestream,
+    check_deflated,
+    check_dicom_pixel_data,
+    first_fragment_head,
+)
+from cacxr.decoders import decoding_plugin
+from cacxr.safepaths import file_kind
+
 __all__ = [
     "FRONTAL_VIEWS",
     "LATERAL_VIEWS",
@@ -59,6 +70,7 @@ __all__ = [
     "ReadResult",
     "is_frontal",
     "is_lateral",
+    "first_data_tag",
     "read_header",
     "read_image",
 ]
@@ -75,6 +87,8 @@ REASONS: dict[str, str] = {
     "no_pixel_data": "an object without pixel data (SR, RT plan/structure, presentation state, DICOMDIR...)",
     "not_radiograph": "a modality that is not projection radiography (CT, MR, US, NM, PT, ...)",
     "multi_frame": "more than one frame in one file",
+    "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
+    "too_large": "more pixels than the limit, declared by the header or by the compressed codestream itself",
 }
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
@@ -205,7 +219,9 @@ def is_frontal(meta: ImageMeta) -> bool:
     return meta.view in FRONTAL_VIEWS
 
 
-def read_header(path: str | os.PathLike[str], patient_id: str = "") -> ReadResult:
+def read_header(
+    path: str | os.PathLike[str], patient_id: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ReadResult:
     """Read a file's metadata and check it is a usable radiograph, without decoding pixels.
 
     For DICOM the header is parsed up to the pixel data (which is detected, not read), so this is fast
@@ -214,40 +230,58 @@ def read_header(path: str | os.PathLike[str], patient_id: str = "") -> ReadResul
     Args:
         path: a DICOM (part-10 or bare dataset), PNG or JPEG file.
         patient_id: the cohort's pseudonymous id for the file (its folder name).
+        max_pixels: the largest accepted rows x columns (x frames); above it the reason is too_large.
 
     Returns:
         A :class:`ReadResult` with ``image=None``; ``reason`` is "" when the header is usable, else
-        unreadable, no_pixel_data, not_radiograph or multi_frame (checked in that order).
+        unreadable, no_pixel_data, not_radiograph, multi_frame or too_large (checked in that order).
     """
-    return _read(path, patient_id, decode=False)
+    return _read(path, patient_id, decode=False, max_pixels=max_pixels)
 
 
-def read_image(path: str | os.PathLike[str], patient_id: str = "") -> ReadResult:
+def read_image(
+    path: str | os.PathLike[str], patient_id: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ReadResult:
     """Read a file's metadata and decode its image to float32 in [0, 1], bone bright.
 
     See the module docstring for the grey-level pipeline (modality LUT, VOI LUT or window, min-max
-    fallback, MONOCHROME1 / INVERSE inversion, colour to luminance).
+    fallback, MONOCHROME1 / INVERSE inversion, colour to luminance). No decoder runs before the size
+    declared inside the compressed codestream (JPEG, JPEG-LS, JPEG 2000 frame headers, PNG IHDR) has
+    been checked against ``max_pixels`` and against Rows x Columns (``cacxr.codestream``).
 
     Args:
         path: a DICOM (part-10 or bare dataset), PNG or JPEG file.
         patient_id: the cohort's pseudonymous id for the file (its folder name).
+        max_pixels: the largest accepted rows x columns (x frames): too_large above it, never a
+            MemoryError.
 
     Returns:
         A :class:`ReadResult`; ``image`` is a float32 (rows, cols) array when ``reason`` is "", else
         None with the reason code (unreadable with the decoder's message when decoding fails).
     """
-    return _read(path, patient_id, decode=True)
+    return _read(path, patient_id, decode=True, max_pixels=max_pixels)
 
 
-def _read(path: str | os.PathLike[str], patient_id: str, decode: bool) -> ReadResult:
+def _read(path: str | os.PathLike[str], patient_id: str, decode: bool, max_pixels: int) -> ReadResult:
     """Dispatch on the file's format and turn every failure into a reason (the module's boundary)."""
     name = os.fspath(path)
+    kind = file_kind(name)
+    if kind not in ("", "missing", "a folder"):  # opening a FIFO or /dev/zero would block or never end
+        return ReadResult(
+            image=None, meta=None, reason="not_regular_file", detail=f"{name}: {kind}, not opened"
+        )
     try:
         reader = _read_raster if _raster_format(name) else _read_dicom
-        meta, image = reader(name, patient_id, decode)
+        meta, image = reader(name, patient_id, decode, max_pixels)
         return ReadResult(image=image, meta=meta, reason="", detail="")
     except _Refusal as refusal:
         return ReadResult(image=None, meta=refusal.meta, reason=refusal.reason, detail=refusal.detail)
+    except CodestreamError as exc:
+        return ReadResult(image=None, meta=None, reason=exc.reason, detail=f"{name}: {exc}")
+    except MemoryError:  # a last line of defence: the size checks should have refused the file first
+        return ReadResult(
+            image=None, meta=None, reason="too_large", detail=f"{name}: out of memory decoding it"
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of a parser is a property of the file
         return ReadResult(image=None, meta=None, reason="unreadable", detail=f"{name}: {_describe(exc)}")
 
@@ -274,7 +308,7 @@ def _raster_format(path: str) -> str:
     return _RASTER_SUFFIXES.get(Path(path).suffix.lower(), "")
 
 
-def _refusal_for(meta: ImageMeta) -> tuple[str, str] | None:
+def _refusal_for(meta: ImageMeta, max_pixels: int) -> tuple[str, str] | None:
     """The first refusal that applies to a parsed header (ingest order), or None."""
     if not meta.has_pixel_data:
         what = _sop_class_name(meta.sop_class)
@@ -283,6 +317,9 @@ def _refusal_for(meta: ImageMeta) -> tuple[str, str] | None:
         return "not_radiograph", f"{meta.path}: Modality {meta.modality} is not a projection radiograph"
     if meta.n_frames > 1:
         return "multi_frame", f"{meta.path}: {meta.n_frames} frames in one file (one image expected)"
+    if meta.rows * meta.cols * max(meta.n_frames, 1) > max_pixels:
+        size = f"{meta.cols}x{meta.rows}"
+        return "too_large", f"{meta.path}: image of {size} pixels is above the limit of {max_pixels:,} pixels"
     return None
 
 
@@ -298,11 +335,29 @@ def _sop_class_name(uid: str) -> str:
 # --------------------------------------------------------------------------------------------- raster
 
 
-def _read_raster(path: str, patient_id: str, decode: bool) -> tuple[ImageMeta, np.ndarray | None]:
+def _read_raster(
+    path: str, patient_id: str, decode: bool, max_pixels: int
+) -> tuple[ImageMeta, np.ndarray | None]:
     from PIL import Image
 
     fmt = _raster_format(path)
-    with Image.open(path) as img:
+    with open(path, "rb") as fp:
+        head = fp.read(1 << 16)
+    try:  # the size the PNG IHDR / JPEG SOF declares, before Pillow sees the file
+        check_codestream(head, max_pixels, what=f"{fmt.upper()} image")
+    except CodestreamError as exc:
+        if exc.reason == "too_large":  # a malformed header is left to Pillow's own message
+            raise _Refusal("too_large", f"{path}: {exc}", None) from exc
+    try:
+        # Pillow's lazy open reads the declared size (PNG IHDR, JPEG SOF) without decoding; the limit
+        # is checked below (_refusal_for) before any pixel is decoded. Pillow's own bomb check at open
+        # only fires far above it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _Refusal("too_large", f"{path}: {_describe(exc)}", None) from exc
+    with img:
         if img.format not in ("PNG", "JPEG", "MPO"):
             raise ValueError(f"expected a {fmt.upper()} file, Pillow found {img.format}")
         mode = img.mode
@@ -316,7 +371,7 @@ def _read_raster(path: str, patient_id: str, decode: bool) -> tuple[ImageMeta, n
             pixel_spacing=None, transfer_syntax="", sop_class="", voi="minmax" if wide else "png",
             sex="", age=math.nan, header_id_matches=None, has_pixel_data=True,
         )  # fmt: skip
-        refusal = _refusal_for(meta)
+        refusal = _refusal_for(meta, max_pixels)
         if refusal:
             raise _Refusal(*refusal, meta)
         if not decode:
@@ -335,32 +390,55 @@ def _read_raster(path: str, patient_id: str, decode: bool) -> tuple[ImageMeta, n
 # --------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(path: str, patient_id: str, decode: bool) -> tuple[ImageMeta, np.ndarray | None]:
+def _read_dicom(
+    path: str, patient_id: str, decode: bool, max_pixels: int
+) -> tuple[ImageMeta, np.ndarray | None]:
     import pydicom
 
+    # pydicom inflates a deflated data set whole, even for a header read: bound it first.
+    check_deflated(path, max_pixels * 4 + (1 << 24))
     if decode:
         try:
             ds = pydicom.dcmread(path, force=True)
         except Exception as exc:  # noqa: BLE001 - report what the header says, then why reading failed
-            meta, _ = _read_dicom(path, patient_id, decode=False)  # raises its own refusal first
+            meta, _ = _read_dicom(path, patient_id, False, max_pixels)  # raises its own refusal first
             raise _Refusal("unreadable", f"{path}: {_describe(exc)}", meta) from exc
         has_pixels = _has_pixel_value(ds)
+        if not has_pixels:
+            # pydicom drops a pixel data element the file ends inside: that is a truncated file.
+            header, _ = _read_dicom(path, patient_id, False, max_pixels)
+            if header.has_pixel_data:
+                raise _Refusal("unreadable", f"{path}: truncated inside the pixel data", header)
+        fragment = b""
     else:
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
             has_pixels = _pixel_data_follows(fp, ds)
+            fragment = first_fragment_head(fp, ds.original_encoding[1] is not False) if has_pixels else b""
     _check_parsed(ds)
     _ensure_transfer_syntax(ds)
     meta = _dicom_meta(ds, path, patient_id, has_pixels)
-    refusal = _refusal_for(meta)
+    refusal = _refusal_for(meta, max_pixels)
     if refusal:
         raise _Refusal(*refusal, meta)
     if not decode:
+        try:  # a codestream declaring too many pixels is refused from the header already
+            check_codestream(fragment, max_pixels, what="pixel data")
+        except CodestreamError as exc:
+            if exc.reason == "too_large":
+                raise _Refusal(exc.reason, f"{path}: {exc}", meta) from exc
         return meta, None
+    try:
+        check_dicom_pixel_data(ds, max_pixels)  # the codestream's own size, before a decoder allocates
+    except CodestreamError as exc:
+        what = "" if exc.reason == "too_large" else "pixel data cannot be decoded: "
+        raise _Refusal(exc.reason, _scrub(f"{path}: {what}{exc}", ds), meta) from exc
     try:
         # Unused high bits are cleared by _keep_stored_bits only when some value needs it (cheaper than
         # pydicom's unconditional pass, and it lets pydicom return a view instead of a copy).
-        ds.pixel_array_options(correct_unused_bits=False)
+        # The fastest installed decoder for the syntax (cacxr.decoders), not pydicom's first plugin.
+        plugin = decoding_plugin(meta.transfer_syntax)
+        ds.pixel_array_options(correct_unused_bits=False, **({"decoding_plugin": plugin} if plugin else {}))
         image, voi = _to_display(ds.pixel_array, ds, meta.voi, path)
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
         detail = _scrub(f"{path}: pixel data cannot be decoded: {_describe(exc)}", ds)
@@ -389,6 +467,7 @@ def _pixel_data_follows(fp: Any, ds: Any) -> bool:
         return False
     if implicit:
         (length,) = struct.unpack(order + "I", head[4:8])
+        fp.seek(8 - len(head), 1)  # leave the file at the value, as for explicit VR
     elif head[4:6] in _LONG_LENGTH_VRS and len(head) == 12:
         (length,) = struct.unpack(order + "I", head[8:12])
     else:
@@ -401,14 +480,34 @@ def _has_pixel_value(ds: Any) -> bool:
     return any(tag in ds and ds[tag].value not in (None, b"") for tag in _PIXEL_TAGS)
 
 
+def first_data_tag(ds: Any) -> Any:
+    """The first element of a data set after any leading group lengths, or None when there is none.
+
+    Old ACR-NEMA-style exports start each group with its group length (gggg,0000), which the data
+    dictionary does not list: it says nothing about whether the bytes are DICOM, so it is skipped.
+
+    Args:
+        ds: a ``pydicom.Dataset`` (typically parsed with ``force=True``).
+
+    Returns:
+        The ``pydicom.tag.BaseTag`` of the first element that is not a group length (of an even group),
+        else None.
+    """
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+        if tag.element == 0 and tag.group % 2 == 0:
+            continue
+        return tag
+    return None
+
+
 def _check_parsed(ds: Any) -> None:
     """Reject what force=True 'parsed' out of a non-DICOM file (text, archives, random bytes)."""
     from pydicom.datadict import dictionary_has_tag
 
     if getattr(ds, "preamble", None) is not None or len(getattr(ds, "file_meta", ())):
         return
-    tags = list(ds.keys())
-    if not tags or not dictionary_has_tag(tags[0]):
+    tag = first_data_tag(ds)
+    if tag is None or not dictionary_has_tag(tag):
         raise ValueError("not a DICOM file (no DICM marker and no recognisable DICOM element)")
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from cacxr.atomic import write_text
 from cacxr.errors import CacxrError
+from cacxr.safepaths import file_kind
 
 if TYPE_CHECKING:
     from cacxr.run import LoadedRun, RunScores
@@ -114,6 +115,12 @@ def _is_candidate(path: Path) -> bool:
     return suffix == "" and _looks_like_dicom(path)
 
 
+def _not_regular(path: Path) -> str:
+    """The error for a path that is neither a regular file nor a folder ("" for those)."""
+    kind = file_kind(path)
+    return "" if kind in ("", "a folder") else f"not_regular_file: {path}: {kind}, not opened"
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
     """Turn files and folders into the list of files to score.
 
@@ -131,12 +138,16 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str, s
         if path.is_file():
             out.append((str(path), ""))
         elif path.is_dir():
-            found = [p for p in sorted(path.rglob("*")) if p.is_file() and _is_candidate(p)]
+            entries = sorted(path.rglob("*"))
+            found = [p for p in entries if p.is_file() and _is_candidate(p)]
+            # FIFOs, sockets, devices and links to them: an error row each, never opened
+            odd = [(str(p), _not_regular(p)) for p in entries if _not_regular(p)]
             if not found:
                 out.append((str(path), "folder contains no DICOM, PNG or JPEG file"))
-            out.extend((str(p), "") for p in found)
+            out.extend(sorted([(str(p), "") for p in found] + odd))
         else:
-            out.append((str(path), "no such file or folder"))
+            kind = file_kind(path)
+            out.append((str(path), "no such file or folder" if kind == "missing" else _not_regular(path)))
     return out
 
 

@@ -35,6 +35,7 @@ from cacxr.manifest import (
     write_excluded,
     write_manifest,
 )
+from cacxr.safepaths import file_kind, refuse_overwrite
 
 __all__ = [
     "ingest",
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 IGNORED_EXTENSIONS: tuple[str, ...] = (".db", ".sqlite", ".csv", ".json", ".txt", ".md", ".xlsx", ".log")
 SITES: tuple[str, ...] = ("internal", "external", "all")
 DEFAULT_LABELS = "site.db"
+OUTPUTS = ("manifest.csv", "excluded.csv", "ingest.json")
 # Rank of a kept candidate's view: lower wins (then more pixels, then the path in sort order).
 VIEW_PREFERENCE: dict[str, int] = {"PA": 0, "AP": 1, "NN": 2, "FRONTAL": 2}
 ASSUMED_FRONTAL_RANK = 3
@@ -60,14 +62,15 @@ RULES: tuple[str, ...] = (
     f"files with extension {', '.join(IGNORED_EXTENSIONS)} are not DICOM candidates (counted in ignored_files)",
     "patient id = first folder under DATA; site = internal when that name contains CAC, else external",
     "a header PatientID that differs from the folder name never wins (counted in header_id_mismatch)",
+    "0 not a regular file (FIFO, socket, device, broken link or a link to one) -> not_regular_file, never opened",
     "1 not parseable as DICOM -> unreadable",
     "2 no PixelData -> no_pixel_data",
     "3 Modality not in CR, DX, DR, RG, PX, OT, '' or a ct folder on the path -> not_radiograph",
-    "4 NumberOfFrames > 1 -> multi_frame",
+    "4 NumberOfFrames > 1 -> multi_frame; more pixels than the limit (header or codestream) -> too_large",
     "5 lateral ViewPosition (or empty ViewPosition and a description saying LAT) -> lateral_view",
     "6 patient of a site not selected by --site -> other_site",
     "7 no label row for the patient -> no_label",
-    "8 pixel data cannot be decoded -> unreadable (only with --decode-check)",
+    "8 pixel data cannot be decoded -> unreadable, or too_large from the codestream (only with --decode-check)",
     "9 unknown-view candidates -> unknown_view when the patient has a frontal candidate, "
     "else kept as frontal and flagged view_assumed_frontal",
     "10 one image per patient: PA > AP > NN/FRONTAL > assumed frontal, then most pixels, "
@@ -154,23 +157,28 @@ def _inspect_chunk(items: list[tuple[str, str, bool]]) -> list[FileRecord]:
     return [_inspect_file(*item) for item in items]
 
 
-def _decode_file(path: str, patient_id: str) -> tuple[str, str]:
-    """Rule 8: ``(path, problem)``; problem is ``""`` when the pixels decode."""
+def _decode_file(path: str, patient_id: str) -> tuple[str, tuple[str, str]]:
+    """Rule 8: ``(path, (reason, detail))``; reason is ``""`` when the pixels decode.
+
+    The reason is ``unreadable``, or ``too_large`` when the codestream declares more pixels than the limit.
+    """
     from cacxr.imaging import read_image
 
     try:
         result = read_image(path, patient_id=patient_id)
     except Exception as exc:  # a decoder crash on one file must not stop the batch
-        return path, f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"
+        return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}")
+    if result.reason == "too_large":
+        return path, ("too_large", result.detail.removeprefix(f"{path}: "))
     if result.reason or result.image is None:
         detail = result.detail.removeprefix(f"{path}: ") or result.reason or "no image"
         if not detail.startswith("pixel data cannot be decoded"):
             detail = f"pixel data cannot be decoded: {detail}"
-        return path, detail
-    return path, ""
+        return path, ("unreadable", detail)
+    return path, ("", "")
 
 
-def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple[str, tuple[str, str]]]:
     return [_decode_file(*item) for item in items]
 
 
@@ -207,7 +215,7 @@ def _run_chunks(
 # --------------------------------------------------------------------------- the inventory
 
 
-def _check_paths(data: Path, out: Path) -> None:
+def _check_paths(data: Path, out: Path, overwrite: bool) -> None:
     if not data.exists():
         raise CacxrError(f"{data}: DATA folder not found")
     if not data.is_dir():
@@ -221,6 +229,8 @@ def _check_paths(data: Path, out: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise CacxrError(f"{out}: the output path exists and is not a folder")
+    for name in OUTPUTS:  # an earlier ingest's results are never replaced silently
+        refuse_overwrite(out / name, overwrite)
 
 
 def _walk(data: Path) -> tuple[list[tuple[str, str, bool]], int]:
@@ -276,6 +286,10 @@ def _select(records: list[FileRecord]) -> dict[str, FileRecord]:
 
 
 def _resolve_labels(data: Path, labels: str | os.PathLike[str] | None) -> Path:
+    chosen = Path(labels) if labels is not None else data / DEFAULT_LABELS
+    kind = file_kind(chosen)
+    if kind not in ("", "missing"):  # a FIFO or a link to a device would block or never end
+        raise CacxrError(f"{chosen}: the label table is {kind}, not a regular file; it is not opened")
     if labels is not None:
         return Path(labels)
     default = data / DEFAULT_LABELS
@@ -294,6 +308,7 @@ def ingest(
     workers: int | None = None,
     decode_check: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Inventory and clean a DICOM tree into ``out``/manifest.csv, excluded.csv and ingest.json.
 
@@ -306,6 +321,7 @@ def ingest(
         decode_check: decode the pixels of the files that reach rule 8, so that an undecodable file
             never reaches the manifest.
         progress: show tqdm progress bars.
+        overwrite: replace the outputs of an earlier ingest in ``out`` (default: refuse).
 
     Returns:
         The content of ingest.json: counts per reason, patients used per site, id fixes, rules, ...
@@ -318,7 +334,7 @@ def ingest(
     data, out = Path(data), Path(out)
     if site not in SITES:
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
-    _check_paths(data, out)
+    _check_paths(data, out, overwrite)
     candidates, ignored = _walk(data)
     if not candidates:
         raise CacxrError(f"{data}: no DICOM files found ({ignored} non-DICOM files)")
@@ -347,8 +363,9 @@ def ingest(
         todo = [(r.path, r.patient_id) for r in records if not r.reason]
         problems = dict(_run_chunks(_decode_chunk, todo, workers, progress, "ingest: decoding"))
         for record in records:
-            if problems.get(record.path):
-                record.reason, record.detail = "unreadable", problems[record.path]
+            reason, detail = problems.get(record.path, ("", ""))
+            if reason:
+                record.reason, record.detail = reason, detail
 
     # Rules 9-10: one image per patient.
     kept = _select([r for r in records if not r.reason])
@@ -481,9 +498,7 @@ def _summary(
         "cacxr_version": __version__,
         "data": str(data.absolute()),
         "out": str(out.absolute()),
-        "outputs": {
-            name: str((out / name).absolute()) for name in ("manifest.csv", "excluded.csv", "ingest.json")
-        },
+        "outputs": {name: str((out / name).absolute()) for name in OUTPUTS},
         "site": site,
         "decode_check": decode_check,
         "workers": workers,

@@ -36,6 +36,8 @@ EXCLUSION_REASONS: dict[str, str] = {
     "no_pixel_data": "a DICOM object without pixel data (metadata/DICOMDIR/SR files)",
     "not_radiograph": "an image that is not a projection radiograph (CT, MR, ... or a ct/ folder)",
     "multi_frame": "more than one frame in one file",
+    "too_large": "more pixels than the limit (declared by the header or by the compressed codestream)",
+    "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
     "lateral_view": "ViewPosition says lateral (LL, RL, LAT, LATERAL, LATERALE, ...)",
     "unknown_view": "no usable ViewPosition and the rule for unknown views did not keep it",
     "extra_frontal": "the patient already has a frontal image that was kept (see ingest.json for the rule)",

@@ -55,6 +55,7 @@ from cacxr.atomic import atomic_path, write_json
 from cacxr.errors import CacxrError
 from cacxr.manifest import ManifestRow, read_manifest
 from cacxr.preprocess import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
+from cacxr.safepaths import data_roots, refuse_inside
 
 __all__ = ["ImageStore", "build_store", "default_workers", "STORE_FORMAT"]
 
@@ -220,6 +221,8 @@ def build_store(
     check_image_size(image_size)
     rows, base = _load_rows(rows)
     root = Path(out)
+    # Nothing is ever written under a data folder, whatever --store / --out says.
+    refuse_inside(root, data_roots((_resolve(r.path, base), r.patient_id) for r in rows), "the image store")
     if root.exists() and not root.is_dir():
         raise CacxrError(f"{root}: exists and is not a folder; choose a folder for the image store")
     if (root / _INDEX).exists() and _read_index(root) is None:
@@ -252,6 +255,12 @@ def build_store(
             stem = _entry_stem(row.patient_id)
             sidecar = _read_json(entries_dir / f"{stem}.json")
             cause = _rebuild_cause(sidecar, key, entries_dir / f"{stem}.npy", image_size)
+            if cause == "corrupt":
+                logger.warning(
+                    "%s: damaged store entry of patient %s (size or CRC32 differs); rebuilding it",
+                    entries_dir / f"{stem}.npy",
+                    row.patient_id,
+                )
             if cause is None:
                 entries[row.patient_id] = _index_entry(stem, sidecar)
             else:

@@ -248,6 +248,18 @@ class _Data:
         return [int(c > self.threshold) for c in self.cac.values()]
 
 
+def _refuse_writes_under_data(cfg: TrainConfig, rows: list[ManifestRow], store_dir: Path) -> None:
+    """Nothing is ever written under the data, whatever --store or --feature-cache-dir say."""
+    from cacxr.safepaths import data_roots, refuse_inside
+
+    roots = data_roots((row.path, row.patient_id) for row in rows)
+    if Path(cfg.data).is_dir():
+        roots.add(Path(cfg.data).resolve())
+    refuse_inside(store_dir, roots, "the image store (--store)")
+    if cfg.feature_cache_dir:
+        refuse_inside(cfg.feature_cache_dir, roots, "the feature cache (--feature-cache-dir)")
+
+
 def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> _Data:
     """Ingest (for a data folder), check the data is the run's, build or open the store."""
     from cacxr.store import build_store
@@ -261,6 +273,7 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | No
         )
     rows = _labelled_rows(manifest, cfg.site)
     store_dir = Path(cfg.store) if cfg.store else default_store_dir(cfg, run_dir)
+    _refuse_writes_under_data(cfg, rows, store_dir)
     store = build_store(rows, store_dir, cfg.profile, cfg.image_size, cfg.workers, cfg.progress)
     usable = [row for row in rows if row.patient_id in store]
     if len(usable) < len(rows):
@@ -351,7 +364,7 @@ def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
     out = run_dir / runfolder.INGEST_DIR
     manifest = out / "manifest.csv"
     if not (manifest.is_file() and (out / "ingest.json").is_file()):  # a job of this run may have done it
-        ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress)
+        ingest(data, out, site=cfg.site, workers=cfg.workers, progress=cfg.progress, overwrite=True)
     return manifest
 
 

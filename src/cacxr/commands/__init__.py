@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_model_argument"]
+__all__ = ["add_model_argument", "add_overwrite_argument"]
 
 
 def _model_choice(value: str) -> int | str:
@@ -14,6 +14,16 @@ def _model_choice(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'final', 'ensemble' or a fold number, got {value!r}") from None
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite/--no-overwrite``: replace ``what`` when it exists (default: refuse, exit 2)."""
+    parser.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=f"replace {what} when it exists (default: refuse with exit code 2)",
+    )
 
 
 def add_model_argument(parser: argparse.ArgumentParser, verb: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cacxr.commands import add_model_argument
+from cacxr.commands import add_model_argument, add_overwrite_argument
 from cacxr.errors import CacxrError
 
 __all__ = ["add_arguments", "run"]
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", choices=METHODS, default=METHODS[0], help="attribution method (default %(default)s)"
     )
     add_model_argument(parser, "explain")
+    add_overwrite_argument(parser, "existing PNGs")
     parser.add_argument(
         "--steps", type=int, default=32, metavar="N", help="integrated-gradients steps (default 32)"
     )
@@ -44,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
         raise CacxrError(f"--steps must be at least 1 (got {args.steps})")
     loaded = load_run(args.run_dir, fold=args.fold)
     rows = explain_paths(
-        loaded, args.inputs, args.out, method=args.method, steps=args.steps, progress=args.progress
+        loaded,
+        args.inputs,
+        args.out,
+        method=args.method,
+        steps=args.steps,
+        progress=args.progress,
+        overwrite=args.overwrite,
     )
     for row in rows:
         if row.error:

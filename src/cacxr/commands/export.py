@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cacxr.commands import add_model_argument
+from cacxr.commands import add_model_argument, add_overwrite_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -19,13 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, metavar="FILE", help="the model file to write (e.g. model.onnx)"
     )
     add_model_argument(parser, "export")
+    add_overwrite_argument(parser, "the --out file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export and print what the file contains."""
     from cacxr.export import export_run
     from cacxr.run import load_run
+    from cacxr.safepaths import refuse_overwrite
 
+    refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/metrics.json: never replaced silently
     info = export_run(load_run(args.run_dir, fold=args.fold), args.out, format=args.format)
     print(
         f"{info['path']}: {info['format']} {info['arch']} ({info['model']}), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cacxr.commands import add_overwrite_argument
 from cacxr.ingest import SITES, ingest
 
 __all__ = ["add_arguments", "run"]
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
     )
+    add_overwrite_argument(parser, "the manifest, excluded.csv and ingest.json of an earlier ingest in --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         decode_check=args.decode_check,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     sites = ", ".join(f"{site} {n}" for site, n in summary["n_patients"].items() if site != "total")
     print(f"patients kept: {summary['n_patients']['total']} ({sites})")

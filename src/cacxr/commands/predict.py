@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cacxr.commands import add_model_argument
+from cacxr.commands import add_model_argument, add_overwrite_argument
 from cacxr.errors import CacxrError
 
 __all__ = ["add_arguments", "run"]
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", metavar="FILE.csv", help="write the rows as CSV here (default: a table on stdout)"
     )
     add_model_argument(parser, "score with")
+    add_overwrite_argument(parser, "the --out file")
     parser.add_argument(
         "--batch-size", type=int, default=16, metavar="N", help="images scored together (default 16)"
     )
@@ -33,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     """Score the inputs; 0 when at least one input was scored (failed inputs are rows with an error)."""
     from cacxr.inference import format_table, score_paths, write_predictions_csv
     from cacxr.run import load_run
+    from cacxr.safepaths import refuse_overwrite
 
+    refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/predictions.csv: never replaced silently
     loaded = load_run(args.run_dir, fold=args.fold)
     rows = score_paths(loaded, args.inputs, batch_size=args.batch_size, progress=args.progress)
     if args.out:

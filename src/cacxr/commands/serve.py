@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="default integrated-gradients steps of /explain (default %(default)s)",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds an upload may stall before it is answered 408 (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             max_upload_mb=args.max_upload_mb,
             worker_threads=args.workers_threads,
             explain_steps=args.explain_steps,
+            read_timeout_s=args.read_timeout,
         )
     print("cacxr serve: stopped", file=sys.stderr)
     return 0

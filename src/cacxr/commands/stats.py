@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from cacxr.commands import add_overwrite_argument
 from cacxr.stats import cohort_stats
 
 __all__ = ["add_arguments", "run"]
@@ -19,10 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="DIR2", help="folder for stats.md/.csv/.json and PNGs"
     )
+    add_overwrite_argument(parser, "the stats.md/.csv/.json of an earlier run in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run cohort_stats and print where the results are."""
+    from cacxr.safepaths import refuse_inside, refuse_overwrite
+
+    source = Path(args.source)
+    data = source if source.is_dir() and not (source / "manifest.csv").exists() else None
+    if source.name == "site.db":
+        data = source.parent
+    if data is not None:  # a DATA folder (or its site.db) is only ever read
+        refuse_inside(args.out, [data], "the stats folder (--out)")
+    for name in ("stats.md", "stats.csv", "stats.json"):
+        refuse_overwrite(Path(args.out) / name, args.overwrite)
     result = cohort_stats(args.source, args.out)
     overall = result["groups"]["all"]
     print(f"describes {result['description']}")

@@ -53,17 +53,22 @@ class Limits:
         worker_threads: uploads decoded and scored at once (more wait in a queue); the model itself
             runs one request at a time.
         explain_steps: default integrated-gradients steps of ``/explain``.
+        read_timeout_s: seconds an upload may stall before it is answered 408 (a Content-Length larger
+            than the body would otherwise hold the connection until the client gives up).
     """
 
     max_upload_bytes: int = 50 * 2**20
     max_image_pixels: int = 50_000_000
     worker_threads: int = 2
     explain_steps: int = 32
+    read_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_image_pixels", "worker_threads", "explain_steps"):
             if getattr(self, name) < 1:
                 raise CacxrError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not self.read_timeout_s > 0:
+            raise CacxrError(f"read_timeout_s must be positive (got {self.read_timeout_s})")
 
 
 class ModelInfo(BaseModel):
@@ -124,6 +129,10 @@ class ErrorAnswer(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorAnswer, "description": "malformed upload, no file field or empty file"},
+    408: {
+        "model": ErrorAnswer,
+        "description": "the upload stopped arriving (shorter than its Content-Length)",
+    },
     413: {"model": ErrorAnswer, "description": "upload or image dimensions above the limits"},
     415: {"model": ErrorAnswer, "description": "not a DICOM, PNG or JPEG file (judged by its bytes)"},
     422: {"model": ErrorAnswer, "description": "corrupt image, or not a usable radiograph"},
@@ -169,7 +178,7 @@ def _decode(upload: Upload, max_pixels: int) -> _Decoded:
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)
-    result = read_image(upload.path)
+    result = read_image(upload.path, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
     return _Decoded(result.image, result.meta, fmt, image_warnings(result.meta))
@@ -267,7 +276,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
     )
     async def predict(request: Request) -> Prediction:
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes)
+            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
             return await in_worker(predict_upload, upload)
 
     @app.post(
@@ -279,7 +288,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
     )
     async def preview(request: Request) -> Response:
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes)
+            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
             return Response(await in_worker(preview_upload, upload), media_type="image/png")
 
     @app.post(
@@ -299,7 +308,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
                 501, "explanations need the optional package 'captum': pip install 'cacxr[explain]'"
             )
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes)
+            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
             png, score = await in_worker(explain_upload, upload, method, steps or limits.explain_steps)
         return Response(png, media_type="image/png", headers={"X-Cacxr-Score": f"{score:.6g}"})
 

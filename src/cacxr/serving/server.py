@@ -53,6 +53,7 @@ def create_app(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     worker_threads: int = 2,
     explain_steps: int = 32,
+    read_timeout_s: float = 30.0,
 ) -> FastAPI:
     """Build the FastAPI app serving a trained run.
 
@@ -62,6 +63,7 @@ def create_app(
         max_image_pixels: the largest accepted rows x columns, checked before decoding (413 above it).
         worker_threads: uploads decoded and scored at once; further uploads wait in a queue.
         explain_steps: default integrated-gradients steps of ``/explain``.
+        read_timeout_s: seconds an upload may stall before it is answered 408.
 
     Returns:
         The app (run it with uvicorn, or test it with ``fastapi.testclient.TestClient``).
@@ -77,6 +79,7 @@ def create_app(
         max_image_pixels=max_image_pixels,
         worker_threads=worker_threads,
         explain_steps=explain_steps,
+        read_timeout_s=read_timeout_s,
     )
     model = run if isinstance(run, ServedModel) else RunModel(run)
     return build_app(model, limits)
@@ -133,6 +136,7 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     worker_threads: int = 2,
     explain_steps: int = 32,
+    read_timeout_s: float = 30.0,
 ) -> None:
     """Load a run once and serve it with uvicorn until interrupted (Ctrl-C).
 
@@ -144,6 +148,7 @@ def serve(
         max_upload_mb: the largest accepted upload, in MB (2**20 bytes).
         worker_threads: uploads decoded and scored at once.
         explain_steps: default integrated-gradients steps of ``/explain``.
+        read_timeout_s: seconds an upload may stall before it is answered 408.
 
     Raises:
         CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
@@ -160,6 +165,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         worker_threads=worker_threads,
         explain_steps=explain_steps,
+        read_timeout_s=read_timeout_s,
     )
     with _bind(host, port) as sock:
         if not is_loopback(host):

@@ -97,20 +97,25 @@ def _too_large(name: str, limit: int, seen: int) -> UploadError:
     )
 
 
-async def receive_upload(request: Request, folder: str | os.PathLike[str], max_bytes: int) -> Upload:
+async def receive_upload(
+    request: Request, folder: str | os.PathLike[str], max_bytes: int, read_timeout: float = 30.0
+) -> Upload:
     """Stream the request's ``file`` field into ``folder``, enforcing ``max_bytes`` while reading.
 
     Args:
         request: a ``multipart/form-data`` request with one file field named ``file``.
         folder: an existing temporary folder owned by the caller (who removes it).
         max_bytes: the largest accepted file; the whole body may exceed it by the multipart framing only.
+        read_timeout: seconds to wait for the next piece of the body: a client that stops sending (a
+            Content-Length larger than the body it sends) is answered 408 instead of held open.
 
     Returns:
         The received :class:`Upload`.
 
     Raises:
         UploadError: 413 for a body or file above the limit (declared or counted), 415 for a body that is
-            not multipart, 400 for malformed multipart data, a missing ``file`` field or an empty file.
+            not multipart, 400 for malformed multipart data, a missing ``file`` field or an empty file,
+            408 for a body that stops arriving.
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -133,7 +138,7 @@ async def receive_upload(request: Request, folder: str | os.PathLike[str], max_b
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
     received = 0
     async with await anyio.open_file(target, "wb") as out:
-        async for chunk in _body(request):
+        async for chunk in _body(request, read_timeout):
             received += len(chunk)
             if received > body_limit:
                 raise _too_large(receiver.name, max_bytes, received)
@@ -156,15 +161,26 @@ async def receive_upload(request: Request, folder: str | os.PathLike[str], max_b
     return Upload(path=target, name=receiver.name, size=receiver.file_bytes)
 
 
-async def _body(request: Request):
-    """The request body's chunks; a client that goes away mid-upload ends the request with a 400."""
+async def _body(request: Request, read_timeout: float):
+    """The request body's chunks; a client that goes away mid-upload ends the request with a 400, one
+    that stops sending for ``read_timeout`` seconds with a 408."""
     from starlette.requests import ClientDisconnect
 
-    try:
-        async for chunk in request.stream():
-            yield chunk
-    except ClientDisconnect:
-        raise UploadError(400, "the client disconnected before the upload was complete") from None
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(read_timeout):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadError(
+                408,
+                f"the upload stalled: no data for {read_timeout:g} s (the body is shorter than announced?)",
+            ) from None
+        except ClientDisconnect:
+            raise UploadError(400, "the client disconnected before the upload was complete") from None
+        yield chunk
 
 
 class _PartReceiver:
@@ -258,14 +274,16 @@ def _is_bare_dicom(path: str | os.PathLike[str]) -> bool:
     import pydicom
     from pydicom.datadict import dictionary_has_tag
 
+    from cacxr.imaging import first_data_tag
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-            tags = list(ds.keys())
+            tag = first_data_tag(ds)  # a leading group length (gggg,0000) is skipped
     except Exception:  # noqa: BLE001 - whatever the parser trips on, the bytes are not a dataset
         return False
-    return bool(tags) and dictionary_has_tag(tags[0]) and tags[0].group >= 0x0008
+    return tag is not None and dictionary_has_tag(tag) and tag.group >= 0x0008
 
 
 def check_dimensions(path: str | os.PathLike[str], fmt: str, name: str, max_pixels: int) -> ImageMeta:
@@ -299,7 +317,7 @@ def check_dimensions(path: str | os.PathLike[str], fmt: str, name: str, max_pixe
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a corrupt header
             raise UploadError(422, f"{name}: corrupt {fmt.upper()} image ({type(exc).__name__})") from None
         _check_pixels(name, width * height, f"{width}x{height}", max_pixels)
-    header = read_header(path)
+    header = read_header(path, max_pixels=max_pixels)
     if not header.ok or header.meta is None:
         raise refusal(name, path, header.reason, header.detail)
     meta = header.meta
@@ -316,12 +334,16 @@ def _check_pixels(name: str, pixels: int, size: str, max_pixels: int) -> None:
 
 
 def refusal(name: str, path: str | os.PathLike[str], reason: str, detail: str) -> UploadError:
-    """A reader's refusal (``cacxr.imaging`` reason code and detail) as a 422 naming the upload.
+    """A reader's refusal (``cacxr.imaging`` reason code and detail) as a 4xx naming the upload.
 
-    The detail names the server's temporary file; that path is replaced by the client's file name.
+    ``too_large`` (the header or the codestream declares more pixels than the limit) is a 413, every
+    other reason a 422. The detail names the server's temporary file; that path is replaced by the
+    client's file name.
     """
     from cacxr.imaging import REASONS
 
     where = os.fspath(path)
     text = detail.replace(f"{where}: ", "").replace(where, "the upload") or REASONS.get(reason, "")
+    if reason == "too_large":  # the message says it already: "image of WxH pixels is above the limit"
+        return UploadError(413, f"{name}: {text}")
     return UploadError(422, f"{name}: {reason or 'unreadable'}: {text}")

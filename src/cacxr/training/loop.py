@@ -261,6 +261,12 @@ def train_fold(
         CacxrError: a checkpoint that belongs to other settings.
     """
     started = time.perf_counter()
+    if (dist or DistContext()).is_main:
+        # A killed run leaves the checkpoint's temporary file behind (atomic_path cannot clean up after
+        # SIGKILL); nothing else writes there, so it goes before this run writes its own.
+        for leftover in Path(fold_dir).glob(f".{CHECKPOINT}.*.tmp"):
+            logger.info("%s: removing a temporary checkpoint left by an interrupted run", leftover)
+            leftover.unlink(missing_ok=True)
     ids = {"train": list(fold.train), "val": list(fold.val), "test": list(fold.test)}
     task = _Task(cfg, cac, ids["train"])
     augment = Augment(seed=fold_seed(cfg.seed, fold.index, 1)) if cfg.augment else None
