@@ -168,7 +168,9 @@ def test_regression_run_gives_cac_and_band(tmp_path_factory: pytest.TempPathFact
         assert row.ok and 0.0 <= row.probability <= 1.0  # the calibrated P(CAC > threshold)
         assert row.predicted_cac >= 0
         assert row.agatston_band in AGATSTON_BANDS
-        assert row.label == int(row.predicted_cac >= reg.decision_threshold)
+        # The run's operating point decides on the calibrated probability, as for classification.
+        assert reg.decision_on == "probability"
+        assert row.label == int(row.probability >= reg.decision_threshold)
 
 
 @pytest.mark.parametrize(

@@ -58,10 +58,11 @@ def test_the_ensemble_averages_the_folds(run_dir: Path) -> None:
     images = np.stack([store_of(run_dir).get(pid) for pid in store_of(run_dir).ids[:6]])
     per_fold = [comparable(ensemble.task, load_run(run_dir, fold=k).score(images)) for k in (0, 1)]
     np.testing.assert_allclose(comparable(ensemble.task, ensemble.score(images)), np.mean(per_fold, axis=0), atol=1e-9)
-    thresholds = [json.loads((run_dir / f"fold_{k}" / "fold.json").read_text())["decision_threshold"] for k in (0, 1)]
-    assert ensemble.decision_threshold == pytest.approx(np.mean(thresholds))
-    scores = ensemble.score(images)
-    assert ensemble.predict_label(scores).tolist() == [int(s >= ensemble.decision_threshold) for s in scores]
+    # The run's operating point (chosen on the folds' calibrated validation scores) decides, on the probability.
+    point = json.loads((run_dir / "metrics.json").read_text())["operating_point"]
+    assert ensemble.decision_threshold == point["threshold"] and ensemble.decision_on == "probability"
+    scores = ensemble.scores(images)
+    assert ensemble.predict_label(scores).tolist() == [int(p >= point["threshold"]) for p in scores.probability]
 
 
 def test_normalised_tensors_and_single_images_are_accepted(run_dir: Path) -> None:
@@ -115,4 +116,10 @@ def test_the_operating_point_threshold_decides_when_the_run_has_one(run_dir: Pat
         scores = loaded.scores(images)
         # On the calibrated probability, for regression runs too (not on the predicted CAC).
         assert loaded.predict_label(scores).tolist() == [int(p >= 0.37) for p in scores.probability]
-    assert load_run(run_dir).decision_on == ("score" if load_run(run_dir).task == "regression" else "probability")
+    # A run trained before operating points (none in metrics.json) keeps its folds' own thresholds.
+    del metrics["operating_point"]
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    old = load_run(copy)
+    thresholds = [json.loads((run_dir / f"fold_{k}" / "fold.json").read_text())["decision_threshold"] for k in (0, 1)]
+    assert old.decision_threshold == pytest.approx(np.mean(thresholds))
+    assert old.decision_on == ("score" if old.task == "regression" else "probability")
