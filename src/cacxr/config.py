@@ -62,7 +62,9 @@ class TrainConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         resume: continue an interrupted run in ``out``.
         loss: regression loss, ``mae`` (L1) or ``mse``.
-        profile: preprocessing profile of the image store (``seed``, ``xrv``, ``clahe``).
+        profile: preprocessing profile of the image store (``seed``, ``xrv``, ``clahe``); ``None`` follows
+            the intensity contract of the weights (``xrv`` for torchxrayvision's, else ``seed``). A chosen
+            profile that does not deliver the weights' contract is refused (cacxr.registry.check_profile).
         feature_cache: with a frozen trunk and no augmentation, compute trunk features once.
         augment: random training augmentation (disables the feature cache).
         val_fraction: share of each training part held out for validation (epoch and threshold choice).
@@ -104,7 +106,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     loss: str = "mae"
-    profile: str = "seed"
+    profile: str | None = None
     feature_cache: bool = True
     augment: bool = False
     val_fraction: float = 0.2
@@ -139,6 +141,9 @@ class TrainConfig:
             cfg.milestones = list(_DEFAULT_MILESTONES[cfg.task])
         cfg.milestones = sorted(int(m) for m in cfg.milestones)
         cfg.weights = "none" if _is_none(cfg.weights) else str(cfg.weights)
+        from cacxr.registry import check_profile
+
+        cfg.profile = check_profile(cfg.weights, cfg.profile)
         from cacxr.clinical import parse_clinical
 
         cfg.clinical = parse_clinical(cfg.clinical)

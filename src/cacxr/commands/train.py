@@ -60,7 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, metavar="auto|cpu|cuda", help="default auto (CUDA if present)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="regression loss (default mae)")
-    parser.add_argument("--profile", choices=PROFILE_CHOICES, default=d.profile, help="preprocessing (default seed)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default=d.profile,
+        help="preprocessing (default: the weights' intensity contract, xrv for xrv-* weights, else seed)",
+    )
     parser.add_argument(
         "--feature-cache",
         action=switch,
