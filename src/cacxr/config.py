@@ -26,6 +26,7 @@ LOSSES = ("mae", "mse")
 # `--fold K` job of a run writes the same file, and free to differ when a run is resumed.
 EXECUTION_FIELDS = (
     "fold", "resume", "progress", "workers", "num_threads", "device", "amp", "channels_last", "compile",
+    "manifest_sha256",
 )
 
 # Settings that locate files rather than define the run: they may change between a run and its resume
@@ -83,6 +84,8 @@ class TrainConfig:
         amp: mixed precision on CUDA; ``None``: automatic (cacxr.accel); the CPU always stays float32.
         channels_last: channels-last memory format on CUDA; ``None``: automatic.
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
+        manifest_sha256: the SHA-256 the data's manifest must have (set when a run's config.json is given
+            to ``--config``, so that a rerun checks it trains on the same data); ``None``: not checked.
     """
 
     task: str = "classification"
@@ -123,6 +126,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    manifest_sha256: str | None = None
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
