@@ -26,7 +26,7 @@ LOSSES = ("mae", "mse")
 # `--fold K` job of a run writes the same file, and free to differ when a run is resumed.
 EXECUTION_FIELDS = (
     "fold", "resume", "progress", "workers", "num_threads", "device", "amp", "channels_last", "compile",
-    "manifest_sha256",
+    "manifest_sha256", "track",
 )
 
 # Settings that locate files rather than define the run: they may change between a run and its resume
@@ -86,6 +86,7 @@ class TrainConfig:
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
         manifest_sha256: the SHA-256 the data's manifest must have (set when a run's config.json is given
             to ``--config``, so that a rerun checks it trains on the same data); ``None``: not checked.
+        track: log the finished run to ``mlflow`` or ``tensorboard`` (cacxr.tracking); ``None``: no tracking.
     """
 
     task: str = "classification"
@@ -127,6 +128,7 @@ class TrainConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     manifest_sha256: str | None = None
+    track: str | None = None
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -172,6 +174,7 @@ class TrainConfig:
             (self.fold is None or 0 <= self.fold < self.kfold, f"--fold must be in 0..{self.kfold - 1}"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (0 < self.gamma <= 1, "gamma must be in (0, 1]"),
+            (self.track in (None, "mlflow", "tensorboard"), "--track must be mlflow or tensorboard"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -120,6 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after cross-validation, train the final model on every patient into RUN/final (cacxr fit-final)",
     )
     parser.add_argument("--progress", action=switch, default=d.progress, help="progress bars (default on)")
+    parser.add_argument(
+        "--track",
+        choices=("mlflow", "tensorboard"),
+        help="log the finished run: MLflow (MLFLOW_TRACKING_URI or ./mlruns) or TensorBoard (RUN/tensorboard)",
+    )
     _mark_defaults(parser)  # keep last: every flag above is then known to be given or defaulted
 
 
@@ -170,6 +175,12 @@ def run(args: argparse.Namespace) -> int:
     if launch_rank() != 0:
         return 0  # under torchrun, rank 0 reports (and fits the final model)
     print(summary(metrics, Path(run_dir)))
+    if cfg.track and metrics.get("complete", True):
+        from cacxr.tracking import track_run
+
+        where = track_run(run_dir, cfg.track)
+        if where:
+            print(f"tracked: {where}")
     if args.final and metrics.get("complete", True):
         from cacxr.commands.fit_final import summary as final_summary
         from cacxr.final import fit_final
