@@ -219,3 +219,13 @@ def test_report_errors_name_the_file(setup, message: str, tmp_path: Path) -> Non
         write_report(run)
     assert str(run) in str(info.value)
     assert not (run / "report.html").exists()
+
+
+def test_report_shows_roc_and_calibration_under_the_headline(tmp_path: Path) -> None:
+    run, _ = _run_folder(tmp_path, "classification")
+    PLOT_CASES["calibration"](run / "plots" / "calibration.png")
+    page = write_report(run).read_text(encoding="utf-8")
+    headline, evaluated = page.index('class="big"'), page.index("<h2>How it was evaluated</h2>")
+    figures = {name: page.index(f'alt="{name}"') for name in ("roc", "calibration", "confusion")}
+    assert headline < figures["roc"] < evaluated and headline < figures["calibration"] < evaluated
+    assert figures["confusion"] > page.index("<h2>Plots</h2>") > evaluated
