@@ -88,8 +88,9 @@ def _sources(home: Path, **entries: dict) -> None:
 
 
 def _cache_listing(home: Path) -> list[str]:
+    """Every file in the weights cache, relative to it."""
     folder = home / "weights"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 def _cli(*argv: str) -> tuple[int, str]:
@@ -104,8 +105,8 @@ def test_fetch_verifies_then_caches_and_list_shows_it(server, home):
     assert "tiny  " in _cli("weights", "list")[1] and " no " in _cli("weights", "list")[1].splitlines()[-2]
     code, out = _cli("weights", "fetch", "tiny", "--no-progress")
     assert code == 0 and "cached and verified" in out
-    assert (home / "weights" / "w.pth").read_bytes() == PAYLOAD
-    assert _cache_listing(home) == ["w.pth"]  # no temporary file left behind
+    assert (home / "weights" / "tiny" / "w.pth").read_bytes() == PAYLOAD
+    assert _cache_listing(home) == ["tiny/w.pth"]  # no temporary file left behind
     row = next(line for line in _cli("weights", "list")[1].splitlines() if line.startswith("tiny "))
     assert row.split()[1:] == ["resnet18", "seed", f"{len(PAYLOAD) / 2**20:.1f}", "MiB", "yes", "published", SHA[:8]]
 
@@ -146,7 +147,7 @@ def test_weights_by_name_fetch_once_then_load_from_the_cache(server, home):
     _Handler.hits.clear()
     model = build_model("resnet18", 2)
     report = load_pretrained(model, "tiny", progress=False)
-    assert report.source == str(home / "weights" / "w.pth") and report.intensity == "seed"
+    assert report.source == str(home / "weights" / "tiny" / "w.pth") and report.intensity == "seed"
     assert torch.equal(model.state_dict()["encoder.layer1.0.conv1.weight"], torch.load(io.BytesIO(PAYLOAD))["layer1.0.conv1.weight"])
     load_pretrained(build_model("resnet18", 2), "tiny", progress=False)
     assert _Handler.hits == ["/w.pth"]  # fetched once, then read from the cache
@@ -167,7 +168,7 @@ def test_offline_refuses_to_download_and_import_makes_it_work(server, home, tmp_
     assert code == 0 and "imported and verified" in out
     assert copied.read_bytes() == PAYLOAD  # the user's file is only read
     report = load_pretrained(build_model("resnet18", 2), "tiny")
-    assert report.source == str(home / "weights" / "w.pth") and len(report.loaded) > 100
+    assert report.source == str(home / "weights" / "tiny" / "w.pth") and len(report.loaded) > 100
 
 
 def test_without_a_published_checksum_the_first_fetch_is_recorded_and_enforced(server, home, tmp_path):
@@ -176,7 +177,7 @@ def test_without_a_published_checksum_the_first_fetch_is_recorded_and_enforced(s
     registry.fetch("tofu", progress=False)
     assert registry.expected_checksum(registry.get_source("tofu")) == (SHA, len(PAYLOAD), "recorded")
     # A cached file that changed afterwards (disk corruption, a hand edit) is refused at use.
-    cached = home / "weights" / "w.pth"
+    cached = home / "weights" / "tofu" / "w.pth"
     cached.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))
     with pytest.raises(CacxrError, match=f"{cached}: checksum mismatch for weights 'tofu'.*the recorded {SHA[:16]}"):
         load_pretrained(build_model("resnet18", 2), "tofu")
@@ -193,6 +194,24 @@ def test_torchvision_entries_carry_the_published_prefix_and_a_hub_file_is_verifi
     hub.write_bytes(PAYLOAD)
     with pytest.raises(CacxrError, match=f"{hub}: checksum mismatch for weights 'imagenet-resnet18'.*published f37072fd"):
         load_pretrained(build_model("resnet18", 2), "imagenet")
+
+
+def test_weights_add_declares_a_source_that_fetch_then_verifies(server, home):
+    code, out = _cli("weights", "add", "mine", f"{server}/w.pth", "--sha256", SHA.upper(), "--size", str(len(PAYLOAD)),
+                     "--arch", "resnet18")  # fmt: skip
+    assert code == 0 and str(home / "sources.toml") in out
+    source = registry.get_source("mine")
+    assert (source.url, source.sha256, source.size, source.arch) == (f"{server}/w.pth", SHA, len(PAYLOAD), "resnet18")
+    assert _cli("weights", "fetch", "mine", "--no-progress")[0] == 0
+    _cli("weights", "add", "bad-copy", f"{server}/w.pth", "--sha256", "ab" * 32)
+    assert _cli("weights", "fetch", "bad-copy", "--no-progress")[0] == 2  # a checksum that does not match
+    assert _cache_listing(home) == ["mine/w.pth"]
+    with pytest.raises(CacxrError, match="'mine': the name is already in use"):
+        registry.add_source("mine", f"{server}/w.pth")
+    with pytest.raises(CacxrError, match="--sha256 xyz: expected 8 to 64 hex digits"):
+        registry.add_source("other", f"{server}/w.pth", sha256="xyz")
+    with pytest.raises(CacxrError, match="not an http"):
+        registry.add_source("other", "ftp://host/w.pth")
 
 
 def test_a_bad_sources_file_is_refused_naming_it(home):

@@ -26,6 +26,7 @@ This module does not import torch, so ``cacxr weights list`` and config validati
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import tempfile
@@ -56,6 +57,8 @@ __all__ = [
     "weights_path",
     "offline",
     "check_profile",
+    "add_source",
+    "SOURCES_FILE",
 ]
 
 XRV_NAME = "xrv-densenet121-all"
@@ -148,7 +151,6 @@ WEIGHT_SOURCES: MappingProxyType[str, WeightSource] = MappingProxyType(
             f"download {XRV_FILE} from torchxrayvision's release v1 and run `cacxr weights import {XRV_NAME} "
             f"FILE`, or pass {XRV_NAME}=PATH to a state dict / safetensors file",
             url=f"https://github.com/mlmed/torchxrayvision/releases/download/v1/{XRV_FILE}",
-            size_mb=27.1,
         ),
     }
 )
@@ -218,6 +220,40 @@ def all_sources() -> dict[str, WeightSource]:
             size_mb=size / _MB if size is not None else None,
         )
     return sources
+
+
+def add_source(
+    name: str,
+    url: str,
+    sha256: str | None = None,
+    size: int | None = None,
+    arch: str = "*",
+    intensity: str = "seed",
+) -> WeightSource:
+    """Declare a new named source in ``$CACXR_HOME/sources.toml`` (``cacxr weights add``).
+
+    Raises:
+        CacxrError: a name already in use, a URL that is not http(s) or file, a malformed SHA-256, or an
+            unknown intensity contract.
+    """
+    from cacxr.atomic import write_text
+
+    if name in all_sources():
+        raise CacxrError(f"weights '{name}': the name is already in use (see `cacxr weights list`)")
+    if urlparse(url).scheme not in ("http", "https"):
+        raise CacxrError(f"{url}: not an http(s) URL")
+    if sha256 is not None and not (8 <= len(sha256) <= 64 and all(c in "0123456789abcdefABCDEF" for c in sha256)):
+        raise CacxrError(f"--sha256 {sha256}: expected 8 to 64 hex digits of the file's SHA-256")
+    if intensity not in set(PROFILE_INTENSITY.values()):
+        raise CacxrError(f"--intensity {intensity}: must be one of {', '.join(sorted(set(PROFILE_INTENSITY.values())))}")
+    entry = {"url": url, "sha256": sha256.lower() if sha256 else None, "size": size, "arch": arch, "intensity": intensity}
+    # JSON strings are valid TOML basic strings (and quoted keys).
+    lines = [f"[{json.dumps(name)}]"] + [f"{k} = {json.dumps(v)}" for k, v in entry.items() if v is not None]
+    path = cache_home() / SOURCES_FILE
+    before = path.read_text(encoding="utf-8") if path.is_file() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, before + ("\n" if before and not before.endswith("\n") else "") + "\n".join(lines) + "\n")
+    return get_source(name)
 
 
 def get_source(name: str) -> WeightSource:
@@ -340,10 +376,11 @@ def _record(source: WeightSource, digest: str, size: int) -> None:
 
 
 def cached_file(source: WeightSource) -> Path | None:
-    """The cached file of ``source`` when present (files enter the cache only once verified)."""
+    """The cached file of ``source`` when present, ``weights/<name>/<file name>`` (files enter the cache only
+    once verified)."""
     if source.filename is None:
         return None
-    path = weights_dir() / source.filename
+    path = weights_dir() / source.name / source.filename
     return path if path.is_file() else None
 
 
@@ -351,7 +388,7 @@ def _store(source: WeightSource, fill: Any, what: str) -> Path:
     """Write a temporary file beside the cache with ``fill(tmp)``, verify it, then move it into place."""
     if source.filename is None:
         raise CacxrError(f"weights '{source.name}': nothing to fetch or import")
-    folder = weights_dir()
+    folder = weights_dir() / source.name  # one folder per name: two sources never share a file
     folder.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{source.filename}.", suffix=".part")
     os.close(handle)

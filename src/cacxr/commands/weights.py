@@ -1,4 +1,4 @@
-"""`cacxr weights list|fetch|import`: the registry of named pretrained weights and its cache."""
+"""`cacxr weights list|fetch|import|add`: the registry of named pretrained weights and its cache."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import", help="put a file copied by hand (air-gapped machines) into the cache, verified")
     imp.add_argument("name", metavar="NAME", help="a name from `cacxr weights list`")
     imp.add_argument("file", metavar="FILE", help="the weights file (only read)")
+    add = sub.add_parser("add", help="declare your own named weights (a URL) in $CACXR_HOME/sources.toml")
+    add.add_argument("name", metavar="NAME", help="the new name")
+    add.add_argument("url", metavar="URL", help="where the file is downloaded from")
+    add.add_argument("--sha256", help="its SHA-256 (or a prefix of 8+ hex digits); else recorded at the first fetch")
+    add.add_argument("--size", type=int, help="its size in bytes, checked after each download")
+    add.add_argument("--arch", default="*", help="the architecture it fits (default: any)")
+    add.add_argument("--intensity", default="seed", choices=("seed", "xrv"), help="its intensity contract (seed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "fetch":
         path = registry.fetch(args.name, progress=args.progress, force=args.force)
         print(f"weights '{args.name}' cached and verified: {path}")
-    else:
+    elif args.action == "import":
         path = registry.import_file(args.name, args.file)
         print(f"weights '{args.name}' imported and verified: {path}")
+    else:
+        source = registry.add_source(args.name, args.url, args.sha256, args.size, args.arch, args.intensity)
+        print(f"weights '{source.name}' added to {registry.cache_home() / registry.SOURCES_FILE}")
     return 0
 
 
@@ -48,8 +58,10 @@ def listing() -> str:
             rows.append((source.name, source.arch, source.intensity, "-", "-", "-"))
             continue
         expected, _, origin = registry.expected_checksum(source)
-        size = f"{source.size_mb:.1f} MiB" if source.size_mb is not None else "?"
-        cached = "yes" if registry.cached_file(source) else "no"
+        found = registry.cached_file(source)
+        size_mb = found.stat().st_size / 2**20 if found else source.size_mb
+        size = f"{size_mb:.1f} MiB" if size_mb is not None else "?"
+        cached = "yes" if found else "no"
         checksum = f"{origin} {expected[:8]}" if expected else origin
         rows.append((source.name, source.arch, source.intensity, size, cached, checksum))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
