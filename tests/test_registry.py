@@ -1,4 +1,4 @@
-"""Weights by name: fetch, verify, cache and import, against a file served on 127.0.0.1 by the test itself."""
+"""Weights by name (cacxr.registry, cacxr.weightcache): fetch, verify, cache and import, against a file served on 127.0.0.1 by the test itself."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from cacxr import registry
+from cacxr import registry, weightcache
 from cacxr.cli import main
 from cacxr.errors import CacxrError
 from cacxr.models import build_model
@@ -125,12 +125,12 @@ def test_a_failed_download_says_why_in_one_line_and_caches_nothing(server, home,
     path = entry.pop("path")
     _sources(home, bad={"url": f"{server}{path}", **entry})
     with pytest.raises(CacxrError, match=message) as info:
-        registry.fetch("bad", progress=False)
+        weightcache.fetch("bad", progress=False)
     assert "\n" not in str(info.value)
     assert _cache_listing(home) == []  # no partial or unverified file
     # The command line prints the same line and exits 2.
     code, _ = _cli("weights", "fetch", "bad", "--no-progress")
-    assert code == 2 and registry.cached_file(registry.get_source("bad")) is None
+    assert code == 2 and weightcache.cached_file(registry.get_source("bad")) is None
 
 
 def test_no_network_names_the_host_and_how_to_import(home):
@@ -139,7 +139,7 @@ def test_no_network_names_the_host_and_how_to_import(home):
         port = probe.getsockname()[1]
     _sources(home, far={"url": f"http://127.0.0.1:{port}/w.pth", "sha256": SHA})
     with pytest.raises(CacxrError, match=rf"cannot reach 127.0.0.1:{port} \(no network\?\).*cacxr weights import far FILE"):
-        registry.fetch("far", progress=False)
+        weightcache.fetch("far", progress=False)
 
 
 def test_weights_by_name_fetch_once_then_load_from_the_cache(server, home):
@@ -161,7 +161,7 @@ def test_offline_refuses_to_download_and_import_makes_it_work(server, home, tmp_
     corrupted = tmp_path / "corrupted.pth"
     corrupted.write_bytes(PAYLOAD[:-10] + b"0123456789")
     code, _ = _cli("weights", "import", "tiny", str(corrupted))
-    assert code == 2 and registry.cached_file(registry.get_source("tiny")) is None
+    assert code == 2 and weightcache.cached_file(registry.get_source("tiny")) is None
     copied = tmp_path / "copied_by_hand.pth"
     copied.write_bytes(PAYLOAD)
     code, out = _cli("weights", "import", "tiny", str(copied))
@@ -173,9 +173,9 @@ def test_offline_refuses_to_download_and_import_makes_it_work(server, home, tmp_
 
 def test_without_a_published_checksum_the_first_fetch_is_recorded_and_enforced(server, home, tmp_path):
     _sources(home, tofu={"url": f"{server}/w.pth"})
-    assert registry.expected_checksum(registry.get_source("tofu"))[2] == "none yet"
-    registry.fetch("tofu", progress=False)
-    assert registry.expected_checksum(registry.get_source("tofu")) == (SHA, len(PAYLOAD), "recorded")
+    assert weightcache.expected_checksum(registry.get_source("tofu"))[2] == "none yet"
+    weightcache.fetch("tofu", progress=False)
+    assert weightcache.expected_checksum(registry.get_source("tofu")) == (SHA, len(PAYLOAD), "recorded")
     # A cached file that changed afterwards (disk corruption, a hand edit) is refused at use.
     cached = home / "weights" / "tofu" / "w.pth"
     cached.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))

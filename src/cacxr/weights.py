@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from cacxr.atomic import atomic_path
 from cacxr.errors import CacxrError
 from cacxr.models import HEAD_HIDDEN, CACNet, build_model
-from cacxr.registry import WEIGHT_SOURCES, XRV_FILE, XRV_NAME, WeightSource, resolve_source, weights_path
+from cacxr.registry import WEIGHT_SOURCES, XRV_FILE, XRV_NAME, WeightSource, resolve_source
+from cacxr.weightcache import weights_path
 
 __all__ = [
     "WeightSource",

@@ -31,15 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action and print its result."""
-    from cacxr import registry
+    from cacxr import registry, weightcache
 
     if args.action == "list":
         print(listing())
     elif args.action == "fetch":
-        path = registry.fetch(args.name, progress=args.progress, force=args.force)
+        path = weightcache.fetch(args.name, progress=args.progress, force=args.force)
         print(f"weights '{args.name}' cached and verified: {path}")
     elif args.action == "import":
-        path = registry.import_file(args.name, args.file)
+        path = weightcache.import_file(args.name, args.file)
         print(f"weights '{args.name}' imported and verified: {path}")
     else:
         source = registry.add_source(args.name, args.url, args.sha256, args.size, args.arch, args.intensity)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 def listing() -> str:
     """The table printed by `cacxr weights list` (plain text, one weight source a line)."""
-    from cacxr import registry
+    from cacxr import registry, weightcache
 
     header = ("name", "arch", "intensity", "size", "cached", "checksum")
     rows = [header]
@@ -57,8 +57,8 @@ def listing() -> str:
         if source.url is None:
             rows.append((source.name, source.arch, source.intensity, "-", "-", "-"))
             continue
-        expected, _, origin = registry.expected_checksum(source)
-        found = registry.cached_file(source)
+        expected, _, origin = weightcache.expected_checksum(source)
+        found = weightcache.cached_file(source)
         size_mb = found.stat().st_size / 2**20 if found else source.size_mb
         size = f"{size_mb:.1f} MiB" if size_mb is not None else "?"
         cached = "yes" if found else "no"
@@ -66,5 +66,5 @@ def listing() -> str:
         rows.append((source.name, source.arch, source.intensity, size, cached, checksum))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append(f"cache: {registry.weights_dir()}" + ("  (CACXR_OFFLINE: no downloads)" if registry.offline() else ""))
+    lines.append(f"cache: {weightcache.weights_dir()}" + ("  (CACXR_OFFLINE: no downloads)" if weightcache.offline() else ""))
     return "\n".join(lines)
