@@ -108,3 +108,15 @@ def cli_main_raising(argv: list[str]) -> None:
     from cacxr.commands.train import run
 
     run(build_parser("train").parse_args(argv))
+
+
+def test_a_shipped_example_trains_with_flags_over_it(cohort: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    tiny = ["--arch", "resnet18", "--finetune", "head", "--epochs", "1", "--kfold", "2", "--image-size", "64",
+            "--batchsize", "8", "--no-viz", "--no-progress", "--num-threads", "1", "--workers", "1"]  # fmt: skip
+    code = cli_main(["train", str(cohort), "--config", str(EXAMPLES / "classification.toml"), "--out", str(out), *tiny])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "config.json").read_text())
+    assert (record["arch"], record["epochs"], record["kfold"], record["image_size"]) == ("resnet18", 1, 2, 64)
+    assert (record["lr"], record["milestones"], record["seed"], record["wd"]) == (3e-4, [20, 35], 42, 1e-4)
+    assert len(json.loads((out / "metrics.json").read_text())["folds"]) == 2
