@@ -121,7 +121,7 @@ WEIGHT_SOURCES: MappingProxyType[str, WeightSource] = MappingProxyType(
             "*",
             224,
             "seed",
-            "see imagenet-<arch>",
+            "fetch the file of an architecture: " + ", ".join(f"imagenet-{arch}" for arch in _IMAGENET),
         ),
         **{source.name: source for source in _IMAGENET.values()},
         XRV_NAME: WeightSource(
