@@ -210,6 +210,8 @@ def test_weights_add_declares_a_source_that_fetch_then_verifies(server, home):
         registry.add_source("mine", f"{server}/w.pth")
     with pytest.raises(CacxrError, match="--sha256 xyz: expected 8 to 64 hex digits"):
         registry.add_source("other", f"{server}/w.pth", sha256="xyz")
+    with pytest.raises(CacxrError, match="'../up': a name is letters, digits"):
+        registry.add_source("../up", f"{server}/w.pth")
     with pytest.raises(CacxrError, match="not an http"):
         registry.add_source("other", "ftp://host/w.pth")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -50,6 +51,7 @@ XRV_NAME = "xrv-densenet121-all"
 XRV_FILE = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 SOURCES_FILE = "sources.toml"
 _MB = 1024 * 1024
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The intensity contract each preprocessing profile delivers: seed and clahe share the seed scale
 # ((x / 255 - 0.5024) / 0.2898), xrv gives torchxrayvision's [-1024, 1024] (cacxr.preprocess.normalise).
@@ -168,6 +170,8 @@ def all_sources() -> dict[str, WeightSource]:
         raise CacxrError(f"{path}: unreadable weights sources file ({exc})") from None
     allowed = {"url", "sha256", "size", "arch", "intensity", "input_size", "description"}
     for name, entry in table.items():
+        if not _NAME.fullmatch(name):
+            raise CacxrError(f"{path}: [{name}] is not a valid name (letters, digits, '.', '_', '-')")
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
             raise CacxrError(f"{path}: [{name}] needs a url")
         unknown = sorted(set(entry) - allowed)
@@ -210,6 +214,8 @@ def add_source(
     """
     from cacxr.atomic import write_text
 
+    if not _NAME.fullmatch(name):
+        raise CacxrError(f"weights '{name}': a name is letters, digits, '.', '_' and '-' (it names a cache folder)")
     if name in all_sources():
         raise CacxrError(f"weights '{name}': the name is already in use (see `cacxr weights list`)")
     if urlparse(url).scheme not in ("http", "https"):
