@@ -229,3 +229,4 @@ def test_report_shows_roc_and_calibration_under_the_headline(tmp_path: Path) -> 
     figures = {name: page.index(f'alt="{name}"') for name in ("roc", "calibration", "confusion")}
     assert headline < figures["roc"] < evaluated and headline < figures["calibration"] < evaluated
     assert figures["confusion"] > page.index("<h2>Plots</h2>") > evaluated
+    assert "<h2>ROC and calibration</h2>" in page

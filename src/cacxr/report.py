@@ -150,7 +150,7 @@ def render_report(
         f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston). '
         f"{_e(_cohort_sentence(pooled))}</p>",
         _headline(task, pooled),
-        _plots_section(first, "ROC and calibration"),
+        _plots_section(first, _first_title(first)),
         "<h2>How it was evaluated</h2>",
         f"<p>{_e(_evaluation_text(metrics, config))}</p>",
         _final_note(config.get("final")),
@@ -378,6 +378,14 @@ def _settings_section(config: dict, ingest: dict | None) -> str:
         parts.append(_key_value_table([(k, v) for k, v in config.items() if k != "ingest"]))
         parts.append("</details>")
     return "\n".join(parts) if len(parts) > 1 else ""
+
+
+def _first_title(plots: list[tuple[str, Path]]) -> str:
+    """'ROC and calibration', or the one of them the run has."""
+    names = {"roc": "ROC", "calibration": "calibration"}
+    shown = [names[word] for word in _FIRST_PLOTS if any(word in name.lower() for name, _ in plots)]
+    title = " and ".join(shown)
+    return title[:1].upper() + title[1:]
 
 
 def _plots_section(plots: Iterable[tuple[str, Path]], title: str = "Plots") -> str:
