@@ -301,3 +301,14 @@ def test_every_figure_in_the_report_equals_metrics_json(tmp_path: Path, task: st
     if task == "regression":
         assert "CAC ≥ 100" in page and "CAC ≥ 400" in page
         assert metrics["pooled"]["auc_on"] == "predicted log CAC (unclipped)"
+
+
+def test_report_shows_roc_and_calibration_under_the_headline(tmp_path: Path) -> None:
+    run, _ = _run_folder(tmp_path, "classification")
+    PLOT_CASES["calibration"](run / "plots" / "calibration.png")
+    page = write_report(run).read_text(encoding="utf-8")
+    headline, evaluated = page.index('class="big"'), page.index("<h2>How it was evaluated</h2>")
+    figures = {name: page.index(f'alt="{name}"') for name in ("roc", "calibration", "confusion")}
+    assert headline < figures["roc"] < evaluated and headline < figures["calibration"] < evaluated
+    assert figures["confusion"] > page.index("<h2>Plots</h2>") > evaluated
+    assert "<h2>ROC and calibration</h2>" in page

@@ -511,3 +511,16 @@ def test_cli_no_signal_flag(tmp_path):
     )
     truth = read_truth(tmp_path / "n")
     assert truth.signal is False and math.fsum(p.plaque_pixels for p in truth.patient_truth) == 0
+
+
+def test_plaque_scale_draws_larger_plaques_on_the_same_patients(tmp_path):
+    kw = dict(patients=12, seed=3, size=64, faults=False, progress=False, workers=1)
+    standard = make_cohort(tmp_path / "s", **kw)
+    larger = make_cohort(tmp_path / "l", plaque_scale=3.0, **kw)
+    pairs = list(zip(standard.patient_truth, larger.patient_truth, strict=True))
+    assert [a.cac_score for a, _ in pairs] == [b.cac_score for _, b in pairs]
+    assert [a.n_plaques for a, _ in pairs] == [b.n_plaques for _, b in pairs]  # same plaques, only larger
+    positives = [(a, b) for a, b in pairs if a.cac_score > 0]
+    assert positives and all(b.plaque_pixels > 2 * a.plaque_pixels for a, b in positives)
+    with pytest.raises(CacxrError, match="--plaque-scale 0.0: must be in"):
+        make_cohort(tmp_path / "x", plaque_scale=0.0, **kw)

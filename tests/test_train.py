@@ -401,7 +401,7 @@ def test_config_json_leaves_out_execution_options() -> None:
     [
         ([], {"viz": True, "save": True, "feature_cache": True, "augment": False, "epochs": 50, "kfold": 5,
               "batchsize": 4, "wd": 1e-4, "momentum": 0.9, "seed": 42, "image_size": 1024, "threshold": 0.0,
-              "weights": "none", "device": "auto", "loss": "mae", "profile": "seed", "lr": None}),
+              "weights": "none", "device": "auto", "loss": "mae", "profile": None, "lr": None}),
         (["--no-viz", "--no-save", "--no-feature-cache", "--augment", "--no-progress"],
          {"viz": False, "save": False, "feature_cache": False, "augment": True, "progress": False}),
         (["--fold", "1", "--resume", "--milestones", "5,10", "--threshold", "100", "--loss", "mse"],

@@ -29,6 +29,8 @@ def _isolated_caches(tmp_path, monkeypatch):
     """No real torch hub or torchxrayvision cache is visible to these tests."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CACXR_HOME", str(tmp_path / "cacxr_home"))
+    monkeypatch.setenv("CACXR_OFFLINE", "1")  # downloads are tested in test_registry.py
 
 
 def _resnet18_state(in_channels: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -241,24 +243,33 @@ def test_files_that_do_not_fit_are_refused_naming_the_file(tmp_path, make, messa
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_imagenet_with_an_empty_hub_cache_says_where_to_put_the_file(tmp_path):
+def test_imagenet_offline_with_empty_caches_says_how_to_import_the_file(tmp_path):
     with pytest.raises(CacxrError) as info:
         load_pretrained(build_model("densenet121", 2), "imagenet")
-    expected = tmp_path / "torch_home" / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
-    assert str(expected) in str(info.value)
-    assert "never downloads" in str(info.value)
+    assert str(tmp_path / "cacxr_home" / "weights") in str(info.value)
+    assert "copy densenet121-a639ec97.pth" in str(info.value)
+    assert "cacxr weights import imagenet-densenet121 FILE" in str(info.value)
 
 
-def test_imagenet_reads_torchvisions_file_from_the_hub_cache(tmp_path):
+def test_imagenet_file_in_the_hub_cache_is_verified_before_use(tmp_path):
     path = imagenet_file("resnet18")
     assert path == tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     path.parent.mkdir(parents=True)
-    state = _resnet18_state(seed=5)
-    torch.save(state, path)
+    torch.save(_resnet18_state(seed=5), path)  # not torchvision's file: its SHA-256 does not start f37072fd
     model = build_model("resnet18", 2)
-    report = load_pretrained(model, "imagenet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CacxrError, match=f"{path}: checksum mismatch for weights 'imagenet-resnet18'"):
+        load_pretrained(model, "imagenet")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_imagenet_from_a_path_reads_the_file(tmp_path):
+    state = _resnet18_state(seed=5)
+    torch.save(state, tmp_path / "r18.pth")
+    model = build_model("resnet18", 2)
+    report = load_pretrained(model, f"imagenet={tmp_path / 'r18.pth'}")
     _assert_loaded(model, _expected_encoder(state))
-    assert report.intensity == "seed" and report.source == str(path)
+    assert report.intensity == "seed"
 
 
 def test_xrv_weights_from_a_path_use_the_xrv_intensity(tmp_path):
@@ -278,9 +289,9 @@ def test_xrv_weights_from_a_path_use_the_xrv_intensity(tmp_path):
 @pytest.mark.parametrize(
     ("arch", "spec", "message"),
     [
-        ("densenet121", "xrv-densenet121-all", "weights 'xrv-densenet121-all' not found .*never downloads"),
+        ("densenet121", "xrv-densenet121-all", "weights 'xrv-densenet121-all' are not in the cache .*cacxr weights import"),
         ("resnet18", "xrv-densenet121-all", "are for densenet121, not resnet18"),
-        ("resnet18", "chexpert-best", r"'chexpert-best': not a registry name \(none, imagenet, xrv-densenet121-all\) and no such file"),
+        ("resnet18", "chexpert-best", r"'chexpert-best': not a registry name \(none, imagenet, imagenet-densenet121, .*xrv-densenet121-all\) and no such file"),
         ("resnet18", "imagenet=/nowhere/resnet.pth", "/nowhere/resnet.pth: no such weights file"),
     ],
 )

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare several runs side by side (table, forest plot, paired tests)",
     "fit-final": "train one final model on every patient of a run, with settings chosen by its folds",
     "serve": "HTTP API and web page for uploads",
+    "weights": "named pretrained weights: list, fetch (verified, cached) or import a file by hand",
     "demo": "the whole pipeline on a generated cohort, sized for a laptop CPU",
 }
 

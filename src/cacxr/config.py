@@ -26,6 +26,7 @@ LOSSES = ("mae", "mse")
 # `--fold K` job of a run writes the same file, and free to differ when a run is resumed.
 EXECUTION_FIELDS = (
     "fold", "resume", "progress", "workers", "num_threads", "device", "amp", "channels_last", "compile",
+    "manifest_sha256", "track",
 )
 
 # Settings that locate files rather than define the run: they may change between a run and its resume
@@ -62,7 +63,9 @@ class TrainConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         resume: continue an interrupted run in ``out``.
         loss: regression loss, ``mae`` (L1) or ``mse``.
-        profile: preprocessing profile of the image store (``seed``, ``xrv``, ``clahe``).
+        profile: preprocessing profile of the image store (``seed``, ``xrv``, ``clahe``); ``None`` follows
+            the intensity contract of the weights (``xrv`` for torchxrayvision's, else ``seed``). A chosen
+            profile that does not deliver the weights' contract is refused (cacxr.registry.check_profile).
         feature_cache: with a frozen trunk and no augmentation, compute trunk features once.
         augment: random training augmentation (disables the feature cache).
         val_fraction: share of each training part held out for validation (epoch and threshold choice).
@@ -85,6 +88,9 @@ class TrainConfig:
             calibration patients): ``platt``, ``isotonic`` or ``none`` (cacxr.calibration).
         operating_point: the rule fixing the reported operating point on all folds' validation
             predictions: ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.operating_point).
+        manifest_sha256: the SHA-256 the data's manifest must have (set when a run's config.json is given
+            to ``--config``, so that a rerun checks it trains on the same data); ``None``: not checked.
+        track: log the finished run to ``mlflow`` or ``tensorboard`` (cacxr.tracking); ``None``: no tracking.
     """
 
     task: str = "classification"
@@ -108,7 +114,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     loss: str = "mae"
-    profile: str = "seed"
+    profile: str | None = None
     feature_cache: bool = True
     augment: bool = False
     val_fraction: float = 0.2
@@ -127,6 +133,8 @@ class TrainConfig:
     compile: bool | None = None
     calibration: str = "platt"
     operating_point: str = "sensitivity=0.90"
+    manifest_sha256: str | None = None
+    track: str | None = None
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.
@@ -145,6 +153,9 @@ class TrainConfig:
             cfg.milestones = list(_DEFAULT_MILESTONES[cfg.task])
         cfg.milestones = sorted(int(m) for m in cfg.milestones)
         cfg.weights = "none" if _is_none(cfg.weights) else str(cfg.weights)
+        from cacxr.registry import check_profile
+
+        cfg.profile = check_profile(cfg.weights, cfg.profile)
         from cacxr.clinical import parse_clinical
 
         cfg.clinical = parse_clinical(cfg.clinical)
@@ -173,6 +184,7 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (0 < self.gamma <= 1, "gamma must be in (0, 1]"),
             (self.calibration in ("platt", "isotonic", "none"), "--calibration must be platt, isotonic or none"),
+            (self.track in (None, "mlflow", "tensorboard"), "--track must be mlflow or tensorboard"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

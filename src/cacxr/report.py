@@ -69,6 +69,7 @@ _SUMMARY_SETTINGS = (
     ("seed", "seed"),
 )
 # Plot files are shown in this order (first matching word of the file name), then the rest.
+_FIRST_PLOTS = ("roc", "calibration")
 _PLOT_ORDER = ("roc", "confusion", "agatston", "calibration", "decision", "error_by_band", "band", "scatter", "loss")
 
 _CSS = """
@@ -152,6 +153,10 @@ def render_report(
     threshold = metrics.get("threshold", config.get("threshold", 0.0))
     pooled = metrics.get("pooled") or {}
     folds = metrics.get("folds") or []
+    plots = list(plots)
+    # The ROC and calibration pictures come right under the headline; the other plots stay at the end.
+    first = [(name, path) for name, path in plots if any(word in name.lower() for word in _FIRST_PLOTS)]
+    rest = [item for item in plots if item not in first]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -161,6 +166,7 @@ def render_report(
         f'<p class="subtitle">Positive = CAC &gt; {_e(_number(threshold))} (Agatston){_e(guideline_wording(threshold))}. '
         f"{_e(_cohort_sentence(pooled))}</p>",
         headline(task, metrics, "evaluation data" if "evaluation" in metrics else "pooled out-of-fold"),
+        _plots_section(first, _first_title(first)),
         "<h2>How it was evaluated</h2>",
         f"<p>{_e(_evaluation_text(metrics, config))}</p>",
         _final_note(config.get("final")),
@@ -180,7 +186,7 @@ def render_report(
         ]
     parts.append(_confusion_tables(task, pooled))
     parts.append(_settings_section(config, ingest))
-    parts.append(_plots_section(plots))
+    parts.append(_plots_section(rest))
     parts.append(f"<footer>Written by cacxr {_e(__version__)}. This page is self-contained.</footer>")
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p) + "\n"
@@ -351,7 +357,15 @@ def _settings_section(config: dict, ingest: dict | None) -> str:
     return "\n".join(parts) if len(parts) > 1 else ""
 
 
-def _plots_section(plots: Iterable[tuple[str, Path]]) -> str:
+def _first_title(plots: list[tuple[str, Path]]) -> str:
+    """'ROC and calibration', or the one of them the run has."""
+    names = {"roc": "ROC", "calibration": "calibration"}
+    shown = [names[word] for word in _FIRST_PLOTS if any(word in name.lower() for name, _ in plots)]
+    title = " and ".join(shown)
+    return title[:1].upper() + title[1:]
+
+
+def _plots_section(plots: Iterable[tuple[str, Path]], title: str = "Plots") -> str:
     figures = []
     for name, path in plots:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -360,7 +374,7 @@ def _plots_section(plots: Iterable[tuple[str, Path]]) -> str:
             f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>"
         )
-    return "<h2>Plots</h2>\n" + "\n".join(figures) if figures else ""
+    return f"<h2>{_e(title)}</h2>\n" + "\n".join(figures) if figures else ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -271,6 +271,12 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | No
             f"{run_dir}: the data changed since this run started (the manifest's sha256 differs from the "
             f"one in {CONFIG_FILE}); train into another --out"
         )
+    if cfg.manifest_sha256 and cfg.manifest_sha256 != sha:
+        raise CacxrError(
+            f"{manifest}: not the data of the run this configuration comes from (manifest sha256 {sha[:12]}..., "
+            f"the configuration's manifest_sha256 {cfg.manifest_sha256[:12]}...); to train these settings on "
+            "other data, remove manifest_sha256 from the configuration"
+        )
     rows = _labelled_rows(manifest, cfg.site)
     store_dir = Path(cfg.store) if cfg.store else default_store_dir(cfg, run_dir)
     _refuse_writes_under_data(cfg, rows, store_dir)

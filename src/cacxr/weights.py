@@ -3,13 +3,15 @@
 ``--weights`` takes one of:
 
 * ``none``: random initialisation;
-* ``imagenet``: torchvision's ImageNet weights for the architecture, read from the local torch hub cache
-  (``<torch hub dir>/checkpoints/<torchvision file name>``); cacxr never downloads;
-* ``xrv-densenet121-all`` (optionally ``=PATH``): torchxrayvision's chest-X-ray DenseNet121
-  ("densenet121-res224-all"); its images use the ``xrv`` intensity profile;
+* a registry name (:mod:`cacxr.registry`, ``cacxr weights list``): ``imagenet`` (torchvision's ImageNet file
+  of the chosen architecture, also ``imagenet-<arch>``), ``xrv-densenet121-all`` (torchxrayvision's chest
+  X-ray DenseNet121, "densenet121-res224-all", ``xrv`` intensities) or an entry of ``$CACXR_HOME/sources.toml``.
+  The verified file in the cache is used, fetched first unless ``CACXR_OFFLINE=1``; torchvision files
+  already in torch's hub cache are used too (after the same verification). ``NAME=PATH`` reads a
+  registry entry's weights from PATH (no checksum: the file is the user's);
 * a file PATH: torchvision layout (whole model or ``features.*`` only), the original project's encoder file
   (``{"model": {encoder.*, fc1.*, fc2.*}}``), its CAC checkpoint (``{encoder.*, fc.*}``), or a cacxr model
-  saved by :func:`save_model`. ``NAME=PATH`` reads a registry entry's weights from PATH.
+  saved by :func:`save_model`.
 
 Loading is strict: every encoder tensor must be present with the right shape; only the classification head
 may differ (ours is new, theirs is ignored). A 3-channel stem is summed into our one channel. Files are read
@@ -18,6 +20,7 @@ as safetensors or with ``torch.load(weights_only=True)``: a pickle holding arbit
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pickle
@@ -25,7 +28,6 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -37,6 +39,8 @@ from torch import Tensor, nn
 from cacxr.atomic import atomic_path
 from cacxr.errors import CacxrError
 from cacxr.models import HEAD_HIDDEN, CACNet, build_model
+from cacxr.registry import WEIGHT_SOURCES, XRV_FILE, XRV_NAME, WeightSource, resolve_source
+from cacxr.weightcache import weights_path
 
 __all__ = [
     "WeightSource",
@@ -51,59 +55,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-XRV_NAME = "xrv-densenet121-all"
-# torchxrayvision's release file for "densenet121-res224-all" (a pickled model object).
-XRV_FILE = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
 XRV_SAFETENSORS = "densenet121-res224-all.safetensors"
 FORMAT = "cacxr.CACNet"
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """One named weight source.
-
-    Attributes:
-        name: the ``--weights`` value.
-        description: what the weights are.
-        arch: the architecture they fit (``"*"``: every arch in :data:`cacxr.models.ARCHS`).
-        input_size: image size they were trained at (None: not applicable).
-        intensity: the preprocessing profile whose intensities they expect (``"seed"`` or ``"xrv"``).
-        obtain: how to get the file onto this machine.
-    """
-
-    name: str
-    description: str
-    arch: str
-    input_size: int | None
-    intensity: str
-    obtain: str
-
-
-WEIGHT_SOURCES: MappingProxyType[str, WeightSource] = MappingProxyType(
-    {
-        "none": WeightSource("none", "random initialisation", "*", None, "seed", "nothing to obtain"),
-        "imagenet": WeightSource(
-            "imagenet",
-            "torchvision ImageNet-1k weights, RGB stem summed into one channel",
-            "*",
-            224,
-            "seed",
-            "copy torchvision's file (densenet121-a639ec97.pth, resnet18-f37072fd.pth, "
-            "efficientnet_b0_rwightman-7f5810bc.pth; from https://download.pytorch.org/models/) into "
-            "<torch hub dir>/checkpoints/ (default ~/.cache/torch/hub/checkpoints; set TORCH_HOME to move it)",
-        ),
-        XRV_NAME: WeightSource(
-            XRV_NAME,
-            "torchxrayvision DenseNet121 'densenet121-res224-all', trained on 8 public chest X-ray datasets",
-            "densenet121",
-            224,
-            "xrv",
-            f"pip install torchxrayvision and fetch it once with internet "
-            f"(xrv.models.DenseNet(weights='densenet121-res224-all') saves ~/.torchxrayvision/models_data/"
-            f"{XRV_FILE}), or pass {XRV_NAME}=PATH to a state dict / safetensors file",
-        ),
-    }
-)
 
 
 @dataclass
@@ -370,77 +323,68 @@ def imagenet_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def _xrv_candidates() -> list[Path]:
+def _xrv_candidates() -> tuple[Path, ...]:
+    """Places torchxrayvision's file may already be (its own cache, torch's hub cache)."""
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    return [
+    return (
         checkpoints / XRV_SAFETENSORS,
         checkpoints / XRV_FILE,
         Path.home() / ".torchxrayvision" / "models_data" / XRV_FILE,
-    ]
+    )
 
 
-def _xrv_state() -> tuple[dict[str, Tensor], str]:
-    """torchxrayvision's DenseNet121 weights, from a local file, never downloaded."""
-    found = next((p for p in _xrv_candidates() if p.is_file()), None)
-    if found is None:
-        places = ", ".join(str(p) for p in _xrv_candidates())
-        raise CacxrError(
-            f"weights '{XRV_NAME}' not found (looked in {places}); cacxr never downloads: "
-            f"{WEIGHT_SOURCES[XRV_NAME].obtain}"
-        )
+def _xrv_state(found: Path) -> tuple[dict[str, Tensor], str]:
+    """torchxrayvision's DenseNet121 weights from a verified local file."""
     if _is_safetensors(found):
         return load_model_file(found)[0], str(found)
-    try:
-        import torchxrayvision as xrv
-    except ImportError:
+    if importlib.util.find_spec("torchxrayvision") is None:
         raise CacxrError(
             f"{found} is torchxrayvision's pickled model: reading it needs the package "
             f"(pip install torchxrayvision), or pass {XRV_NAME}=PATH to its state dict saved as safetensors"
-        ) from None
-    # The file is present, so torchxrayvision loads it from its cache without downloading.
-    net = xrv.models.DenseNet(weights="densenet121-res224-all")
+        )
+    import torchxrayvision  # noqa: F401  (the pickle refers to its classes)
+
+    # The release file pickles a whole model. It is unpickled only because its SHA-256 matched the
+    # registry's record (cacxr.registry), as torchxrayvision itself would load it.
+    net = torch.load(found, map_location="cpu", weights_only=False)
     return dict(net.state_dict()), f"torchxrayvision densenet121-res224-all ({found})"
 
 
-def load_pretrained(model: CACNet, spec: str) -> LoadReport:
+def load_pretrained(model: CACNet, spec: str, progress: bool = True) -> LoadReport:
     """Load weights named by ``spec`` into ``model``, strictly.
 
     Args:
         model: the model to fill (its head stays random unless the file holds a head of the same shape).
-        spec: ``none``, ``imagenet``, ``xrv-densenet121-all``, ``NAME=PATH`` or a file path (module docstring).
+        spec: ``none``, a registry name, ``NAME=PATH`` or a file path (module docstring).
+        progress: show a progress bar when the weights must be downloaded first.
 
     Returns:
         What was loaded, missing and ignored.
 
     Raises:
-        CacxrError: unknown name, missing file (with where to put it), a file that does not fit the model
-            (missing encoder tensors, wrong shapes), or a file that is not a plain state dict.
+        CacxrError: unknown name, weights not cached while offline (with how to import them), a failed
+            download or verification, a file that does not fit the model (missing encoder tensors, wrong
+            shapes), or a file that is not a plain state dict.
     """
+    from cacxr.registry import all_sources
+
     name, sep, value = spec.partition("=")
-    if name in WEIGHT_SOURCES:
-        source = WEIGHT_SOURCES[name]
-        if source.arch not in ("*", model.arch):
-            raise CacxrError(f"weights '{name}' are for {source.arch}, not {model.arch}")
+    sources = all_sources()
+    if name in sources:
+        source = resolve_source(name, model.arch)
         if name == "none":
             return LoadReport([], [], [], "none", ["random initialisation"], None)
         if sep:
             state, origin = load_model_file(Path(value).expanduser())[0], value
-        elif name == "imagenet":
-            path = imagenet_file(model.arch)
-            if not path.is_file():
-                raise CacxrError(
-                    f"ImageNet weights for {model.arch} not found at {path}; cacxr never downloads: copy "
-                    f"torchvision's file {path.name} into {path.parent} (or set TORCH_HOME to the folder "
-                    "holding hub/checkpoints/)"
-                )
-            state, origin = load_model_file(path)[0], str(path)
+        elif source.name == XRV_NAME:
+            state, origin = _xrv_state(weights_path(source, progress, _xrv_candidates()))
         else:
-            state, origin = _xrv_state()
+            also = (imagenet_file(model.arch),) if source.name.startswith("imagenet-") else ()
+            path = weights_path(source, progress, also)
+            state, origin = load_model_file(path)[0], str(path)
         return _apply(model, state, origin, source.intensity)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise CacxrError(
-            f"weights '{spec}': not a registry name ({', '.join(WEIGHT_SOURCES)}) and no such file"
-        )
+        raise CacxrError(f"weights '{spec}': not a registry name ({', '.join(sources)}) and no such file")
     state, metadata = load_model_file(path)
     return _apply(model, state, str(path), metadata.get("intensity"))

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar"
     )
     parser.add_argument("--workers", type=int, default=None, help="drawing threads (default: automatic)")
+    parser.add_argument(
+        "--plaque-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="plaque length and width relative to the standard cohort (default 1; the demo uses larger ones)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         signal=args.signal,
         progress=args.progress,
         workers=args.workers,
+        plaque_scale=args.plaque_scale,
     )
     print(f"cacxr synth: {args.out}: {summary(truth)}")
     return 0

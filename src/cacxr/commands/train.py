@@ -1,5 +1,8 @@
 """`cacxr train DATA|MANIFEST --task classification|regression --out RUN`: k-fold cross-validated training.
 
+``--config FILE`` reads the settings from a TOML, YAML or JSON file (cacxr.configfile), a run's config.json
+included; flags given on the command line override it.
+
 ``cacxr train RUN --merge`` (or ``cacxr train DATA --out RUN --merge``) writes the run-level files of a run
 whose folds were trained as separate ``--fold K`` jobs.
 """
@@ -15,7 +18,7 @@ from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
 from cacxr.errors import CacxrError
 from cacxr.runfolder import REPORT_FILE
 
-__all__ = ["add_arguments", "run", "ARCH_CHOICES", "PROFILE_CHOICES"]
+__all__ = ["add_arguments", "run", "config_from_args", "ARCH_CHOICES", "PROFILE_CHOICES"]
 
 # Literal copies of cacxr.models.ARCHS / cacxr.preprocess.PROFILES, so that `--help` does not load torch
 # (tests/test_train.py checks that they match).
@@ -32,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         metavar="DATA|MANIFEST",
         help="DICOM data folder (ingested into RUN/ingest) or a manifest.csv; with --merge, the run folder",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a TOML/YAML/JSON file (keys as in config.json; a run's config.json reruns it); "
+        "flags given here override the file",
     )
     parser.add_argument("--task", choices=TASKS, help="classification (CAC > --threshold) or regression (log CAC)")
     parser.add_argument("--out", metavar="RUN", help="the run folder (new or empty, or an existing run with --resume)")
@@ -65,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, metavar="auto|cpu|cuda", help="default auto (CUDA if present)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="regression loss (default mae)")
-    parser.add_argument("--profile", choices=PROFILE_CHOICES, default=d.profile, help="preprocessing (default seed)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default=d.profile,
+        help="preprocessing (default: the weights' intensity contract, xrv for xrv-* weights, else seed)",
+    )
     parser.add_argument(
         "--feature-cache",
         action=switch,
@@ -124,40 +138,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after cross-validation, train the final model on every patient into RUN/final (cacxr fit-final)",
     )
     parser.add_argument("--progress", action=switch, default=d.progress, help="progress bars (default on)")
+    parser.add_argument(
+        "--track",
+        choices=("mlflow", "tensorboard"),
+        help="log the finished run: MLflow (MLFLOW_TRACKING_URI or ./mlruns) or TensorBoard (RUN/tensorboard)",
+    )
+    _mark_defaults(parser)  # keep last: every flag above is then known to be given or defaulted
+
+
+class _Default:
+    """A value argparse filled in (the flag was not given), so that ``--config`` can tell the two apart."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _mark_defaults(parser: argparse.ArgumentParser) -> None:
+    """Wrap the default of every flag that sets a ``TrainConfig`` field in :class:`_Default`."""
+    for f in fields(TrainConfig):
+        parser.set_defaults(**{f.name: _Default(parser.get_default(f.name))})
+
+
+def _unwrap(args: argparse.Namespace) -> None:
+    """Replace the :class:`_Default` markers by their values, in place."""
+    for name, value in vars(args).items():
+        if isinstance(value, _Default):
+            setattr(args, name, value.value)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or merge) and print the pooled result and the report's path."""
     from cacxr.train import merge_folds, train_run
 
+    cfg = config_from_args(args)
+    _unwrap(args)
     if args.merge:
         run_dir = args.out or args.data
         if not run_dir:
             raise CacxrError("--merge needs the run folder: cacxr train RUN --merge")
         metrics = merge_folds(run_dir)
     else:
-        missing = [flag for flag, value in (("DATA|MANIFEST", args.data), ("--task", args.task), ("--out", args.out)) if not value]
+        missing = [flag for flag, value in (("DATA|MANIFEST", cfg.data), ("--task", cfg.task), ("--out", cfg.out)) if not value]
         if missing:
             raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
-        run_dir = args.out
-        metrics = train_run(config_from_args(args))
+        run_dir = cfg.out
+        metrics = train_run(cfg)
     from cacxr.distributed import launch_rank
 
     if launch_rank() != 0:
         return 0  # under torchrun, rank 0 reports (and fits the final model)
     print(summary(metrics, Path(run_dir)))
+    if cfg.track and metrics.get("complete", True):
+        from cacxr.tracking import track_run
+
+        where = track_run(run_dir, cfg.track)
+        if where:
+            print(f"tracked: {where}")
     if args.final and metrics.get("complete", True):
         from cacxr.commands.fit_final import summary as final_summary
         from cacxr.final import fit_final
 
-        final = fit_final(run_dir, device=args.device, num_threads=args.num_threads, progress=args.progress)
+        final = fit_final(run_dir, device=cfg.device, num_threads=cfg.num_threads, progress=cfg.progress)
         print(final_summary(final, run_dir))
     return 0
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The ``TrainConfig`` of parsed `cacxr train` arguments."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    """The ``TrainConfig`` of parsed `cacxr train` arguments: defaults, then ``--config FILE``, then given flags."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    merged = {name: value.value if isinstance(value, _Default) else value for name, value in values.items()}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        from cacxr.configfile import read_config_file
+
+        given = {name: value for name, value in values.items() if not isinstance(value, _Default)}
+        merged |= read_config_file(config_file) | given
+    return TrainConfig(**merged)
 
 
 def summary(metrics: dict[str, Any], run_dir: Path) -> str:

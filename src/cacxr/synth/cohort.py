@@ -599,6 +599,7 @@ class _Job:
     seed: int
     signal: bool
     patient: PatientPlan
+    plaque_scale: float = 1.0
 
 
 def _render_patient(job: _Job) -> tuple[str, int, int]:
@@ -606,7 +607,7 @@ def _render_patient(job: _Job) -> tuple[str, int, int]:
     p, out = job.patient, Path(job.out)
     rng = np.random.default_rng([job.seed, _IMAGE_STREAM, p.index])
     anat = sample_anatomy(rng, p.sex)
-    plaques = sample_plaques(np.random.default_rng([job.seed, _PLAQUE_STREAM, p.index]), p.cac)
+    plaques = sample_plaques(np.random.default_rng([job.seed, _PLAQUE_STREAM, p.index]), p.cac, job.plaque_scale)
     drawn = plaques if job.signal else []
     domain = 1.0 if p.site == "external" else 0.0
     study_uid = stable_uid(job.seed, p.patient_id, "study")
@@ -691,6 +692,7 @@ def make_cohort(
     signal: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    plaque_scale: float = 1.0,
 ) -> SynthTruth:
     """Write a synthetic cohort: ``out/site.db``, ``out/<patient>/rx/*.dcm``, synth_truth.json.
 
@@ -705,6 +707,8 @@ def make_cohort(
         signal: draw calcified plaques (``False``: the same images without any, a negative control).
         progress: show a progress bar.
         workers: threads to draw with (None: automatic; results do not depend on it).
+        plaque_scale: plaque length and width relative to the standard cohort (1); the demo draws larger
+            plaques so that a small CNN sees them at a low resolution. The labels do not change.
 
     Returns:
         The truth, also written to ``out/synth_truth.json``.
@@ -720,12 +724,14 @@ def make_cohort(
         raise CacxrError(f"--size {size}: too small to draw a chest (use 32 or more pixels)")
     if seed < 0:
         raise CacxrError(f"--seed {seed}: must be 0 or more")
+    if not 0 < plaque_scale <= 10:
+        raise CacxrError(f"--plaque-scale {plaque_scale}: must be in (0, 10]")
     out = Path(out)
     _check_out(out)
     plan = plan_cohort(patients, external, seed, size, faults)
     out.mkdir(parents=True, exist_ok=True)
     _write_site_db(out / "site.db", plan.labels)
-    jobs = [_Job(str(out), seed, signal, p) for p in plan.patients]
+    jobs = [_Job(str(out), seed, signal, p, plaque_scale) for p in plan.patients]
     n_workers = workers or min(os.cpu_count() or 1, 8, len(jobs))
     bar = tqdm(total=len(jobs), desc="synth", unit="patient", disable=not progress)
     plaques: dict[str, tuple[int, int]] = {}

@@ -159,12 +159,13 @@ def sample_pose(rng: np.random.Generator, view: str = "PA", domain: float = 0.0)
     )
 
 
-def sample_plaques(rng: np.random.Generator, cac: float) -> list[Plaque]:
+def sample_plaques(rng: np.random.Generator, cac: float, scale: float = 1.0) -> list[Plaque]:
     """Calcifications whose number and size grow with log CAC (none for a CAC of 0).
 
     Args:
         rng: the patient's plaque generator (separate from the anatomy's).
         cac: the Agatston score.
+        scale: factor on every plaque's length and width (1: the standard cohort).
 
     Returns:
         The plaques (empty when ``cac <= 0``).
@@ -179,8 +180,8 @@ def sample_plaques(rng: np.random.Generator, cac: float) -> list[Plaque]:
             Plaque(
                 vessel=int(rng.choice(3, p=_VESSEL_WEIGHTS)),
                 t=float(rng.beta(1.6, 2.4)),
-                length=float((0.0075 + 0.0085 * burden) * rng.uniform(0.5, 1.5)),
-                width=float((0.005 + 0.0022 * burden) * rng.uniform(0.8, 1.25)),
+                length=float((0.0075 + 0.0085 * burden) * rng.uniform(0.5, 1.5) * scale),
+                width=float((0.005 + 0.0022 * burden) * rng.uniform(0.8, 1.25) * scale),
                 # denser for heavy calcification; tuned so that a small CNN needs several epochs
                 density=float(rng.uniform(0.45, 0.8) * (0.8 + 0.15 * burden)),
             )
