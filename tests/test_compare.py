@@ -147,6 +147,12 @@ def test_cli_prints_each_run(real_runs: list[Path], tmp_path: Path, capsys: pyte
         assert run_dir.name in out
     assert "best of its group" in out and "DeLong p =" in out and "mean per-fold AUC" in out
     assert (tmp_path / "c" / "compare.md").is_file() and not (tmp_path / "c" / "forest.png").exists()
+    # A second comparison into the same folder is refused (one line naming the file), unless --overwrite.
+    before = (tmp_path / "c" / "compare.md").read_bytes()
+    assert main(["compare", *map(str, real_runs), "--out", str(tmp_path / "c"), "--no-viz"]) == 2
+    assert "compare.md: already exists" in capsys.readouterr().err
+    assert (tmp_path / "c" / "compare.md").read_bytes() == before
+    assert main(["compare", *map(str, real_runs), "--out", str(tmp_path / "c"), "--no-viz", "--overwrite"]) == 0
 
 
 # ---- constructed runs ----------------------------------------------------------------------------------

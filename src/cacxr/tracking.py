@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cacxr.atomic import read_json_object
+from cacxr import runfolder
 
 __all__ = ["TRACKERS", "track_run", "flatten_metrics", "fold_curves"]
 
@@ -87,21 +87,23 @@ def flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
 
 
 def fold_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{"fold_<k>/<curve>": [(epoch, value), ...]}`` from each fold's fold.json history."""
+    """``{"fold_<k>/<curve>": [(epoch, value), ...]}`` from each finished fold's fold.json history."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    for record_path in sorted(run_dir.glob("fold_*/fold.json")):
-        record = read_json_object(record_path)
-        for row in record.get("history", []):
+    kfold = int(runfolder.read_config(run_dir).get("kfold") or 0)
+    for fold in (k for k in range(kfold) if runfolder.fold_done(run_dir, k)):
+        for row in runfolder.read_fold_record(run_dir, fold).get("history", []):
             for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)) and value is not None and math.isfinite(value):
-                    curves.setdefault(f"fold_{record['fold']}/{key}", []).append((int(row["epoch"]), float(value)))
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    curves.setdefault(f"fold_{fold}/{key}", []).append((int(row["epoch"]), float(value)))
     return curves
 
 
 def _artifacts(run_dir: Path) -> list[tuple[Path, str | None]]:
     """(file, folder inside the tracker's artifacts) of the files worth keeping beside the figures."""
-    files = [(run_dir / name, None) for name in ("report.html", "metrics.json", "config.json") if (run_dir / name).is_file()]
-    files += [(png, "plots") for png in sorted((run_dir / "plots").glob("*.png"))]
+    names = (runfolder.REPORT_FILE, runfolder.METRICS_FILE, runfolder.CONFIG_FILE)
+    files = [(run_dir / name, None) for name in names if (run_dir / name).is_file()]
+    plots = run_dir / runfolder.PLOTS_DIR
+    files += [(png, runfolder.PLOTS_DIR) for png in sorted(plots.glob("*.png"))]
     return files
 
 
@@ -123,8 +125,8 @@ def _to_mlflow(run_dir: Path) -> str:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    config = read_json_object(run_dir / "config.json")
-    metrics = read_json_object(run_dir / "metrics.json")
+    config = runfolder.read_config(run_dir)
+    metrics = runfolder.read_metrics(run_dir)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path.cwd() / "mlruns").as_uri()
     with _file_store_allowed(uri):
         client = MlflowClient(tracking_uri=uri)
@@ -162,7 +164,7 @@ def _param(value: Any) -> str:
 def _to_tensorboard(run_dir: Path) -> str:
     from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-    metrics = read_json_object(run_dir / "metrics.json")
+    metrics = runfolder.read_metrics(run_dir)
     folder = run_dir / "tensorboard"
     writer = SummaryWriter(log_dir=str(folder))
     try:

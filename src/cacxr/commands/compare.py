@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from cacxr.commands import add_overwrite_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -16,12 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--viz", action=argparse.BooleanOptionalAction, default=True, help="draw forest.png (default on)"
     )
+    add_overwrite_argument(parser, "the compare.md/.csv/.json and forest.png of an earlier comparison in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Compare the runs and print one line per run and where the results are."""
     from cacxr.compare import compare_runs, summary_lines
+    from cacxr.safepaths import refuse_overwrite
 
+    for name in ("compare.md", "compare.csv", "compare.json", "forest.png"):
+        refuse_overwrite(Path(args.out) / name, args.overwrite)
     result = compare_runs(args.runs, args.out, viz=args.viz)
     for line in summary_lines(result):
         print(line)
