@@ -626,6 +626,24 @@ def test_absent_age_is_nan(tmp_path: Path) -> None:
     assert math.isnan(read_header(write_dicom(tmp_path / "a.dcm", levels_image([0, 1]))).meta.age)
 
 
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ({"StudyDate": "20150618"}, 65.0),  # born 1950-01-01 (SECRET_BIRTH): whole years, as the label table
+        ({"StudyDate": "19991231"}, 49.0),  # the day before the 50th birthday
+        ({"AcquisitionDate": "20000101"}, 50.0),  # no StudyDate: the next date of the image
+        ({"StudyDate": "20150618", "PatientAge": "070Y"}, 70.0),  # PatientAge wins when present
+        ({"StudyDate": "19400101"}, math.nan),  # image before birth: unknown, not negative
+        ({"StudyDate": "not a date"}, math.nan),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # odd values on purpose
+def test_age_from_birth_and_image_date_when_patient_age_is_absent(tmp_path: Path, attrs: dict, expected: float) -> None:
+    meta = read_header(write_dicom(tmp_path / "a.dcm", levels_image([0, 1]), **attrs)).meta
+    assert meta.age == pytest.approx(expected, nan_ok=True)
+    assert SECRET_BIRTH not in repr(meta)  # the birth date is used, never kept
+
+
 def test_view_code_sequence_meaning_gives_hint(tmp_path: Path) -> None:
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10236", "SRT", "left lateral"

@@ -109,6 +109,21 @@ def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_
     assert int(got["predicted_label"]) == case["row"].label
     if case["run"].task == "regression":
         assert float(got["probability"]) == pytest.approx(case["row"].probability, abs=SAME_ATOL)
+    if case["kind"] == "clinical+final":
+        # Every external radiograph, with or without PatientAge in its header (then the age comes from
+        # PatientBirthDate and StudyDate, as the label table's from birth and rx_date): predict == evaluate.
+        import pydicom
+
+        from cacxr.inference import score_paths
+        from cacxr.manifest import read_manifest
+
+        images = {row.patient_id: row.path for row in read_manifest(external_manifest)}
+        scored = score_paths(case["run"], list(images.values()), progress=False)
+        headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in images.values()]
+        assert any(not header.get("PatientAge") for header in headers)  # the case this checks
+        assert all("age unknown" not in row.warning for row in scored), [row.warning for row in scored]
+        for (patient, _), row in zip(images.items(), scored, strict=True):
+            assert float(rows[patient]["score"]) == pytest.approx(row.probability, abs=SAME_ATOL), patient
 
 
 def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:

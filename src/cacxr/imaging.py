@@ -37,6 +37,7 @@ id, and the header's PatientID is only compared with it (``header_id_matches``).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ from cacxr.codestream import (
     first_fragment_head,
 )
 from cacxr.decoders import decoding_plugin
+from cacxr.labels import age_in_years
 from cacxr.safepaths import file_kind
 
 __all__ = [
@@ -100,6 +102,8 @@ _GREY_RASTER_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16
 # Word tokens in SeriesDescription / ProtocolName / ViewCodeSequence meanings.
 _LATERAL_WORDS = LATERAL_VIEWS | {"LATERO", "LATEROMEDIAL", "MEDIOLATERAL"}
 _FRONTAL_WORDS = frozenset({"PA", "AP", "FRONTAL", "POSTERO", "ANTERO", "POSTEROANTERIOR", "ANTEROPOSTERIOR"})
+# The image's own date, for an age from PatientBirthDate when PatientAge is absent (first one present).
+_IMAGE_DATE_TAGS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 _AGE_UNITS_IN_YEARS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25, "": 1.0}
 # Above this many possible stored values, look up through np.unique instead of a dense table.
 _MAX_DENSE_TABLE = 1 << 17
@@ -131,7 +135,9 @@ class ImageMeta:
         sop_class: SOP Class UID ("" for PNG/JPEG).
         voi: grey-level mapping applied: "voi_lut", "window", "minmax" (fallback) or "png".
         sex: "M", "F" or "" from PatientSex.
-        age: PatientAge in years ("065Y", "030M", "012W", "005D", a bare number = years); NaN if absent.
+        age: PatientAge in years ("065Y", "030M", "012W", "005D", a bare number = years); when absent, whole
+            years from PatientBirthDate to StudyDate (else SeriesDate, AcquisitionDate, ContentDate); NaN if
+            neither is known.
         header_id_matches: whether the header PatientID equals ``patient_id`` ignoring case and the zero
             padding of numbers; None when either is empty.
         has_pixel_data: whether the file holds pixel data.
@@ -535,6 +541,9 @@ def _dicom_meta(ds: Any, path: str, patient_id: str, has_pixels: bool) -> ImageM
         header_id = _text(ds, "PatientID")
         sex = _text(ds, "PatientSex").upper()
         age = _parse_age(_text(ds, "PatientAge"))
+        if math.isnan(age):
+            taken = next((d for d in (_text(ds, tag) for tag in _IMAGE_DATE_TAGS) if d), "")
+            age = _age_from_dates(_text(ds, "PatientBirthDate"), taken)
     return ImageMeta(
         path=path,
         patient_id=patient_id,
@@ -593,6 +602,18 @@ def _spacing(ds: Any, keyword: str) -> tuple[float, float] | None:
 def _parse_age(text: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text.upper())
     return float(match[1]) * _AGE_UNITS_IN_YEARS[match[2]] if match else math.nan
+
+
+def _age_from_dates(birth: str, taken: str) -> float:
+    """Whole years from PatientBirthDate to the image's date (DICOM DA, YYYYMMDD): the same age the label
+    table gives from birth and rx_date, so a --clinical score does not depend on where the age came from.
+    NaN when either date is missing or malformed; the birth date itself is never kept."""
+    try:
+        born, at = (dt.datetime.strptime(value.strip()[:8], "%Y%m%d").date() for value in (birth, taken))
+    except ValueError:
+        return math.nan
+    years = age_in_years(born, at)
+    return float(years) if years >= 0 else math.nan
 
 
 def _normalise_id(text: str) -> str:
