@@ -17,8 +17,10 @@ import torchvision
 
 from cacxr import registry, weightcache
 from cacxr.cli import main
+from cacxr.config import TrainConfig
 from cacxr.errors import CacxrError
 from cacxr.models import build_model
+from cacxr.train import train_run
 from cacxr.weights import imagenet_file, load_pretrained
 
 
@@ -256,3 +258,13 @@ def test_every_profile_has_an_intensity_contract():
     from cacxr.preprocess import PROFILES
 
     assert set(registry.PROFILE_INTENSITY) == set(PROFILES)
+
+
+def test_train_refuses_uncached_weights_offline_before_touching_the_data(cohort, home, tmp_path, monkeypatch):
+    """A weight name that cannot be fetched fails first, not after hours of ingest and preprocessing."""
+    _sources(home, tiny={"url": "http://127.0.0.1:9/w.pth", "sha256": SHA})
+    monkeypatch.setenv("CACXR_OFFLINE", "1")
+    run = tmp_path / "run"
+    with pytest.raises(CacxrError, match=r"weights 'tiny' are not in the cache .* CACXR_OFFLINE is set"):
+        train_run(TrainConfig(data=str(cohort), out=str(run), arch="resnet18", weights="tiny", epochs=1, image_size=64, progress=False))
+    assert not (run / "ingest").exists() and not (tmp_path / "cacxr-cache").exists()

@@ -171,10 +171,13 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
     from cacxr.weights import save_model
 
     device = dist.local_device(resolve_device(cfg.device))
+    # Weights before data: a name that cannot be fetched (offline, bad checksum) fails before the ingest and
+    # preprocessing, which take hours on a real cohort. Rank 0 fetches; the others then read its cache.
+    with dist.main_first():
+        template = build_fold_model(cfg)  # every fold starts from these weights
     with dist.main_first():  # ingest and image store: rank 0 builds them, then the others reuse them
         data = _prepare_data(cfg, run_dir, previous)
     folds = make_folds(data.ids, data.labels, cfg.kfold, cfg.seed, cfg.val_fraction)
-    template = build_fold_model(cfg)  # every fold starts from these weights
     use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
     feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
     if dist.is_main:
