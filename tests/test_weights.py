@@ -216,6 +216,11 @@ def _not_weights(tmp: Path) -> Path:
     return tmp / "notes.pt"
 
 
+def _random_bytes(tmp: Path) -> Path:
+    (tmp / "corrupt.pth").write_bytes(bytes(range(256)) * 20)  # opens like a pickle, then makes no sense
+    return tmp / "corrupt.pth"
+
+
 def _no_tensors(tmp: Path) -> Path:
     torch.save({"epoch": 3, "model": {"lr": 0.1}}, tmp / "empty.pt")
     return tmp / "empty.pt"
@@ -229,6 +234,7 @@ def _no_tensors(tmp: Path) -> Path:
         (_other_arch, "refused: does not fit resnet18"),
         (_arbitrary_objects, r"refused: the file is a pickle of Python objects \(it contains posix\.mkdir\)"),
         (_not_weights, "not a readable PyTorch or safetensors weights file"),
+        (_random_bytes, "not a readable PyTorch or safetensors weights file"),
         (_no_tensors, "refused: no tensors found"),
     ],
 )

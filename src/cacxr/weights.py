@@ -143,17 +143,18 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
             raise CacxrError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        what = f" (it contains {found.group(1)})" if found else ""
-        raise CacxrError(
-            f"{path}: refused: the file is a pickle of Python objects{what}, not a plain state dict; "
-            "cacxr reads weights with torch.load(weights_only=True) so that a file cannot run code. "
-            "Where you trust the file, re-save its state dict (torch.save(model.state_dict(), ...)) or "
-            "convert it to safetensors"
-        ) from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise CacxrError(f"{path}: not a readable PyTorch or safetensors weights file ({exc!r})") from None
+        refused = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and refused:
+            raise CacxrError(
+                f"{path}: refused: the file is a pickle of Python objects (it contains {refused.group(1)}), not a "
+                "plain state dict; cacxr reads weights with torch.load(weights_only=True) so that a file cannot "
+                "run code. Where you trust the file, re-save its state dict (torch.save(model.state_dict(), ...)) "
+                "or convert it to safetensors"
+            ) from None
+        # an UnpicklingError without a refused object: bytes that are no pickle (torch's text is a page long)
+        reason = "corrupt or not a pickle" if isinstance(exc, pickle.UnpicklingError) else repr(exc)
+        raise CacxrError(f"{path}: not a readable PyTorch or safetensors weights file ({reason})") from None
     return _tensor_dict(obj, path)
 
 
