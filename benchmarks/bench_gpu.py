@@ -8,7 +8,7 @@ fraction of the card's measured matrix-multiply peak that the model achieves (ru
    and matrix products): one forward for inference, forward + backward for training (the whole network
    trains: ``set_finetune("all")``).
 3. Images/s: training steps (AdamW, cross-entropy) and inference batches (eval, ``inference_mode``) on
-   random images, after warm-up steps, with the fast path's memory format (cacxr.accel) and autocast to
+   random images, after warm-up steps, with the fast path's memory format (cacxr.training.accel) and autocast to
    bfloat16 for the bf16 rows. Achieved TFLOP/s = FLOPs per image x images/s; fraction = that / peak.
 
 Usage::
@@ -30,10 +30,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from cacxr.accel import AccelPlan, choose_accel
-from cacxr.atomic import write_json
-from cacxr.config import resolve_device
-from cacxr.models import ARCHS, build_model
+from cacxr.config.settings import resolve_device
+from cacxr.core.atomic import write_json
+from cacxr.model.networks import ARCHS, build_model
+from cacxr.training.accel import AccelPlan, choose_accel
 
 DTYPES = {"fp32": None, "bf16": "bfloat16"}
 

@@ -14,7 +14,7 @@ without faults when it is available, else a built-in writer), then on the same f
 With ``--archive mixed`` the images are re-encoded in turn as uncompressed, RLE, JPEG-LS and JPEG 2000
 (all lossless), as an archive mixing scanners holds them; the baseline then decodes with pydicom's default
 plugins (pylibjpeg-libjpeg for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), the store with the decoders
-``cacxr.decoders`` chooses. A per-syntax table compares the two decoders on the same files.
+``cacxr.imaging.decoders`` chooses. A per-syntax table compares the two decoders on the same files.
 
 plus bytes per image on disk, RSS growth, and the mean absolute difference between the baseline's
 uint8 pixels and the store's. Targets (2-core machine): (b) >= 8x (a), (c) >= 200 images/s,
@@ -107,7 +107,7 @@ def codec_table(rows: list, repeats: int = 2) -> list[tuple[str, str, float, str
     import pydicom
     from pydicom.pixels.decoders.base import get_decoder
 
-    from cacxr.decoders import decoding_plugin
+    from cacxr.imaging.decoders import decoding_plugin
 
     by_syntax: dict[str, list[str]] = {}
     for row in rows:
@@ -138,7 +138,7 @@ def codec_table(rows: list, repeats: int = 2) -> list[tuple[str, str, float, str
 
 def make_data(folder: Path, n: int, size: int, archive: str = "uncompressed") -> list:
     """The benchmark's DICOMs as manifest rows (one frontal image per patient)."""
-    from cacxr.manifest import ManifestRow
+    from cacxr.ingest.manifest import ManifestRow
 
     try:
         from cacxr.synth import make_cohort
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cacxr.data import StoreDataset
-    from cacxr.store import build_store, default_workers
+    from cacxr.pixels.store import build_store, default_workers
+    from cacxr.training.dataset import StoreDataset
 
     torch.set_num_threads(1)
     scratch = Path(tempfile.mkdtemp(prefix="cacxr-bench-")) if args.dir is None else args.dir

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cacxr.features import FeatureCache
-from cacxr.models import build_model
-from cacxr.preprocess import normalise
+from cacxr.model.networks import build_model
+from cacxr.pixels.profiles import normalise
+from cacxr.training.features import FeatureCache
 
 FOLDS, EPOCHS, COHORT = 5, 50, 506
 TRAIN_IMAGES = FOLDS * EPOCHS * round(COHORT * (FOLDS - 1) / FOLDS)

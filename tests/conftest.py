@@ -38,7 +38,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def run(run_dir: Path):
-    """The tiny run, loaded (cacxr.run.load_run)."""
-    from cacxr.run import load_run
+    """The tiny run, loaded (cacxr.use.loaded_run.load_run)."""
+    from cacxr.use.loaded_run import load_run
 
     return load_run(run_dir)

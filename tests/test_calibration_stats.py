@@ -1,4 +1,4 @@
-"""Brier score, calibration intercept and slope, net benefit (cacxr.calibration_stats)."""
+"""Brier score, calibration intercept and slope, net benefit (cacxr.stats.calibration)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cacxr.calibration_stats import calibration_figures, decision_curve, net_benefit
-from cacxr.errors import CacxrError
+from cacxr.core.errors import CacxrError
+from cacxr.stats.calibration import calibration_figures, decision_curve, net_benefit
 
 
 def _cohort(n: int, seed: int = 0):

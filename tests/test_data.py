@@ -12,12 +12,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from cacxr.data import Augment, StoreDataset, preprocess_for_model
-from cacxr.errors import CacxrError
-from cacxr.imaging import read_image
-from cacxr.manifest import ManifestRow
-from cacxr.preprocess import normalise
-from cacxr.store import ImageStore, build_store
+from cacxr.core.errors import CacxrError
+from cacxr.imaging.reader import read_image
+from cacxr.ingest.manifest import ManifestRow
+from cacxr.pixels.profiles import normalise
+from cacxr.pixels.store import ImageStore, build_store
+from cacxr.training.dataset import Augment, StoreDataset, preprocess_for_model
 
 SIZE = 32
 SEED_MEAN, SEED_STD = 0.5024, 0.2898

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import cacxr.train
+import cacxr.training.crossval
 from cacxr.cli import main as cli_main
+from cacxr.core.errors import CacxrError
 from cacxr.demo import DemoSettings, run_demo
-from cacxr.errors import CacxrError
 
 SMALL = DemoSettings(patients=40, synth_size=64, image_size=64, epochs=1, kfold=2)
 SMALL_FLAGS = ["--patients", "40", "--synth-size", "64", "--image-size", "64", "--epochs", "1", "--kfold", "2"]
@@ -27,7 +27,7 @@ def test_demo_end_to_end_continues_after_an_interruption_then_refuses(
     def interrupted(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cacxr.train, "train_run", interrupted)
+    monkeypatch.setattr(cacxr.training.crossval, "train_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_demo(out, SMALL, progress=False, num_threads=1)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Data-parallel training (cacxr.distributed), the fast GPU path's choices (cacxr.accel), the GPU benchmark.
+"""Data-parallel training (cacxr.training.distributed), the fast GPU path's choices (cacxr.training.accel), the GPU benchmark.
 
 The two-process test launches ``cacxr train`` under torchrun with gloo on 127.0.0.1 and compares it with a
 one-process run of the same tiny synthetic cohort.
@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cacxr.accel import AccelPlan, choose_accel
-from cacxr.distributed import DistContext, ShardedBatchSampler, launch_env, split_evenly
-from cacxr.errors import CacxrError
+from cacxr.core.errors import CacxrError
+from cacxr.training.accel import AccelPlan, choose_accel
+from cacxr.training.distributed import DistContext, ShardedBatchSampler, launch_env, split_evenly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,7 +264,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cacxr.ingest import ingest
+    from cacxr.ingest.inventory import ingest
     from cacxr.synth import make_cohort
 
     root = tmp_path_factory.mktemp("ddp")
@@ -360,8 +360,8 @@ def ddp_run(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_two_processes_match_one_process(ddp_run: Path, tiny_manifest: Path, tmp_path: Path) -> None:
-    from cacxr.config import TrainConfig
-    from cacxr.train import train_run
+    from cacxr.config.settings import TrainConfig
+    from cacxr.training.crossval import train_run
 
     one_run = tmp_path / "run_one"
     threads = torch.get_num_threads()

@@ -13,12 +13,12 @@ import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.errors import CacxrError
-from cacxr.export import contract, export_run, read_contract
-from cacxr.inference import score_module
-from cacxr.metrics import target_to_cac
-from cacxr.preprocess import normalise
-from cacxr.run import load_run
+from cacxr.core.errors import CacxrError
+from cacxr.pixels.profiles import normalise
+from cacxr.stats.metrics import target_to_cac
+from cacxr.use.export import contract, export_run, read_contract
+from cacxr.use.loaded_run import load_run
+from cacxr.use.predict import score_module
 
 TOLERANCE = 1e-4
 # Loading the TorchScript files back: upstream deprecates TorchScript, the brief still asks for it.

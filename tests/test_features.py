@@ -1,8 +1,8 @@
 """Frozen-trunk feature cache: equal to the plain forward, computed once, resumable, keyed by the trunk.
 
 Most tests use a small in-memory store with the image store's attributes (``ids``, ``get``, ``profile``,
-``image_size``; duck-typed, written while cacxr.store was being built in parallel); one builds a real
-cacxr.store.ImageStore from two real radiographs.
+``image_size``; duck-typed, written while cacxr.pixels.store was being built in parallel); one builds a real
+cacxr.pixels.store.ImageStore from two real radiographs.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cacxr.errors import CacxrError
-from cacxr.features import FeatureCache, trunk_key
-from cacxr.manifest import ManifestRow
-from cacxr.models import build_model
-from cacxr.preprocess import normalise
+from cacxr.core.errors import CacxrError
+from cacxr.ingest.manifest import ManifestRow
+from cacxr.model.networks import build_model
+from cacxr.pixels.profiles import normalise
+from cacxr.training.features import FeatureCache, trunk_key
 
 SIZE = 64
 
@@ -204,7 +204,7 @@ def test_bad_requests_give_clear_errors(tmp_path, call, message):
 
 
 def test_cache_of_a_real_image_store(tmp_path, real_cxr_dir):
-    from cacxr.store import ImageStore, build_store
+    from cacxr.pixels.store import ImageStore, build_store
 
     files = ["nhsx_nih-cxr14_google_DX.dcm", "txv_siim_chest_pa.dcm"]
     rows = [ManifestRow(f"CAC_{i:03d}", str(real_cxr_dir / f), "internal", 10.0) for i, f in enumerate(files)]

@@ -15,13 +15,13 @@ import torch
 from _tiny_run import tiny_cohort, tiny_run
 from cacxr.cli import main
 from cacxr.commands import fit_final as fit_final_command
-from cacxr.errors import CacxrError
-from cacxr.final import FINAL_DIR, FINAL_RECORD, MODEL_FILE, choose_epochs, fit_final, has_final
-from cacxr.inference import score_paths
-from cacxr.metrics import cac_to_target
-from cacxr.run import FINAL_FOLD, load_run
-from cacxr.store import ImageStore
-from cacxr.weights import load_saved_model
+from cacxr.core.errors import CacxrError
+from cacxr.model.weights import load_saved_model
+from cacxr.pixels.store import ImageStore
+from cacxr.stats.metrics import cac_to_target
+from cacxr.training.final import FINAL_DIR, FINAL_RECORD, MODEL_FILE, choose_epochs, fit_final, has_final
+from cacxr.use.loaded_run import FINAL_FOLD, load_run
+from cacxr.use.predict import score_paths
 
 
 def _fold_records(run: Path) -> list[dict]:
@@ -106,8 +106,8 @@ def test_load_run_uses_final_model_by_default_ensemble_selectable(final_run: Pat
     ids, images = _store_images(final_run)
     model, meta = load_saved_model(final_run / FINAL_DIR / MODEL_FILE)
     assert meta["fold"] == "final" and float(meta["decision_threshold"]) == final["decision_threshold"]
-    from cacxr.calibration import apply_calibration
-    from cacxr.preprocess import normalise
+    from cacxr.model.calibration import apply_calibration
+    from cacxr.pixels.profiles import normalise
 
     with torch.inference_mode():
         out = model(normalise(images, default.profile)[:, None]).double().numpy()
@@ -172,8 +172,8 @@ def test_fit_final_command_on_regression_run(regression_run: Path, capsys: pytes
 
 
 def test_final_model_with_clinical_covariates(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cacxr.config import TrainConfig
-    from cacxr.train import train_run
+    from cacxr.config.settings import TrainConfig
+    from cacxr.training.crossval import train_run
 
     run = tmp_path / "run"
     train_run(
@@ -232,7 +232,7 @@ def test_refusals(tmp_path: Path, final_run: Path, setup: str, message: str) -> 
 def test_final_model_and_ensemble_use_the_operating_point_chosen_on_validation(final_run: Path) -> None:
     """The run's operating point is chosen on all folds' calibrated validation scores, reported on the test
     folds, and is the decision threshold of the ensemble and of the final model alike."""
-    from cacxr.operating_point import choose_operating_threshold
+    from cacxr.stats.operating_point import choose_operating_threshold
 
     metrics = json.loads((final_run / "metrics.json").read_text())
     point = metrics["operating_point"]

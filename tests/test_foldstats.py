@@ -1,4 +1,4 @@
-"""Fold-level AUC, fold-stratified paired tests and Holm's correction (cacxr.foldstats)."""
+"""Fold-level AUC, fold-stratified paired tests and Holm's correction (cacxr.stats.folds)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from cacxr.errors import CacxrError
-from cacxr.foldstats import fold_level_auc, fold_paired_test, holm_adjust, stability_warning
-from cacxr.metrics import build_metrics, delong_test
+from cacxr.core.errors import CacxrError
+from cacxr.stats.folds import fold_level_auc, fold_paired_test, holm_adjust, stability_warning
+from cacxr.stats.metrics import build_metrics, delong_test
 
 
 def _folds(rng: np.random.Generator, k: int = 5, n: int = 40, d: float = 1.4, shift_sd: float = 0.0):

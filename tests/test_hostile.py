@@ -35,10 +35,10 @@ from pydicom.uid import (
 )
 
 from cacxr.cli import main
-from cacxr.codestream import CodestreamError, check_codestream, declared_size
-from cacxr.imaging import read_header, read_image
-from cacxr.manifest import read_excluded, read_manifest
-from cacxr.safepaths import file_kind
+from cacxr.core.safepaths import file_kind
+from cacxr.imaging.codestream import CodestreamError, check_codestream, declared_size
+from cacxr.imaging.reader import read_header, read_image
+from cacxr.ingest.manifest import read_excluded, read_manifest
 from cacxr.serving import create_app
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -209,7 +209,7 @@ def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
-        "from cacxr.imaging import read_header, read_image\n"
+        "from cacxr.imaging.reader import read_header, read_image\n"
         "for path in sys.argv[1:]:\n"
         "    for result in (read_header(path), read_image(path)):\n"
         "        print(result.reason, '|', result.detail)\n"
@@ -506,8 +506,8 @@ def test_threshold_nan_names_the_real_problem(tmp_path: Path, capsys) -> None:
 
 
 def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> None:
-    from cacxr.manifest import ManifestRow
-    from cacxr.store import build_store
+    from cacxr.ingest.manifest import ManifestRow
+    from cacxr.pixels.store import build_store
 
     rows = [
         ManifestRow(
@@ -520,7 +520,7 @@ def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> No
     data = bytearray(entry.read_bytes())
     data[-1] ^= 0xFF
     entry.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="cacxr.store"):
+    with caplog.at_level("WARNING", logger="cacxr.pixels.store"):
         store = build_store(rows, tmp_path / "store", image_size=32, workers=1, progress=False)
     assert store.summary["corrupt"] == 1
     assert any("damaged store entry of patient P0" in r.getMessage() for r in caplog.records)
@@ -529,8 +529,8 @@ def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> No
 def test_resume_removes_a_killed_runs_temporary_checkpoint(cohort: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from cacxr.config import TrainConfig
-    from cacxr.train import train_run
+    from cacxr.config.settings import TrainConfig
+    from cacxr.training.crossval import train_run
 
     config = TrainConfig(
         task="classification", data=str(cohort), out=str(tmp_path / "run"), arch="resnet18", finetune="head",
@@ -562,7 +562,7 @@ def test_resume_removes_a_killed_runs_temporary_checkpoint(cohort: Path, tmp_pat
 def test_fastest_decoder_is_chosen_and_decodes_exactly(
     tmp_path: Path, syntax: str, plugin: str, signed: bool
 ) -> None:
-    from cacxr.decoders import decoding_plugin
+    from cacxr.imaging.decoders import decoding_plugin
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(48, 64))
@@ -582,7 +582,7 @@ def test_fastest_decoder_is_chosen_and_decodes_exactly(
 
 def test_read_timeout_flag_and_its_check(run) -> None:
     from cacxr.cli import build_parser
-    from cacxr.errors import CacxrError
+    from cacxr.core.errors import CacxrError
 
     assert build_parser("serve").parse_args(["serve", "R"]).read_timeout == 30.0
     assert build_parser("serve").parse_args(["serve", "R", "--read-timeout", "5"]).read_timeout == 5.0
@@ -599,7 +599,7 @@ def test_a_label_table_that_is_a_fifo_is_refused_not_opened(cohort: Path, tmp_pa
 
 
 def test_decoder_choice_falls_back_when_a_package_is_missing(monkeypatch) -> None:
-    from cacxr import decoders
+    from cacxr.imaging import decoders
 
     monkeypatch.setitem(decoders.PREFERENCES, JPEGLSLossless, ("not-installed", "pylibjpeg"))
     assert decoders.decoding_plugin(JPEGLSLossless) == "pylibjpeg"

@@ -1,4 +1,4 @@
-"""Tests for cacxr.imaging: grey-level pipeline, refusals, metadata, real radiographs, pydicom's test files."""
+"""Tests for cacxr.imaging.reader: grey-level pipeline, refusals, metadata, real radiographs, pydicom's test files."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cacxr.imaging import (
+from cacxr.imaging.reader import (
     FRONTAL_VIEWS,
     LATERAL_VIEWS,
     ImageMeta,

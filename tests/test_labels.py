@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cacxr.errors import CacxrError
-from cacxr.labels import (
+from cacxr.core.errors import CacxrError
+from cacxr.ingest.labels import (
     label_key,
     load_labels,
     normalise_sex,

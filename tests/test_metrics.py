@@ -1,4 +1,4 @@
-"""Tests of cacxr.metrics: exact values on hand-computed cases, intervals, DeLong, regression, build_metrics."""
+"""Tests of cacxr.stats.metrics: exact values on hand-computed cases, intervals, DeLong, regression, build_metrics."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from cacxr.errors import CacxrError
-from cacxr.metrics import (
+from cacxr.core.errors import CacxrError
+from cacxr.stats.metrics import (
     AGATSTON_BANDS,
     CAC_CLIP,
     bootstrap_ci,
@@ -24,7 +24,7 @@ from cacxr.metrics import (
     regression_metrics,
     target_to_cac,
 )
-from cacxr.metrics import agatston_band as band
+from cacxr.stats.metrics import agatston_band as band
 
 # ---------------------------------------------------------------------------------------------
 # classification_metrics: hand-computed tables
@@ -435,7 +435,7 @@ def test_build_metrics_derives_labels_from_cac_and_checks_keys() -> None:
 def test_regression_auc_ranks_the_unclipped_log_cac_when_given() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from cacxr.runfigures import add_run_figures
+    from cacxr.runs.figures import add_run_figures
 
     rng = np.random.default_rng(7)
     cac = np.where(rng.random(120) < 0.5, 0.0, np.exp(rng.normal(4, 1.5, 120)))

@@ -1,4 +1,4 @@
-"""The operating point fixed in advance (cacxr.operating_point) and the --operating-point option."""
+"""The operating point fixed in advance (cacxr.stats.operating_point) and the --operating-point option."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from cacxr.config import TrainConfig
-from cacxr.errors import CacxrError
-from cacxr.operating_point import (
+from cacxr.config.settings import TrainConfig
+from cacxr.core.errors import CacxrError
+from cacxr.stats.operating_point import (
     choose_operating_threshold,
     operating_point,
     operating_point_figures,
@@ -97,7 +97,7 @@ def test_merge_chooses_the_operating_point_on_the_folds_validation_records(run_d
     import json
     import shutil
 
-    from cacxr.train import merge_folds
+    from cacxr.training.crossval import merge_folds
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

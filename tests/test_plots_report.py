@@ -1,4 +1,4 @@
-"""Tests of cacxr.plots (valid PNGs, written atomically) and cacxr.report (report.html)."""
+"""Tests of cacxr.stats.plots (valid PNGs, written atomically) and cacxr.runs.report (report.html)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cacxr import plots
-from cacxr.atomic import write_json
-from cacxr.errors import CacxrError
-from cacxr.metrics import build_metrics
-from cacxr.report import write_report
+from cacxr.core.atomic import write_json
+from cacxr.core.errors import CacxrError
+from cacxr.runs.report import write_report
+from cacxr.stats import plots
+from cacxr.stats.metrics import build_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RNG = np.random.default_rng(0)
@@ -237,7 +237,7 @@ def _resolve(metrics: dict, key: str):
 
 def _full_run(tmp_path: Path, task: str) -> tuple[Path, dict]:
     """A run folder whose metrics.json has every figure: fold level, operating point, calibration, endpoints."""
-    from cacxr.runfigures import add_run_figures
+    from cacxr.runs.figures import add_run_figures
 
     folds = np.arange(90) % 3
     prob = np.clip(PROB, 0.01, 0.99)

@@ -1,4 +1,4 @@
-"""`cacxr predict` and cacxr.inference on a tiny trained run, synthetic DICOMs and the real radiographs."""
+"""`cacxr predict` and cacxr.use.predict on a tiny trained run, synthetic DICOMs and the real radiographs."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.imaging import read_image
-from cacxr.inference import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
-from cacxr.metrics import AGATSTON_BANDS
-from cacxr.preprocess import preprocess_read
-from cacxr.run import load_run
+from cacxr.imaging.reader import read_image
+from cacxr.pixels.profiles import preprocess_read
+from cacxr.stats.metrics import AGATSTON_BANDS
+from cacxr.use.loaded_run import load_run
+from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
 
 
 def _synth_files(cohort: Path, n: int) -> list[Path]:

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_run
-from cacxr.errors import CacxrError
-from cacxr.metrics import cac_to_target
-from cacxr.preprocess import normalise
-from cacxr.run import load_run
-from cacxr.store import ImageStore
+from cacxr.core.errors import CacxrError
+from cacxr.pixels.profiles import normalise
+from cacxr.pixels.store import ImageStore
+from cacxr.stats.metrics import cac_to_target
+from cacxr.use.loaded_run import load_run
 
 
 @pytest.fixture(scope="module", params=["classification", "regression"])

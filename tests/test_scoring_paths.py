@@ -34,8 +34,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWa
 @pytest.fixture(scope="module", params=list(KINDS))
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The run, its loaded default model, the radiograph and what predict says about it."""
-    from cacxr.inference import score_paths
-    from cacxr.run import load_run
+    from cacxr.use.loaded_run import load_run
+    from cacxr.use.predict import score_paths
 
     build, final = KINDS[request.param]
     run_dir = build(tmp_path_factory)
@@ -79,7 +79,7 @@ def test_predict_reports_a_calibrated_probability(case: dict) -> None:
 
 
 def _prepared(case: dict) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    from cacxr.inference import clinical_values, prepare_input
+    from cacxr.use.predict import clinical_values, prepare_input
 
     image, meta, _, error = prepare_input(case["run"], case["image"])
     assert not error
@@ -90,7 +90,7 @@ def _prepared(case: dict) -> tuple[np.ndarray, list[tuple[float, str]]]:
 @pytest.fixture(scope="module")
 def external_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny cohort's external patients, ingested once for every kind of run."""
-    from cacxr.ingest import ingest
+    from cacxr.ingest.inventory import ingest
 
     out = tmp_path_factory.mktemp("external")
     ingest(tiny_cohort(tmp_path_factory), out, site="external", workers=1, progress=False)
@@ -98,7 +98,7 @@ def external_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_path: Path) -> None:
-    from cacxr.evaluate import evaluate_run
+    from cacxr.use.evaluate import evaluate_run
 
     out = tmp_path / "eval"
     evaluate_run(case["run_dir"], external_manifest, out, n_boot=50, viz=False, progress=False, workers=1)
@@ -114,8 +114,8 @@ def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_
         # PatientBirthDate and StudyDate, as the label table's from birth and rx_date): predict == evaluate.
         import pydicom
 
-        from cacxr.inference import score_paths
-        from cacxr.manifest import read_manifest
+        from cacxr.ingest.manifest import read_manifest
+        from cacxr.use.predict import score_paths
 
         images = {row.patient_id: row.path for row in read_manifest(external_manifest)}
         scored = score_paths(case["run"], list(images.values()), progress=False)
@@ -127,7 +127,7 @@ def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_
 
 
 def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:
-    from cacxr.explain import explain_paths
+    from cacxr.use.explain import explain_paths
 
     (row,) = explain_paths(case["run"], [case["image"]], tmp_path / "x.png", steps=4, progress=False)
     assert not row.error and Path(row.output).is_file()
@@ -136,10 +136,10 @@ def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_gives_the_same_score(case: dict, fmt: str, tmp_path: Path) -> None:
-    from cacxr.export import export_run, read_contract
-    from cacxr.metrics import target_to_cac
-    from cacxr.preprocess import normalise
-    from cacxr.scoring import sex_code
+    from cacxr.model.scoring import sex_code
+    from cacxr.pixels.profiles import normalise
+    from cacxr.stats.metrics import target_to_cac
+    from cacxr.use.export import export_run, read_contract
 
     run = case["run"]
     path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")

@@ -1,4 +1,4 @@
-"""Tests of cacxr.splits: patient-grouped, stratified k-fold splits with an inner validation part."""
+"""Tests of cacxr.training.splits: patient-grouped, stratified k-fold splits with an inner validation part."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cacxr.errors import CacxrError
-from cacxr.splits import FOLD_ROLES, Fold, folds_table, make_folds
+from cacxr.core.errors import CacxrError
+from cacxr.training.splits import FOLD_ROLES, Fold, folds_table, make_folds
 
 
 def _cohort(n: int, prevalence: float, seed: int = 0) -> tuple[list[str], list[int]]:

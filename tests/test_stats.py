@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from cacxr.cli import main
-from cacxr.errors import CacxrError
-from cacxr.manifest import ManifestRow, write_manifest
-from cacxr.stats import MEASURES, cohort_stats
+from cacxr.core.errors import CacxrError
+from cacxr.ingest.cohort import MEASURES, cohort_stats
+from cacxr.ingest.manifest import ManifestRow, write_manifest
 
 # patient, site, sex, age, cac
 COHORT = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cacxr.cli import main as cli_main
-from cacxr.tracking import track_run
+from cacxr.runs.tracking import track_run
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def run_copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _numbers(obj, path=()):
-    """(path, value) of every number in a JSON object, written independently of cacxr.tracking."""
+    """(path, value) of every number in a JSON object, written independently of cacxr.runs.tracking."""
     if isinstance(obj, dict):
         for key, value in obj.items():
             yield from _numbers(value, (*path, str(key)))
@@ -99,7 +99,7 @@ def test_a_tracking_failure_warns_and_the_run_goes_on(run_copy, tmp_path, monkey
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", blocker.as_uri() + "/mlruns")  # a store that cannot be made
-    with caplog.at_level(logging.WARNING, logger="cacxr.tracking"):
+    with caplog.at_level(logging.WARNING, logger="cacxr.runs.tracking"):
         assert cli_main(["train", str(run_copy), "--merge", "--track", "mlflow"]) == 0
     assert "--track mlflow: not logged (" in caplog.text and "the run is complete" in caplog.text
     assert (run_copy / "metrics.json").is_file()
@@ -108,6 +108,6 @@ def test_a_tracking_failure_warns_and_the_run_goes_on(run_copy, tmp_path, monkey
 def test_a_missing_tracking_package_says_how_to_install_it(run_copy, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     monkeypatch.setitem(sys.modules, "mlflow.entities", None)
-    with caplog.at_level(logging.WARNING, logger="cacxr.tracking"):
+    with caplog.at_level(logging.WARNING, logger="cacxr.runs.tracking"):
         assert track_run(run_copy, "mlflow") is None
     assert "pip install 'cacxr[track]'" in caplog.text

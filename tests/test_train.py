@@ -21,11 +21,11 @@ import cacxr.training.loop
 from cacxr.cli import build_parser
 from cacxr.cli import main as cli_main
 from cacxr.commands.train import ARCH_CHOICES, PROFILE_CHOICES, config_from_args
-from cacxr.config import TrainConfig
-from cacxr.errors import CacxrError
-from cacxr.manifest import read_manifest, write_manifest
-from cacxr.metrics import AGATSTON_BANDS, agatston_band
-from cacxr.train import merge_folds, train_run
+from cacxr.config.settings import TrainConfig
+from cacxr.core.errors import CacxrError
+from cacxr.ingest.manifest import read_manifest, write_manifest
+from cacxr.stats.metrics import AGATSTON_BANDS, agatston_band
+from cacxr.training.crossval import merge_folds, train_run
 
 N_PATIENTS, SIZE = 48, 64
 
@@ -51,8 +51,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def prepared(cohort: Path) -> tuple[Path, Path]:
     """(manifest.csv, image store folder) of the cohort, built once."""
-    from cacxr.ingest import ingest
-    from cacxr.store import build_store
+    from cacxr.ingest.inventory import ingest
+    from cacxr.pixels.store import build_store
 
     root = cohort.parent
     ingest(cohort, root / "ingest", workers=1, progress=False)
@@ -313,8 +313,8 @@ def test_a_visible_signal_is_learned(task: str, tmp_path: Path) -> None:
     # Positive control: positives carry a bright disc (noise images as PNG files, which the store reads too).
     from PIL import Image
 
-    from cacxr.manifest import ManifestRow
-    from cacxr.store import build_store
+    from cacxr.ingest.manifest import ManifestRow
+    from cacxr.pixels.store import build_store
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -418,8 +418,8 @@ def test_command_line_flags_map_to_the_config(flags: list[str], expected: dict) 
 
 
 def test_flag_choices_match_the_library() -> None:
-    from cacxr.models import ARCHS
-    from cacxr.preprocess import PROFILES
+    from cacxr.model.networks import ARCHS
+    from cacxr.pixels.profiles import PROFILES
 
     assert set(ARCH_CHOICES) == set(ARCHS) and set(PROFILE_CHOICES) == set(PROFILES)
 

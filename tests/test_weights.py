@@ -11,9 +11,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from cacxr.errors import CacxrError
-from cacxr.models import build_model
-from cacxr.weights import (
+from cacxr.core.errors import CacxrError
+from cacxr.model.networks import build_model
+from cacxr.model.weights import (
     WEIGHT_SOURCES,
     XRV_FILE,
     imagenet_file,

@@ -10,7 +10,7 @@ two runs compared, all inside one folder::
     OUT/cacxr-cache/     the image store and the feature cache
     OUT/run/             the run folder: config.json, metrics.json, predictions.csv, plots/, report.html
     OUT/run_regression/  the same for the regression approach
-    OUT/compare/         the two approaches side by side (cacxr.compare): compare.md, forest.png, ...
+    OUT/compare/         the two approaches side by side (cacxr.runs.compare): compare.md, forest.png, ...
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cacxr import runfolder
-from cacxr.atomic import write_json
-from cacxr.errors import CacxrError
+from cacxr.core.atomic import write_json
+from cacxr.core.errors import CacxrError
+from cacxr.runs import folder as runfolder
 
 __all__ = ["DemoSettings", "FULL_DEMO", "run_demo", "headline"]
 
@@ -100,15 +100,15 @@ def run_demo(
     Returns:
         The classification run's metrics.json content (its report is ``out/run/report.html``), with
         ``"regression"``: the regression run's metrics.json content, and ``"compare"``: the
-        ``cacxr.compare.compare_runs`` result of the two runs.
+        ``cacxr.runs.compare.compare_runs`` result of the two runs.
 
     Raises:
         CacxrError: ``out`` holds something else, a finished demo, or a demo with other settings.
     """
-    from cacxr.compare import compare_runs, summary_lines
-    from cacxr.config import TrainConfig
+    from cacxr.config.settings import TrainConfig
+    from cacxr.runs.compare import compare_runs, summary_lines
     from cacxr.synth import TRUTH_FILE, make_cohort
-    from cacxr.train import train_run
+    from cacxr.training.crossval import train_run
 
     settings = settings or DemoSettings()
     root = Path(out)

@@ -1,6 +1,6 @@
 """`cacxr train DATA|MANIFEST --task classification|regression --out RUN`: k-fold cross-validated training.
 
-``--config FILE`` reads the settings from a TOML, YAML or JSON file (cacxr.configfile), a run's config.json
+``--config FILE`` reads the settings from a TOML, YAML or JSON file (cacxr.config.files), a run's config.json
 included; flags given on the command line override it.
 
 ``cacxr train RUN --merge`` (or ``cacxr train DATA --out RUN --merge``) writes the run-level files of a run
@@ -14,13 +14,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
-from cacxr.errors import CacxrError
-from cacxr.runfolder import REPORT_FILE
+from cacxr.config.settings import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
+from cacxr.core.errors import CacxrError
+from cacxr.runs.folder import REPORT_FILE
 
 __all__ = ["add_arguments", "run", "config_from_args", "ARCH_CHOICES", "PROFILE_CHOICES"]
 
-# Literal copies of cacxr.models.ARCHS / cacxr.preprocess.PROFILES, so that `--help` does not load torch
+# Literal copies of cacxr.model.networks.ARCHS / cacxr.pixels.profiles.PROFILES, so that `--help` does not load torch
 # (tests/test_train.py checks that they match).
 ARCH_CHOICES = ("densenet121", "resnet18", "efficientnet-b0")
 PROFILE_CHOICES = ("seed", "xrv", "clahe")
@@ -173,7 +173,7 @@ def _unwrap(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or merge) and print the pooled result and the report's path."""
-    from cacxr.train import merge_folds, train_run
+    from cacxr.training.crossval import merge_folds, train_run
 
     cfg = config_from_args(args)
     _unwrap(args)
@@ -188,20 +188,20 @@ def run(args: argparse.Namespace) -> int:
             raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
         run_dir = cfg.out
         metrics = train_run(cfg)
-    from cacxr.distributed import launch_rank
+    from cacxr.training.distributed import launch_rank
 
     if launch_rank() != 0:
         return 0  # under torchrun, rank 0 reports (and fits the final model)
     print(summary(metrics, Path(run_dir)))
     if cfg.track and metrics.get("complete", True):
-        from cacxr.tracking import track_run
+        from cacxr.runs.tracking import track_run
 
         where = track_run(run_dir, cfg.track)
         if where:
             print(f"tracked: {where}")
     if args.final and metrics.get("complete", True):
         from cacxr.commands.fit_final import summary as final_summary
-        from cacxr.final import fit_final
+        from cacxr.training.final import fit_final
 
         final = fit_final(run_dir, device=cfg.device, num_threads=cfg.num_threads, progress=cfg.progress)
         print(final_summary(final, run_dir))
@@ -214,7 +214,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     merged = {name: value.value if isinstance(value, _Default) else value for name, value in values.items()}
     config_file = getattr(args, "config", None)
     if config_file:
-        from cacxr.configfile import read_config_file
+        from cacxr.config.files import read_config_file
 
         given = {name: value for name, value in values.items() if not isinstance(value, _Default)}
         merged |= read_config_file(config_file) | given
@@ -265,7 +265,7 @@ def _ci(ci: Any) -> str:
 
 
 def _clinical_list(text: str) -> list[str]:
-    from cacxr.clinical import parse_clinical
+    from cacxr.model.covariates import parse_clinical
 
     try:
         return parse_clinical(text)

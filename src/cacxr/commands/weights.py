@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action and print its result."""
-    from cacxr import registry, weightcache
+    from cacxr.model import registry, weightcache
 
     if args.action == "list":
         print(listing())
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 def listing() -> str:
     """The table printed by `cacxr weights list` (plain text, one weight source a line)."""
-    from cacxr import registry, weightcache
+    from cacxr.model import registry, weightcache
 
     header = ("name", "arch", "intensity", "size", "cached", "checksum")
     rows = [header]

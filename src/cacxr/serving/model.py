@@ -2,8 +2,8 @@
 
 The web app only needs four things from a model (:class:`ServedModel`): a description of itself, the
 preprocessed image it sees, a score and a saliency overlay. :class:`RunModel` provides them for a
-``cacxr.run.LoadedRun`` through the package's one inference path (``cacxr.inference.score_image``,
-``cacxr.explain.explain_png``), so the service scores an upload exactly as ``cacxr predict`` scores a file.
+``cacxr.use.loaded_run.LoadedRun`` through the package's one inference path (``cacxr.use.predict.score_image``,
+``cacxr.use.explain.explain_png``), so the service scores an upload exactly as ``cacxr predict`` scores a file.
 
 The run's torch modules are shared by every request; one lock serialises the calls that run them
 (scoring and attributions, whose Grad-CAM hooks on shared layers must not interleave). Decoding and
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from cacxr.run import LoadedRun
+    from cacxr.use.loaded_run import LoadedRun
 
 __all__ = ["ServedModel", "RunModel", "png_bytes"]
 
@@ -38,7 +38,7 @@ class ServedModel(Protocol):
         ...
 
     def predict(self, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
-        """``cacxr.inference.score_image``'s answer for a decoded radiograph (``meta``: its ImageMeta)."""
+        """``cacxr.use.predict.score_image``'s answer for a decoded radiograph (``meta``: its ImageMeta)."""
         ...
 
     def explain(self, image: np.ndarray, method: str, steps: int, meta: Any = None) -> tuple[bytes, float]:
@@ -59,7 +59,7 @@ class RunModel:
     """A trained run served by the app: the run loaded once, its model calls serialised by a lock.
 
     Args:
-        run: a run from ``cacxr.run.load_run`` (one fold or the ensemble of its folds).
+        run: a run from ``cacxr.use.loaded_run.load_run`` (one fold or the ensemble of its folds).
     """
 
     def __init__(self, run: LoadedRun) -> None:
@@ -84,27 +84,27 @@ class RunModel:
 
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
         """
-        from cacxr.explain import prepare_image
+        from cacxr.use.explain import prepare_image
 
         return prepare_image(self.run, image, meta)
 
     def predict(self, image: np.ndarray, meta: Any = None) -> dict[str, Any]:
-        """Score a decoded radiograph (``cacxr.inference.score_image``), one request at a time.
+        """Score a decoded radiograph (``cacxr.use.predict.score_image``), one request at a time.
 
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does and gives
         age and sex to runs trained with ``--clinical``.
         """
-        from cacxr.inference import score_image
+        from cacxr.use.predict import score_image
 
         with self._lock:
             return score_image(self.run, image, meta)
 
     def explain(self, image: np.ndarray, method: str, steps: int, meta: Any = None) -> tuple[bytes, float]:
-        """Saliency overlay PNG and the explained score (``cacxr.explain.explain_png``), one at a time.
+        """Saliency overlay PNG and the explained score (``cacxr.use.explain.explain_png``), one at a time.
 
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
         """
-        from cacxr.explain import explain_png
+        from cacxr.use.explain import explain_png
 
         with self._lock:
             return explain_png(self.run, image, method=method, steps=steps, meta=meta)
@@ -112,7 +112,8 @@ class RunModel:
 
 def _describe_run(run: LoadedRun) -> dict[str, Any]:
     """See :meth:`RunModel.describe`; the digest reads the weight files once, at start-up."""
-    from cacxr import __version__, runfolder
+    from cacxr import __version__
+    from cacxr.runs import folder as runfolder
 
     config_file = run.run_dir / runfolder.CONFIG_FILE
     digest = hashlib.sha256(config_file.read_bytes())

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cacxr.errors import CacxrError, missing_dependency
+from cacxr.core.errors import CacxrError, missing_dependency
 from cacxr.serving.model import RunModel, ServedModel
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from cacxr.run import LoadedRun
+    from cacxr.use.loaded_run import LoadedRun
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -58,7 +58,7 @@ def create_app(
     """Build the FastAPI app serving a trained run.
 
     Args:
-        run: a loaded run (``cacxr.run.load_run``), or any :class:`ServedModel`.
+        run: a loaded run (``cacxr.use.loaded_run.load_run``), or any :class:`ServedModel`.
         max_upload_bytes: the largest accepted upload (enforced while reading; 413 above it).
         max_image_pixels: the largest accepted rows x columns, checked before decoding (413 above it).
         worker_threads: uploads decoded and scored at once; further uploads wait in a queue.
@@ -154,7 +154,7 @@ def serve(
         CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
     """
     _require(*_APP_MODULES, ("uvicorn", "uvicorn"))
-    from cacxr.run import load_run
+    from cacxr.use.loaded_run import load_run
 
     if max_upload_mb <= 0:
         raise CacxrError(f"--max-upload-mb must be positive (got {max_upload_mb:g})")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cacxr.atomic import atomic_path, write_bytes
-from cacxr.errors import CacxrError
+from cacxr.core.atomic import atomic_path, write_bytes
+from cacxr.core.errors import CacxrError
 from cacxr.synth.encoding import (
     DicomStyle,
     Header,

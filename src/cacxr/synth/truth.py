@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
-from cacxr.atomic import write_json
-from cacxr.errors import CacxrError
+from cacxr.core.atomic import write_json
+from cacxr.core.errors import CacxrError
 
 __all__ = [
     "SITES",

@@ -11,8 +11,8 @@ of each epoch comes from a generator seeded by (seed, fold, epoch); the global t
 stochastic depth) is seeded per fold and saved in each checkpoint. A fold resumed from
 ``fold_<k>/checkpoint.pt`` therefore continues exactly where it stopped.
 
-Speed and scale: :mod:`cacxr.accel` chooses mixed precision, channels-last and ``torch.compile`` on CUDA
-(nothing changes on the CPU); with several processes (:mod:`cacxr.distributed`) the trained module runs in
+Speed and scale: :mod:`cacxr.training.accel` chooses mixed precision, channels-last and ``torch.compile`` on CUDA
+(nothing changes on the CPU); with several processes (:mod:`cacxr.training.distributed`) the trained module runs in
 DistributedDataParallel, each step's batch is split between the processes, validation and test outputs are
 gathered, and rank 0 writes the checkpoints.
 """
@@ -35,28 +35,28 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from cacxr.accel import AccelPlan, choose_accel
-from cacxr.atomic import atomic_path
-from cacxr.calibration import apply_calibration, fit_calibration, none_offset
-from cacxr.clinical import ClinicalEncoder, clinical_width
-from cacxr.config import TrainConfig
-from cacxr.data import Augment, StoreDataset
-from cacxr.distributed import DistContext, ShardedBatchSampler, TailModule
-from cacxr.errors import CacxrError
-from cacxr.features import FeatureCache
-from cacxr.metrics import (
+from cacxr.config.settings import TrainConfig
+from cacxr.core.atomic import atomic_path
+from cacxr.core.errors import CacxrError
+from cacxr.model.calibration import apply_calibration, fit_calibration, none_offset
+from cacxr.model.covariates import ClinicalEncoder, clinical_width
+from cacxr.model.networks import CACNet, build_model
+from cacxr.model.scoring import ModelScore, raw_scores
+from cacxr.model.weights import load_pretrained
+from cacxr.pixels.store import ImageStore
+from cacxr.runs.folder import CHECKPOINT
+from cacxr.stats.metrics import (
     cac_to_target,
     choose_threshold,
     classification_metrics,
     regression_metrics,
     target_to_cac,
 )
-from cacxr.models import CACNet, build_model
-from cacxr.runfolder import CHECKPOINT
-from cacxr.scoring import ModelScore, raw_scores
-from cacxr.splits import Fold
-from cacxr.store import ImageStore
-from cacxr.weights import load_pretrained
+from cacxr.training.accel import AccelPlan, choose_accel
+from cacxr.training.dataset import Augment, StoreDataset
+from cacxr.training.distributed import DistContext, ShardedBatchSampler, TailModule
+from cacxr.training.features import FeatureCache
+from cacxr.training.splits import Fold
 
 __all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed", "calibration_offset", "model_metadata"]
 
@@ -81,7 +81,7 @@ def build_fold_model(cfg: TrainConfig) -> CACNet:
         The model on the CPU, in training mode.
 
     Raises:
-        CacxrError: unknown architecture, or weights that cannot be loaded (cacxr.weights).
+        CacxrError: unknown architecture, or weights that cannot be loaded (cacxr.model.weights).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -162,7 +162,7 @@ class _Task:
         return fn(out[:, 0], target)
 
     def raw(self, out: torch.Tensor) -> np.ndarray:
-        """The raw scores of outputs (cacxr.scoring): log-odds, or predicted log CAC."""
+        """The raw scores of outputs (cacxr.model.scoring): log-odds, or predicted log CAC."""
         return raw_scores(self.name, out.float(), self.mean, self.std).cpu().numpy().astype(np.float64)
 
     def val_metric(self, ids: list[str], out: torch.Tensor) -> float | None:
@@ -236,7 +236,7 @@ def train_fold(
 ) -> FoldResult:
     """Train one fold, resuming from ``fold_dir/checkpoint.pt`` when it exists.
 
-    The final model of a run (cacxr.final) trains here too: its ``fold`` has the index ``kfold``, its
+    The final model of a run (cacxr.training.final) trains here too: its ``fold`` has the index ``kfold``, its
     calibration patients as ``val``, no ``test`` patients, and ``select=False`` (it keeps the last of the
     ``cfg.epochs`` epochs chosen by the folds; the calibration patients only fit its calibration map).
 
@@ -300,7 +300,7 @@ def train_fold(
     test_metrics, test_scores, extra = None, np.zeros(0), {}
     if ids["test"]:
         test_out, _ = _predict(model, forward, inputs.dataset(ids["test"], task.targets(ids["test"]), False), task, device, run)
-        # The scoring path's own object, as load_run builds it from fold.json (cacxr.scoring).
+        # The scoring path's own object, as load_run builds it from fold.json (cacxr.model.scoring).
         member = {
             "target_mean": task.mean, "target_std": task.std, "calibration": calibration,
             "clinical_encoder": encoder.to_dict() if encoder is not None else None,
@@ -441,7 +441,7 @@ class _Run:
     def create(
         cls, cfg: TrainConfig, model: CACNet, device: torch.device, dist: DistContext, whole_model_trains: bool
     ) -> _Run:
-        """Choose the device options (cacxr.accel) and put the model in their memory format."""
+        """Choose the device options (cacxr.training.accel) and put the model in their memory format."""
         plan = choose_accel(
             device, cfg.amp, cfg.channels_last, cfg.compile, whole_model_trains=whole_model_trains,
             local_world_size=dist.local_world_size,
@@ -486,7 +486,7 @@ def _train_epoch(
 ) -> float:
     """One pass over the training patients in an order fixed by (seed, fold, epoch); the mean loss.
 
-    ``run`` None: one process, float32 (as cacxr.final calls it).
+    ``run`` None: one process, float32 (as cacxr.training.final calls it).
     """
     run = run or _Run.plain(device)
     model.train()

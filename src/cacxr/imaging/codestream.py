@@ -1,0 +1,329 @@
+"""The image size a compressed codestream declares, read from its header before any decoder allocates.
+
+A decoder allocates the size written inside the codestream, not the size a DICOM header or a file name
+claims: a 5 KB DICOM that says 64 x 64 can carry a JPEG codestream declaring 60000 x 60000 pixels, which
+a decoder turns into gigabytes. So every codestream is read here first, a few bytes of its header only:
+
+- JPEG (SOF0-SOF15 frame header) and JPEG-LS (SOF55, same layout): ``Y`` lines x ``X`` samples;
+- JPEG 2000: the SIZ segment of a bare codestream, or of the ``jp2c`` box of a JP2 file;
+- PNG: the IHDR chunk.
+
+:func:`check_codestream` compares that declared size with a pixel limit (reason ``too_large``) and with
+the size the container declares (DICOM Rows x Columns; a mismatch is ``unreadable``), and
+:func:`check_dicom_pixel_data` applies it to every frame of encapsulated DICOM pixel data. Deflated DICOM
+data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib bomb is refused too.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "CodestreamError",
+    "DeclaredSize",
+    "check_codestream",
+    "check_deflated",
+    "check_dicom_pixel_data",
+    "declared_size",
+    "first_fragment_head",
+]
+
+# The largest image accepted by every reader (rows x columns x frames): 7000 x 7000, far above any
+# radiograph (the largest detectors are about 4300 x 4300), and about 200 MB once decoded to float32.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JP2_MAGIC = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_J2K_MAGIC = b"\xff\x4f\xff\x51"  # SOC then SIZ
+# Frame headers: SOF0-3, 5-7, 9-11, 13-15 (C4 DHT, C8 JPG, CC DAC are not frames) and JPEG-LS SOF55.
+_SOF_MARKERS = frozenset(
+    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
+)
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_RLE = "1.2.840.10008.1.2.5"
+
+
+class CodestreamError(Exception):
+    """A codestream that may not be decoded: ``reason`` is ``too_large`` or ``unreadable``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeclaredSize:
+    """What a codestream header declares.
+
+    Attributes:
+        kind: ``jpeg``, ``jpeg-ls``, ``jpeg2000`` or ``png``.
+        rows: image height in pixels.
+        cols: image width in pixels.
+    """
+
+    kind: str
+    rows: int
+    cols: int
+
+    @property
+    def pixels(self) -> int:
+        """rows x columns."""
+        return self.rows * self.cols
+
+
+def declared_size(data: bytes | memoryview) -> DeclaredSize | None:
+    """The size declared by the codestream at the start of ``data``.
+
+    Args:
+        data: the start of a JPEG, JPEG-LS, JPEG 2000 (bare or JP2) or PNG stream (the header suffices).
+
+    Returns:
+        The declared size, or None when ``data`` starts with none of these signatures.
+
+    Raises:
+        CodestreamError: ``unreadable`` for a known signature whose header is truncated or malformed.
+    """
+    head = bytes(data[:12])
+    if head.startswith(_PNG_MAGIC):
+        return _png_size(data)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    if head.startswith(_J2K_MAGIC):
+        return _siz_size(data, 0)
+    if head.startswith(_JP2_MAGIC):
+        return _jp2_size(data)
+    return None
+
+
+def check_codestream(
+    data: bytes | memoryview, max_pixels: int, expected: tuple[int, int] | None = None, what: str = "image"
+) -> DeclaredSize | None:
+    """Refuse a codestream that declares more than ``max_pixels`` or another size than its container.
+
+    Args:
+        data: the start of the codestream.
+        max_pixels: the largest accepted rows x columns.
+        expected: (rows, columns) the container declares (DICOM Rows, Columns), or None.
+        what: how to name the codestream in messages (e.g. "frame 1").
+
+    Returns:
+        The declared size (None when ``data`` is not a known codestream).
+
+    Raises:
+        CodestreamError: ``too_large`` above the limit, ``unreadable`` for a malformed header or a size
+            that disagrees with ``expected``.
+    """
+    size = declared_size(data)
+    if size is None:
+        return None
+    if size.pixels > max_pixels:
+        raise CodestreamError(
+            "too_large",
+            f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels, above the limit "
+            f"of {max_pixels:,} pixels",
+        )
+    if expected is not None and (size.rows, size.cols) != tuple(expected):
+        raise CodestreamError(
+            "unreadable",
+            f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels but the header "
+            f"says {expected[1]}x{expected[0]} (Columns x Rows)",
+        )
+    return size
+
+
+def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
+    """Check every frame of a DICOM data set's encapsulated pixel data before pydicom decodes it.
+
+    Native (uncompressed) pixel data cannot allocate more than the file holds, and RLE is decoded into
+    Rows x Columns, so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000, ...) are read here.
+
+    Args:
+        ds: a fully read ``pydicom.Dataset``.
+        max_pixels: the largest accepted rows x columns.
+
+    Raises:
+        CodestreamError: a frame above the limit, disagreeing with Rows x Columns, truncated, or not
+            a codestream of a known kind.
+    """
+    from pydicom.encaps import generate_fragmented_frames
+
+    syntax = ds.file_meta.get("TransferSyntaxUID", "")  # type: ignore[attr-defined]
+    if not syntax or not syntax.is_encapsulated or syntax == _RLE:
+        return
+    pixel_data = ds.get("PixelData")  # type: ignore[attr-defined]
+    if not pixel_data:
+        return
+    expected = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))  # type: ignore[attr-defined]
+    frames = int(ds.get("NumberOfFrames") or 1)  # type: ignore[attr-defined]
+    seen = 0
+    try:
+        for index, fragments in enumerate(generate_fragmented_frames(pixel_data, number_of_frames=frames)):
+            seen += 1
+            what = f"frame {index + 1}" if frames > 1 else "pixel data"
+            first = fragments[0] if fragments else b""
+            if check_codestream(first, max_pixels, expected, what) is None:
+                raise CodestreamError("unreadable", f"{what}: not a JPEG, JPEG-LS or JPEG 2000 codestream")
+    except CodestreamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's fragment parser on truncated/malformed items
+        raise CodestreamError(
+            "unreadable", f"encapsulated pixel data is truncated or malformed ({exc})"
+        ) from exc
+    if seen == 0:
+        raise CodestreamError("unreadable", "encapsulated pixel data holds no frame")
+
+
+def first_fragment_head(fp: BinaryIO, little_endian: bool = True, size: int = 1 << 16) -> bytes:
+    """The start of the first fragment of encapsulated pixel data, read from an open file.
+
+    ``fp`` must be positioned just after the pixel data element's tag, VR and length (as
+    ``cacxr.imaging.reader`` leaves it after a header read). The Basic Offset Table item is skipped.
+
+    Args:
+        fp: the open file.
+        little_endian: the data set's byte order.
+        size: how many bytes of the fragment to read at most.
+
+    Returns:
+        Up to ``size`` bytes, or b"" when no fragment follows (native pixel data, truncated file).
+    """
+    order = "<" if little_endian else ">"
+    for item in range(2):  # the Basic Offset Table, then the first fragment
+        head = fp.read(8)
+        if len(head) < 8:
+            return b""
+        group, element, length = struct.unpack(order + "HHI", head)
+        if (group, element) != (0xFFFE, 0xE000):
+            return b""
+        if item == 0:
+            fp.seek(length, 1)
+    return fp.read(min(length, size))
+
+
+def check_deflated(path: str, max_bytes: int) -> None:
+    """Refuse a deflated DICOM data set that inflates to more than ``max_bytes`` (a zlib bomb).
+
+    Args:
+        path: the file.
+        max_bytes: the largest accepted inflated size.
+
+    Raises:
+        CodestreamError: ``too_large`` above ``max_bytes``, ``unreadable`` for a broken stream.
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    with open(path, "rb") as fp:  # fast path: the UID is in the file meta group, near the start
+        if _DEFLATED.encode() not in fp.read(4096):
+            return
+    try:
+        syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except Exception:  # noqa: BLE001 - no readable file meta group: not a deflated part-10 file
+        return
+    if syntax != _DEFLATED:
+        return
+    with open(path, "rb") as fp:
+        body = _after_file_meta(fp.read())
+    if body is None:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, max_bytes)
+    except zlib.error as exc:
+        raise CodestreamError("unreadable", f"the deflated data set cannot be inflated ({exc})") from exc
+    if inflater.unconsumed_tail or len(out) >= max_bytes:
+        raise CodestreamError(
+            "too_large", f"the deflated data set inflates to more than {max_bytes:,} bytes (the limit)"
+        )
+
+
+def _after_file_meta(data: bytes) -> bytes | None:
+    """The bytes following the part-10 file meta group (explicit VR little endian, group 0002)."""
+    pos = 132 if data[128:132] == b"DICM" else 0
+    while pos + 8 <= len(data):
+        group, _element = struct.unpack_from("<HH", data, pos)
+        if group != 0x0002:
+            return data[pos:]
+        vr = data[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            pos += 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            pos += 8 + length
+    return None
+
+
+# ------------------------------------------------------------------------------------------- parsers
+
+
+def _png_size(data: bytes | memoryview) -> DeclaredSize:
+    if len(data) < 24 or bytes(data[12:16]) != b"IHDR":
+        raise CodestreamError("unreadable", "PNG without an IHDR chunk")
+    width, height = struct.unpack_from(">II", data, 16)
+    return DeclaredSize("png", height, width)
+
+
+def _jpeg_size(data: bytes | memoryview) -> DeclaredSize:
+    """Walk the JPEG marker segments up to the first frame header (SOFn or JPEG-LS SOF55)."""
+    pos = 2
+    n = len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise CodestreamError("unreadable", f"JPEG marker expected at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _SOF_MARKERS:
+            if pos + 9 > n or length < 8:
+                break
+            rows, cols = struct.unpack_from(">HH", data, pos + 5)
+            kind = "jpeg-ls" if marker == 0xF7 else "jpeg"
+            if rows == 0 or cols == 0:  # rows 0 means "given later by a DNL marker": not supported
+                raise CodestreamError(
+                    "unreadable", f"{kind} codestream declares an empty image ({cols}x{rows})"
+                )
+            return DeclaredSize(kind, rows, cols)
+        if marker in (0xDA, 0xD9) or length < 2:  # scan or end before any frame header
+            raise CodestreamError("unreadable", "JPEG codestream without a frame header")
+        pos += 2 + length
+    raise CodestreamError("unreadable", "JPEG codestream truncated before its frame header")
+
+
+def _siz_size(data: bytes | memoryview, start: int) -> DeclaredSize:
+    """JPEG 2000 SIZ: Xsiz, Ysiz (reference grid) minus the image offsets XOsiz, YOsiz."""
+    if len(data) < start + 24 or bytes(data[start : start + 4]) != _J2K_MAGIC:
+        raise CodestreamError("unreadable", "JPEG 2000 codestream truncated before its SIZ segment")
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, start + 8)
+    if xosiz >= xsiz or yosiz >= ysiz:
+        raise CodestreamError("unreadable", "JPEG 2000 SIZ declares an empty image")
+    return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz)
+
+
+def _jp2_size(data: bytes | memoryview) -> DeclaredSize:
+    """Walk the JP2 boxes to the contiguous codestream box (jp2c) and read its SIZ."""
+    pos = 0
+    n = len(data)
+    while pos + 8 <= n:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1:
+            if pos + 16 > n:
+                break
+            (length,) = struct.unpack_from(">Q", data, pos + 8)
+            header = 16
+        if kind == b"jp2c":
+            return _siz_size(data, pos + header)
+        if length == 0 or length < header:
+            break
+        pos += length
+    raise CodestreamError("unreadable", "JP2 file without a codestream box")

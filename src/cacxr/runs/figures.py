@@ -1,0 +1,129 @@
+"""The figures a merged run adds to metrics.json beyond discrimination: operating point, calibration, endpoints.
+
+``add_run_figures`` is called by ``cacxr.training.crossval.merge_folds`` once every fold has finished. It adds:
+
+* ``operating_point``: the ``--operating-point`` rule, its threshold chosen on all folds' inner-validation
+  records (fold.json ``validation``) and sensitivity/specificity/PPV/NPV with intervals on the out-of-fold
+  test predictions (:mod:`cacxr.stats.operating_point`);
+* ``calibration``: Brier score, calibration intercept and slope with intervals per fold and pooled, and the
+  decision curve (model, age + sex baseline, treat all, treat none) (:mod:`cacxr.stats.calibration`);
+* ``endpoints`` (regression runs): the AUC of the same out-of-fold predictions for the three guideline
+  endpoints CAC > 0, CAC >= 100 and CAC >= 400, fold-level headline and pooled.
+
+Probabilities: a classification run's ``score``; a regression run's ``probability`` column (calibrated
+P(CAC > T)) when its predictions have one, else no calibration figures or operating point (said in a note).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ENDPOINTS", "add_run_figures", "endpoint_label", "probabilities"]
+
+# Guideline endpoints a regression run reports from the same folds: (threshold, comparison).
+ENDPOINTS = ((0.0, ">"), (100.0, ">="), (400.0, ">="))
+
+
+def endpoint_label(threshold: float, comparison: str = ">") -> str:
+    """``CAC > 0``, ``CAC ≥ 100``: the wording of an endpoint."""
+    return f"CAC {'≥' if comparison == '>=' else '>'} {threshold:g}"
+
+
+def probabilities(task: str, rows: Sequence[dict[str, Any]]) -> np.ndarray | None:
+    """The out-of-fold probabilities of P(positive): classification scores, or regression ``probability``."""
+    if task == "classification":
+        return np.array([float(row["score"]) for row in rows])
+    if rows and all("probability" in row for row in rows):
+        return np.array([float(row["probability"]) for row in rows])
+    return None
+
+
+def add_run_figures(
+    task: str,
+    rule: str,
+    fold_records: dict[int, dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    metrics: dict[str, Any],
+    baseline_scores: dict[str, float] | None = None,
+) -> None:
+    """Add ``operating_point``, ``calibration`` and (regression) ``endpoints`` to ``metrics``.
+
+    Args:
+        task: ``classification`` or ``regression``.
+        rule: the ``--operating-point`` rule.
+        fold_records: fold -> its fold.json content.
+        rows: the out-of-fold predictions (``patient_id``, ``fold``, ``label``, ``cac_score``, ``score``
+            [, ``probability``, ``log_cac``]).
+        metrics: the metrics.json content, changed in place.
+        baseline_scores: patient id -> the age + sex baseline's out-of-fold probability (decision curve).
+    """
+    from cacxr.stats.operating_point import operating_point
+
+    labels = np.array([int(row["label"]) for row in rows])
+    probs = probabilities(task, rows)
+    has_validation = bool(fold_records) and all(record.get("validation") for record in fold_records.values())
+    validation = [v for record in fold_records.values() for v in record.get("validation") or []]
+    metrics["operating_point"] = operating_point(
+        rule, validation if has_validation else None, labels, probs, n_folds=len(fold_records)
+    )
+    metrics["calibration"] = _calibration(rows, labels, probs, baseline_scores)
+    if task == "regression":
+        metrics["endpoints"] = _endpoints(rows)
+
+
+def _calibration(
+    rows: Sequence[dict[str, Any]], labels: np.ndarray, probs: np.ndarray | None, baseline: dict[str, float] | None
+) -> dict[str, Any]:
+    from cacxr.stats.calibration import calibration_figures, decision_curve
+
+    if probs is None:
+        return {"note": "no calibrated probabilities in the out-of-fold predictions (regression without "
+                "a 'probability' column): no calibration figures"}  # fmt: skip
+    folds = np.array([row["fold"] for row in rows])
+    per_fold = [{"fold": int(k), **calibration_figures(labels[folds == k], probs[folds == k])} for k in sorted(set(folds))]
+    ids = [row["patient_id"] for row in rows]
+    base = None
+    if baseline and all(pid in baseline for pid in ids):
+        base = np.array([baseline[pid] for pid in ids])
+    return {
+        "method": "Brier score; calibration intercept (logit offset) and slope by logistic regression, 95 % Wald "
+        "intervals",
+        "pooled": calibration_figures(labels, probs),
+        "folds": per_fold,
+        "decision_curve": decision_curve(labels, probs, base),
+    }
+
+
+def _endpoints(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AUC of the regression's ranking score for CAC > 0, CAC >= 100 and CAC >= 400, from the same folds."""
+    from cacxr.stats.folds import fold_level_auc
+    from cacxr.stats.metrics import bootstrap_ci, classification_metrics
+
+    cac = np.array([float(row["cac_score"]) for row in rows])
+    ranking = np.array([float(row.get("log_cac", row["score"])) for row in rows])
+    folds = np.array([row["fold"] for row in rows])
+    out = []
+    for threshold, comparison in ENDPOINTS:
+        y = (cac >= threshold if comparison == ">=" else cac > threshold).astype(int)
+        entry: dict[str, Any] = {
+            "endpoint": endpoint_label(threshold, comparison),
+            "threshold": threshold,
+            "comparison": comparison,
+            "n": len(y),
+            "n_pos": int(y.sum()),
+        }
+        if 0 < y.sum() < len(y):
+            auc = classification_metrics(y, ranking)["auc"]
+            ci = list(bootstrap_ci(y, ranking, "auc"))
+            level = fold_level_auc([(k, y[folds == k], ranking[folds == k]) for k in sorted(set(folds))], auc, ci)
+            entry.update(
+                auc_mean=level["auc_mean"], auc_mean_ci=level["auc_ci"], auc_min=level["auc_min"],
+                auc_max=level["auc_max"], pooled_auc=auc, pooled_auc_ci=ci,
+            )  # fmt: skip
+        else:
+            entry["note"] = "one class only: no AUC"
+        out.append(entry)
+    return out

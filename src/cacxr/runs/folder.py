@@ -1,0 +1,292 @@
+"""The run folder: every file name of a trained run, and the one reader and writer of each file.
+
+A run folder (``cacxr train --out RUN``)::
+
+    RUN/config.json              every setting, versions, the manifest's sha256 (+ "final" once fitted)
+    RUN/folds.csv                patient_id, fold, role (train | val | test)
+    RUN/fold_<k>/fold.json       the fold's record (written last: the fold is finished when it exists)
+    RUN/fold_<k>/model.safetensors
+    RUN/fold_<k>/predictions.csv the fold's test patients
+    RUN/fold_<k>/checkpoint.pt   while the fold trains (resumable), deleted when it has finished
+    RUN/final/final.json         the final model's record (written last), see cacxr.training.final
+    RUN/final/model.safetensors
+    RUN/predictions.csv          out-of-fold predictions, every patient once
+    RUN/metrics.json             the cross-validated figures
+    RUN/plots/*.png, RUN/report.html
+
+The final model is addressed as fold :data:`FINAL_FOLD` (-1) everywhere: :func:`model_dir`,
+:func:`model_path` and :func:`read_model_record` give its folder, weights and record like a fold's.
+No other module spells one of these names; they import them (or the functions) from here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cacxr.core.atomic import read_json_object, write_json, write_text
+from cacxr.core.errors import CacxrError
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "PREDICTIONS",
+    "FOLDS_FILE",
+    "FOLD_RECORD",
+    "FINAL_DIR",
+    "FINAL_RECORD",
+    "FINAL_FOLD",
+    "MODEL_FILE",
+    "CHECKPOINT",
+    "PLOTS_DIR",
+    "REPORT_FILE",
+    "INGEST_DIR",
+    "fold_dir",
+    "model_dir",
+    "model_path",
+    "record_path",
+    "fold_done",
+    "has_final",
+    "read_config",
+    "write_config",
+    "read_metrics",
+    "write_metrics",
+    "read_fold_record",
+    "read_model_record",
+    "write_model_record",
+    "read_fold_predictions",
+    "read_run_predictions",
+    "read_fold_roles",
+    "decision_threshold_override",
+    "write_csv",
+    "csv_number",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS = "predictions.csv"
+FOLDS_FILE = "folds.csv"
+FOLD_RECORD = "fold.json"
+FINAL_DIR = "final"
+FINAL_RECORD = "final.json"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"  # an unfinished fold's (or final model's) last epoch, deleted when it finishes
+PLOTS_DIR = "plots"
+REPORT_FILE = "report.html"
+INGEST_DIR = "ingest"
+# The final model (trained on every patient) where a fold number is expected.
+FINAL_FOLD = -1
+
+PathLike = str | os.PathLike[str]
+
+
+def fold_dir(run_dir: PathLike, fold: int) -> Path:
+    """``RUN/fold_<k>`` (a cross-validation fold)."""
+    return Path(run_dir) / f"fold_{fold}"
+
+
+def model_dir(run_dir: PathLike, fold: int) -> Path:
+    """The folder of a model: ``RUN/fold_<k>``, or ``RUN/final`` for :data:`FINAL_FOLD`."""
+    return Path(run_dir) / FINAL_DIR if fold == FINAL_FOLD else fold_dir(run_dir, fold)
+
+
+def model_path(run_dir: PathLike, fold: int) -> Path:
+    """The weights of fold ``fold`` (``FINAL_FOLD``: the final model)."""
+    return model_dir(run_dir, fold) / MODEL_FILE
+
+
+def record_path(run_dir: PathLike, fold: int) -> Path:
+    """fold.json of a fold, final.json of the final model."""
+    return model_dir(run_dir, fold) / (FINAL_RECORD if fold == FINAL_FOLD else FOLD_RECORD)
+
+
+def fold_done(run_dir: PathLike, fold: int) -> bool:
+    """True when fold ``fold`` has finished (its fold.json exists)."""
+    return record_path(run_dir, fold).is_file()
+
+
+def has_final(run_dir: PathLike) -> bool:
+    """True when the run has a finished final model (final.json and its weights)."""
+    return record_path(run_dir, FINAL_FOLD).is_file() and model_path(run_dir, FINAL_FOLD).is_file()
+
+
+# ---- JSON files -----------------------------------------------------------------------------------------
+
+
+def read_config(run_dir: PathLike, required: bool = True) -> dict[str, Any] | None:
+    """RUN/config.json.
+
+    Args:
+        run_dir: the run folder.
+        required: raise when it is missing (else return None).
+
+    Raises:
+        CacxrError: missing (with ``required``), unreadable, or not a run configuration.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        if required:
+            raise CacxrError(f"{run_dir}: not a trained run folder (no {CONFIG_FILE})")
+        return None
+    record = read_json_object(path)
+    if "task" not in record:
+        raise CacxrError(f"{path}: not a cacxr run configuration (no task)")
+    return record
+
+
+def write_config(run_dir: PathLike, record: dict[str, Any]) -> None:
+    """Write RUN/config.json atomically."""
+    write_json(Path(run_dir) / CONFIG_FILE, record)
+
+
+def read_metrics(run_dir: PathLike, required: bool = True) -> dict[str, Any] | None:
+    """RUN/metrics.json (also an evaluation folder's); None when absent and not ``required``.
+
+    Raises:
+        CacxrError: missing (with ``required``) or unreadable.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file() and not required:
+        return None
+    return read_json_object(path, "a finished run has one; train it, or merge its folds")
+
+
+def write_metrics(run_dir: PathLike, metrics: dict[str, Any]) -> None:
+    """Write RUN/metrics.json atomically."""
+    write_json(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def read_fold_record(run_dir: PathLike, fold: int) -> dict[str, Any]:
+    """The fold.json of a finished fold.
+
+    Raises:
+        CacxrError: missing or unreadable.
+    """
+    return read_model_record(run_dir, fold)
+
+
+def read_model_record(run_dir: PathLike, fold: int) -> dict[str, Any]:
+    """The record of a model: fold.json of fold ``fold``, final.json for :data:`FINAL_FOLD`.
+
+    Raises:
+        CacxrError: missing or unreadable.
+    """
+    what = "the final model has not been trained" if fold == FINAL_FOLD else f"fold {fold} has not finished"
+    return read_json_object(record_path(run_dir, fold), what)
+
+
+def write_model_record(run_dir: PathLike, fold: int, record: dict[str, Any]) -> None:
+    """Write fold.json (or final.json): the last file of a model, marking it complete."""
+    write_json(record_path(run_dir, fold), record)
+
+
+def decision_threshold_override(run_dir: PathLike) -> float | None:
+    """The run's operating-point threshold (``metrics.json["operating_point"]["threshold"]``), if any.
+
+    When present it is the decision threshold of every model of the run (fold ensemble and final model);
+    None keeps the models' own validation-chosen thresholds.
+    """
+    try:
+        metrics = read_metrics(run_dir, required=False)
+    except CacxrError:
+        return None
+    point = (metrics or {}).get("operating_point")
+    value = point.get("threshold") if isinstance(point, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+# ---- CSV files ------------------------------------------------------------------------------------------
+
+
+def read_fold_predictions(run_dir: PathLike, fold: int) -> list[dict[str, Any]]:
+    """The test predictions of a finished fold (``RUN/fold_<k>/predictions.csv``).
+
+    Returns:
+        Rows with patient_id, fold, cac_score, label, score (and log_cac, probability when present).
+
+    Raises:
+        CacxrError: missing or malformed file.
+    """
+    path = fold_dir(run_dir, fold) / PREDICTIONS
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return [_prediction_row(row) for row in rows]
+    except FileNotFoundError:
+        raise CacxrError(f"{path}: missing (fold {fold} has not finished)") from None
+    except (KeyError, ValueError) as exc:
+        raise CacxrError(f"{path}: malformed ({exc})") from None
+
+
+def _prediction_row(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "patient_id": row["patient_id"],
+        "fold": int(row["fold"]),
+        "cac_score": float(row["cac_score"]),
+        "label": int(row["label"]),
+        "score": float(row["score"]),
+    }
+    for extra in ("log_cac", "probability"):
+        if row.get(extra) not in (None, ""):
+            out[extra] = float(row[extra])
+    return out
+
+
+def read_run_predictions(run_dir: PathLike) -> list[dict[str, Any]]:
+    """RUN/predictions.csv (out-of-fold, every patient once) as :func:`read_fold_predictions` rows.
+
+    Raises:
+        CacxrError: missing, unreadable or empty file.
+    """
+    path = Path(run_dir) / PREDICTIONS
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = [_prediction_row(row) for row in csv.DictReader(fh)]
+    except FileNotFoundError:
+        raise CacxrError(f"{path}: missing (the run's out-of-fold predictions list its patients)") from None
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CacxrError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not rows:
+        raise CacxrError(f"{path}: no patients")
+    return rows
+
+
+def read_fold_roles(run_dir: PathLike) -> dict[int, dict[str, list[str]]]:
+    """RUN/folds.csv as fold -> role (train | val | test) -> patient ids.
+
+    Raises:
+        CacxrError: missing or unreadable.
+    """
+    path = Path(run_dir) / FOLDS_FILE
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            table: dict[int, dict[str, list[str]]] = {}
+            for row in csv.DictReader(fh):
+                table.setdefault(int(row["fold"]), {}).setdefault(row["role"], []).append(row["patient_id"])
+    except FileNotFoundError:
+        raise CacxrError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise CacxrError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    return table
+
+
+def csv_number(value: float | None) -> str:
+    """Shortest text that reads back as the same float ("" for None/NaN), so merges reproduce metrics."""
+    if value is None:
+        return ""
+    value = float(value)
+    return "" if math.isnan(value) else repr(value)
+
+
+def write_csv(path: PathLike, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows (dicts keyed by ``columns``) as CSV atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())

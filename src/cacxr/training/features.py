@@ -1,0 +1,264 @@
+"""Frozen-trunk feature cache: the trunk runs once per image, and every fold and epoch trains only the tail.
+
+When a :class:`~cacxr.model.networks.CACNet`'s trunk is frozen and no augmentation is asked, its output for an image
+never changes, so it is computed once and stored on disk in float16::
+
+    CACHE_DIR/<key>/meta.json          key, arch, profile, image size, feature shape, cacxr feature version
+    CACHE_DIR/<key>/images.json        patient id -> digest of the stored image each map was computed from
+    CACHE_DIR/<key>/<patient>.npy      one (C, H, W) float16 map per image, memory-mapped on read
+
+The key (:func:`trunk_key`) hashes everything the maps depend on (arch, trunk weights and BatchNorm
+statistics, store profile and its version, image size, :data:`FEATURE_VERSION`), so caches of different
+trunks never mix and all folds and runs on one store share one cache. Each map is written atomically and
+recorded in ``images.json`` after it: an interrupted build leaves only complete files, and the next build
+computes just the missing ones, plus those whose stored image has changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cacxr.core.atomic import atomic_path, write_json
+from cacxr.core.errors import CacxrError
+from cacxr.model.networks import CACNet
+from cacxr.pixels.profiles import get_profile, normalise
+
+__all__ = ["FEATURE_VERSION", "trunk_key", "FeatureCache"]
+
+logger = logging.getLogger(__name__)
+
+# Bump when the way maps are computed or stored changes: old caches then stop matching.
+FEATURE_VERSION = "1"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+
+
+def _profile_id(store: Any) -> str:
+    """The store's profile as ``name@vN``: images made by another recipe version give other features."""
+    spec = get_profile(store.profile)
+    version = getattr(store, "profile_version", spec.version)  # the version the store was built with
+    return f"{spec.name}@v{version}"
+
+
+def _image_digest(image: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=12).hexdigest()
+
+
+def trunk_key(model: CACNet, store: Any) -> str:
+    """Identify the trunk outputs of ``model`` on ``store``'s images.
+
+    Args:
+        model: the model whose :meth:`~cacxr.model.networks.CACNet.trunk_features` are cached.
+        store: an image store (``profile``, ``image_size`` and, when it has one, ``profile_version``).
+
+    Returns:
+        A 20-character hex digest of the arch, the trunk's weights and buffers, the store's profile and
+        image size, and :data:`FEATURE_VERSION`.
+    """
+    digest = hashlib.sha256()
+    header = [FEATURE_VERSION, model.arch, _profile_id(store), str(int(store.image_size))]
+    digest.update("\0".join(header).encode())
+    for name, tensor in sorted(model.trunk_state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())  # raw bytes: any dtype, bfloat16 included
+    return digest.hexdigest()[:20]
+
+
+# Refuse a batch when more than this share of its non-zero trunk outputs would be stored as 0 in float16.
+UNDERFLOW_SHARE = 0.01
+
+
+def _to_float16(maps: np.ndarray, folder: Path, batch: Sequence[str]) -> np.ndarray:
+    """The maps in float16, or an error when they overflow or underflow it (cached zeros would be silent)."""
+    half = maps.astype(np.float16)
+    if not np.isfinite(half).all():
+        raise CacxrError(f"{folder}: trunk features of {list(batch)} do not fit in float16 (too large)")
+    nonzero = maps != 0
+    flushed = nonzero & (half == 0)
+    if nonzero.any() and flushed.sum() > UNDERFLOW_SHARE * nonzero.sum():
+        raise CacxrError(
+            f"{folder}: trunk features of {list(batch)} underflow float16: {flushed.sum() / nonzero.sum():.0%} of "
+            f"the non-zero values (largest magnitude {np.abs(maps).max():.2e}) would be cached as 0; the trunk's "
+            "outputs are too small for the float16 cache, so train without it (--no-feature-cache)"
+        )
+    return half
+
+
+def _file_name(patient_id: str) -> str:
+    """A file name for a patient id: the id itself when safe, else a hash of it."""
+    if _SAFE_NAME.match(patient_id):
+        return f"{patient_id}.npy"
+    return f"id-{hashlib.sha256(patient_id.encode()).hexdigest()[:24]}.npy"
+
+
+class FeatureCache:
+    """Float16 trunk maps of one trunk on one store, one memory-mapped ``.npy`` file per image.
+
+    Args:
+        cache_dir: the cache root (shared by runs); the maps live in ``cache_dir/<key>``.
+        key: the :func:`trunk_key` of the trunk and store.
+
+    Raises:
+        CacxrError: the folder holds no cache of that key.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str], key: str) -> None:
+        self.key = key
+        self.dir = Path(cache_dir) / key
+        meta_path = self.dir / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            raise CacxrError(f"{meta_path}: no feature cache here (build it with FeatureCache.build)") from None
+        if meta.get("key") != key or meta.get("version") != FEATURE_VERSION:
+            raise CacxrError(f"{meta_path}: the cache there has key {meta.get('key')}, not {key}")
+        self.meta: dict[str, Any] = meta
+        self.shape: tuple[int, ...] = tuple(meta["shape"])  # one image's map: (C, H, W)
+
+    def path(self, patient_id: str) -> Path:
+        """The file holding ``patient_id``'s map."""
+        return self.dir / _file_name(patient_id)
+
+    def has(self, patient_id: str) -> bool:
+        """True when a complete map of the right shape is stored for ``patient_id``."""
+        path = self.path(patient_id)
+        if not path.is_file():
+            return False
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        return array.shape == self.shape and array.dtype == np.float16
+
+    def get(self, ids: Sequence[str]) -> torch.Tensor:
+        """The maps of ``ids`` as one float32 tensor (N, C, H, W) (stored as float16).
+
+        Raises:
+            CacxrError: an id that is not in the cache.
+        """
+        arrays = []
+        for patient_id in ids:
+            try:
+                arrays.append(np.load(self.path(patient_id), mmap_mode="r"))
+            except (OSError, ValueError):
+                raise CacxrError(f"{self.dir}: no cached features for patient {patient_id}") from None
+        if not arrays:
+            return torch.empty((0, *self.shape), dtype=torch.float32)
+        return torch.from_numpy(np.stack(arrays).astype(np.float32))
+
+    @classmethod
+    def build(
+        cls,
+        model: CACNet,
+        store: Any,
+        ids: Sequence[str],
+        cache_dir: str | os.PathLike[str],
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> FeatureCache:
+        """Compute the trunk maps of the ``ids`` not cached yet, and open the cache.
+
+        The trunk runs in eval mode without gradients; the model's training mode is restored afterwards.
+        The model is moved to ``device``.
+
+        Args:
+            model: the model (its trunk is what is cached; it should be frozen for the cache to be used).
+            store: the image store (``get(id) -> uint8 (S, S)``, ``profile``, ``image_size``).
+            ids: patient ids to have in the cache.
+            cache_dir: the cache root.
+            batch_size: images per trunk pass.
+            device: where the trunk runs.
+            progress: show a progress bar.
+
+        Returns:
+            The cache, holding every id of ``ids``.
+
+        Raises:
+            CacxrError: an image the store cannot give, or a cache folder that cannot be written.
+        """
+        key = trunk_key(model, store)
+        folder = Path(cache_dir) / key
+        meta_path = folder / "meta.json"
+        meta = {
+            "key": key,
+            "version": FEATURE_VERSION,
+            "arch": model.arch,
+            "profile": _profile_id(store),
+            "image_size": int(store.image_size),
+        }
+        if not ids:
+            raise CacxrError(f"{folder}: no patient ids to cache")
+        cache = cls._open_matching(cache_dir, key, meta)
+        recorded = cache._read_index() if cache is not None else {}
+        digests = {i: _image_digest(np.asarray(store.get(i))) for i in dict.fromkeys(ids)}
+        todo = [i for i, d in digests.items() if cache is None or recorded.get(i) != d or not cache.has(i)]
+        if cache is not None and not todo:
+            logger.info("feature cache %s: all %d maps present", key, len(ids))
+            return cache
+        logger.info("feature cache %s: computing %d of %d maps", key, len(todo), len(ids))
+        was_training = model.training
+        model.to(device).eval()
+        try:
+            bar = tqdm(total=len(todo), desc="trunk features", unit="img", disable=not progress)
+            with torch.inference_mode(), bar:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    images = np.stack([np.asarray(store.get(i)) for i in batch])
+                    x = torch.as_tensor(normalise(images, store.profile), dtype=torch.float32)
+                    if x.ndim == 3:
+                        x = x.unsqueeze(1)
+                    maps = _to_float16(model.trunk_features(x.to(device)).to("cpu", torch.float32).numpy(), folder, batch)
+                    if cache is None:  # the first batch fixes the shape
+                        write_json(meta_path, {**meta, "shape": list(maps.shape[1:])})
+                        cache = cls(cache_dir, key)
+                    for patient_id, array in zip(batch, maps, strict=True):
+                        with atomic_path(cache.path(patient_id)) as tmp, tmp.open("wb") as fh:
+                            np.save(fh, array)
+                        recorded[patient_id] = digests[patient_id]
+                    write_json(cache.dir / "images.json", recorded)  # after the maps: never ahead of them
+                    bar.update(len(batch))
+        finally:
+            model.train(was_training)
+        return cache
+
+    @classmethod
+    def _open_matching(cls, cache_dir: str | os.PathLike[str], key: str, meta: dict[str, Any]) -> FeatureCache | None:
+        """The existing cache of ``key``, or None when absent or written for something else (then rebuilt)."""
+        try:
+            cache = cls(cache_dir, key)
+        except CacxrError:
+            return None
+        if any(cache.meta.get(k) != v for k, v in meta.items()):
+            logger.warning("feature cache %s: its meta.json does not match; rebuilding", cache.dir)
+            return None
+        return cache
+
+    def _read_index(self) -> dict[str, str]:
+        try:
+            index = json.loads((self.dir / "images.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return index if isinstance(index, dict) else {}
+
+    @property
+    def ids(self) -> list[str]:
+        """Patient ids with a recorded map."""
+        return sorted(self._read_index())
+
+    def __len__(self) -> int:
+        return len(self._read_index())
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.dir)!r}, shape={self.shape})"
