@@ -15,7 +15,8 @@ import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
 from cacxr.core.errors import CacxrError
-from cacxr.model.covariates import ClinicalEncoder, clinical_baseline, parse_clinical
+from cacxr.model.covariates import ClinicalEncoder, parse_clinical
+from cacxr.stats.clinical_baseline import clinical_baseline
 
 
 @pytest.mark.parametrize(
@@ -199,7 +200,7 @@ def test_clinical_run_trains_with_covariates_from_the_training_part(clinical_run
 def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from cacxr.imaging.reader import read_image
+    from cacxr.imaging import read_image
     from cacxr.use.loaded_run import load_run
     from cacxr.use.predict import score_image, score_module, score_paths
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cacxr.core.errors import CacxrError
-from cacxr.imaging.reader import read_image
+from cacxr.imaging import read_image
 from cacxr.ingest.manifest import ManifestRow
 from cacxr.pixels.profiles import normalise
 from cacxr.pixels.store import ImageStore, build_store

@@ -13,7 +13,7 @@ from PIL import Image
 from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
 from cacxr.cli import main
 from cacxr.core.errors import CacxrError
-from cacxr.imaging.reader import read_image
+from cacxr.imaging import read_image
 from cacxr.use.explain import METHODS, _png_names, explain_image, explain_paths, overlay_title, render_overlay
 from cacxr.use.loaded_run import load_run
 from cacxr.use.predict import score_image

@@ -16,9 +16,9 @@ from _tiny_run import tiny_cohort, tiny_run
 from cacxr.cli import main
 from cacxr.commands import fit_final as fit_final_command
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import cac_to_target
 from cacxr.model.weights import load_saved_model
 from cacxr.pixels.store import ImageStore
-from cacxr.stats.metrics import cac_to_target
 from cacxr.training.final import FINAL_DIR, FINAL_RECORD, MODEL_FILE, choose_epochs, fit_final, has_final
 from cacxr.use.loaded_run import FINAL_FOLD, load_run
 from cacxr.use.predict import score_paths

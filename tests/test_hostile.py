@@ -36,8 +36,8 @@ from pydicom.uid import (
 
 from cacxr.cli import main
 from cacxr.core.safepaths import file_kind
+from cacxr.imaging import read_header, read_image
 from cacxr.imaging.codestream import CodestreamError, check_codestream, declared_size
-from cacxr.imaging.reader import read_header, read_image
 from cacxr.ingest.manifest import read_excluded, read_manifest
 from cacxr.serving import create_app
 
@@ -209,7 +209,7 @@ def test_bomb_memory_is_bounded_in_a_subprocess(tmp_path: Path) -> None:
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
-        "from cacxr.imaging.reader import read_header, read_image\n"
+        "from cacxr.imaging import read_header, read_image\n"
         "for path in sys.argv[1:]:\n"
         "    for result in (read_header(path), read_image(path)):\n"
         "        print(result.reason, '|', result.detail)\n"

@@ -1,4 +1,4 @@
-"""Tests for cacxr.imaging.reader: grey-level pipeline, refusals, metadata, real radiographs, pydicom's test files."""
+"""Tests for cacxr.imaging: grey-level pipeline, refusals, metadata, real radiographs, pydicom's test files."""
 
 from __future__ import annotations
 
@@ -28,18 +28,18 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cacxr.imaging.reader import (
+from cacxr.imaging import (
     FRONTAL_VIEWS,
     LATERAL_VIEWS,
     ImageMeta,
     ReadResult,
-    _keep_stored_bits,
-    _scrub,
     is_frontal,
     is_lateral,
     read_header,
     read_image,
 )
+from cacxr.imaging.greylevels import keep_stored_bits
+from cacxr.imaging.header import scrub
 
 # Identifying values written into test files: none may come back in a result, a message or a log.
 SECRET_NAME = "Doe^Jane"
@@ -258,11 +258,11 @@ def test_bits_above_bits_stored_do_not_leak(
         ([0x0FFF, 0x7800], 12, True, [-1, -2048]),  # sign-extended from bit 11
     ],
 )
-def test_keep_stored_bits(values: list[int], bits_stored: int, signed: bool, expected: list[int]) -> None:
+def testkeep_stored_bits(values: list[int], bits_stored: int, signed: bool, expected: list[int]) -> None:
     """Clearing / sign-extending the unused high bits, and leaving clean data alone."""
     stored = np.asarray(values, dtype=np.uint16)
     stored = stored.view(np.int16) if signed else stored
-    np.testing.assert_array_equal(_keep_stored_bits(stored, bits_stored, signed), expected)
+    np.testing.assert_array_equal(keep_stored_bits(stored, bits_stored, signed), expected)
 
 
 @pytest.mark.parametrize(
@@ -718,7 +718,7 @@ def test_decoder_messages_are_scrubbed_of_identifying_values() -> None:
     """Decoder messages can quote header values; the detail text never carries the identifying ones."""
     ds = make_dataset(levels_image([0, 1]))
     message = f"bad value {SECRET_ID!r} near {SECRET_NAME} born {SECRET_BIRTH}: length 7 != 8"
-    scrubbed = _scrub(message, ds)
+    scrubbed = scrub(message, ds)
     assert_no_secrets(scrubbed)
     assert scrubbed.endswith("length 7 != 8")
 

@@ -11,20 +11,17 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import AGATSTON_BANDS, CAC_CLIP, cac_to_target, target_to_cac
+from cacxr.core.task import agatston_band as band
 from cacxr.stats.metrics import (
-    AGATSTON_BANDS,
-    CAC_CLIP,
     bootstrap_ci,
     build_metrics,
-    cac_to_target,
     choose_threshold,
     classification_metrics,
     delong_test,
     pooled_summary,
     regression_metrics,
-    target_to_cac,
 )
-from cacxr.stats.metrics import agatston_band as band
 
 # ---------------------------------------------------------------------------------------------
 # classification_metrics: hand-computed tables

@@ -12,9 +12,9 @@ import pytest
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.imaging.reader import read_image
+from cacxr.core.task import AGATSTON_BANDS
+from cacxr.imaging import read_image
 from cacxr.pixels.profiles import preprocess_read
-from cacxr.stats.metrics import AGATSTON_BANDS
 from cacxr.use.loaded_run import load_run
 from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
 

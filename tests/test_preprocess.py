@@ -13,7 +13,7 @@ from PIL import Image
 from skimage.exposure import equalize_hist
 
 from cacxr.core.errors import CacxrError
-from cacxr.imaging.reader import read_image
+from cacxr.imaging import read_image
 from cacxr.pixels.profiles import PROFILES, get_profile, normalise, preprocess_image
 
 SEED_MEAN, SEED_STD = 0.5024, 0.2898

@@ -13,9 +13,9 @@ import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import cac_to_target
 from cacxr.pixels.profiles import normalise
 from cacxr.pixels.store import ImageStore
-from cacxr.stats.metrics import cac_to_target
 from cacxr.use.loaded_run import load_run
 
 

@@ -136,9 +136,9 @@ def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_gives_the_same_score(case: dict, fmt: str, tmp_path: Path) -> None:
+    from cacxr.core.task import target_to_cac
     from cacxr.model.scoring import sex_code
     from cacxr.pixels.profiles import normalise
-    from cacxr.stats.metrics import target_to_cac
     from cacxr.use.export import export_run, read_contract
 
     run = case["run"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cacxr.core.errors import CacxrError
-from cacxr.training.splits import FOLD_ROLES, Fold, folds_table, make_folds
+from cacxr.runs.folder import FOLD_ROLES, folds_table
+from cacxr.training.splits import Fold, make_folds
 
 
 def _cohort(n: int, prevalence: float, seed: int = 0) -> tuple[list[str], list[int]]:

@@ -13,11 +13,11 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-import cacxr.imaging.reader
+import cacxr.imaging
 import cacxr.pixels.store
 from cacxr.cli import main as cli_main
 from cacxr.core.errors import CacxrError
-from cacxr.imaging.reader import read_image
+from cacxr.imaging import read_image
 from cacxr.ingest.manifest import ManifestRow, write_manifest
 from cacxr.pixels.profiles import PROFILES, preprocess_image
 from cacxr.pixels.store import ImageStore, build_store
@@ -106,7 +106,7 @@ def test_process_pool_builds_the_same_entries(cohort, tmp_path, monkeypatch):
 
 def test_resume_after_a_kill_builds_only_the_missing_entries(cohort, tmp_path, monkeypatch):
     calls = []
-    real_read = cacxr.imaging.reader.read_image
+    real_read = cacxr.imaging.read_image
 
     def dies_on_the_third_image(path, patient_id=""):
         calls.append(patient_id)
@@ -114,12 +114,12 @@ def test_resume_after_a_kill_builds_only_the_missing_entries(cohort, tmp_path, m
             raise KeyboardInterrupt  # as Ctrl-C or a kill would interrupt the build
         return real_read(path, patient_id)
 
-    monkeypatch.setattr(cacxr.imaging.reader, "read_image", dies_on_the_third_image)
+    monkeypatch.setattr(cacxr.imaging, "read_image", dies_on_the_third_image)
     with pytest.raises(KeyboardInterrupt):
         build(cohort, tmp_path / "store")
     with pytest.raises(CacxrError, match="not a complete image store"):
         ImageStore.open(tmp_path / "store")
-    monkeypatch.setattr(cacxr.imaging.reader, "read_image", real_read)
+    monkeypatch.setattr(cacxr.imaging, "read_image", real_read)
     # A SIGKILL in the middle of a write leaves a temporary file; the user's own files stay.
     leftover = tmp_path / "store" / "entries" / ".CAC_002-0000.npy.k1ll3d.tmp"
     leftover.write_bytes(b"half an image")

@@ -23,8 +23,8 @@ from cacxr.cli import main as cli_main
 from cacxr.commands.train import ARCH_CHOICES, PROFILE_CHOICES, config_from_args
 from cacxr.config.settings import TrainConfig
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import AGATSTON_BANDS, agatston_band
 from cacxr.ingest.manifest import read_manifest, write_manifest
-from cacxr.stats.metrics import AGATSTON_BANDS, agatston_band
 from cacxr.training.crossval import merge_folds, train_run
 
 N_PATIENTS, SIZE = 48, 64

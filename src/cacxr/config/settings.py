@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import TASKS
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["TrainConfig", "TASKS", "FINETUNE_MODES", "LOSSES", "EXECUTION_FIELDS", "LOCATION_FIELDS", "resolve_device"]
 
-TASKS = ("classification", "regression")
 FINETUNE_MODES = ("last", "all", "head")
 LOSSES = ("mae", "mse")
 

@@ -22,10 +22,10 @@ import numpy as np
 
 from cacxr.core.atomic import write_bytes, write_json, write_text
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import AGATSTON_BANDS, agatston_band
 from cacxr.ingest.inventory import DEFAULT_LABELS, site_of
 from cacxr.ingest.labels import load_labels
 from cacxr.ingest.manifest import read_manifest
-from cacxr.stats.metrics import AGATSTON_BANDS, agatston_band
 
 __all__ = ["cohort_stats", "CohortPatient", "load_cohort", "describe", "MEASURES", "CAC_PLOT_CLIP"]
 

@@ -117,7 +117,7 @@ def site_of(patient_id: str) -> str:
 
 def _inspect_file(path: str, patient_id: str, in_ct_folder: bool) -> FileRecord:
     """Rules 1-5 for one file, from its header only."""
-    from cacxr.imaging.reader import is_frontal, is_lateral, read_header
+    from cacxr.imaging import is_frontal, is_lateral, read_header
 
     record = FileRecord(path=path, patient_id=patient_id, site=site_of(patient_id) if patient_id else "")
     try:
@@ -162,7 +162,7 @@ def _decode_file(path: str, patient_id: str) -> tuple[str, tuple[str, str]]:
 
     The reason is ``unreadable``, or ``too_large`` when the codestream declares more pixels than the limit.
     """
-    from cacxr.imaging.reader import read_image
+    from cacxr.imaging import read_image
 
     try:
         result = read_image(path, patient_id=patient_id)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import age_in_years
 
 __all__ = [
     "LabelRow",
@@ -39,7 +40,6 @@ __all__ = [
     "normalise_sex",
     "parse_date",
     "parse_birth",
-    "age_in_years",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,10 +252,6 @@ def parse_date(value: Any, today: dt.date | None = None) -> dt.date | None:
         year = _resolve_two_digit(year, today or dt.date.today())
     return _make_date(year, month, day)
 
-
-def age_in_years(birth: dt.date, at: dt.date) -> int:
-    """Whole years from ``birth`` to ``at``."""
-    return at.year - birth.year - ((at.month, at.day) < (birth.month, birth.day))
 
 
 def parse_birth(value: Any, rx_date: dt.date | None, today: dt.date | None = None) -> dt.date | None:

@@ -32,6 +32,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import cac_to_target
 
 __all__ = [
     "METHODS", "fit_calibration", "apply_calibration", "identity_calibration", "none_offset", "CalibrationModule",
@@ -46,7 +47,7 @@ def none_offset(task: str, threshold: float) -> float:
     """The ``none`` map's offset: 0 (log-odds), or the log CAC where the predicted CAC rounds above T."""
     if task == "classification":
         return 0.0
-    return float(np.log(min(max(threshold + 0.5, 0.0), 2000.0) + 0.001))  # cacxr.stats.metrics.cac_to_target
+    return float(cac_to_target(threshold + 0.5))
 
 
 def identity_calibration(offset: float = 0.0, note: str = "") -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Preprocessing profiles: named, versioned recipes from a radiograph to the uint8 image a model sees.
 
-Every profile starts from the array ``cacxr.imaging.reader.read_image`` returns (float32 in [0, 1], bone
+Every profile starts from the array ``cacxr.imaging.read_image`` returns (float32 in [0, 1], bone
 bright, VOI LUT / window and MONOCHROME1 inversion already applied) and produces a square uint8
 image of side ``S`` (``--image-size``) that the image store keeps. ``normalise`` maps those uint8
 values to the model's input range at load time.
@@ -49,7 +49,7 @@ from cacxr.core.errors import CacxrError
 if TYPE_CHECKING:
     import torch
 
-    from cacxr.imaging.reader import ImageMeta, ReadResult
+    from cacxr.imaging import ImageMeta, ReadResult
 
 __all__ = [
     "Profile",

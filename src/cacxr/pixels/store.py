@@ -499,7 +499,7 @@ def _init_worker() -> None:
 
 def _build_entry(task: _Task) -> dict[str, Any]:
     """Read, preprocess and write one entry (in a worker process); returns its sidecar content."""
-    from cacxr.imaging.reader import read_image
+    from cacxr.imaging import read_image
 
     entries_dir = Path(task.entries_dir)
     sidecar: dict[str, Any] = {"patient_id": task.patient_id, "key": task.key}

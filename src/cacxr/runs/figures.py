@@ -10,18 +10,29 @@
 * ``endpoints`` (regression runs): the AUC of the same out-of-fold predictions for the three guideline
   endpoints CAC > 0, CAC >= 100 and CAC >= 400, fold-level headline and pooled.
 
+``run_clinical_baseline`` fits the age + sex baseline (:mod:`cacxr.stats.clinical_baseline`) on a finished
+run's folds, manifest covariates and out-of-fold scores (``clinical_baseline`` in metrics.json).
+
 Probabilities: a classification run's ``score``; a regression run's ``probability`` column (calibrated
 P(CAC > T)) when its predictions have one, else no calibration figures or operating point (said in a note).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ENDPOINTS", "add_run_figures", "endpoint_label", "probabilities"]
+from cacxr.core.errors import CacxrError
+from cacxr.ingest.manifest import read_manifest
+from cacxr.model.covariates import CLINICAL_FEATURES
+from cacxr.runs import folder as runfolder
+from cacxr.stats.clinical_baseline import clinical_baseline, skipped_baseline
+
+__all__ = ["ENDPOINTS", "add_run_figures", "endpoint_label", "probabilities", "run_clinical_baseline"]
 
 # Guideline endpoints a regression run reports from the same folds: (threshold, comparison).
 ENDPOINTS = ((0.0, ">"), (100.0, ">="), (400.0, ">="))
@@ -127,3 +138,45 @@ def _endpoints(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["note"] = "one class only: no AUC"
         out.append(entry)
     return out
+
+
+def run_clinical_baseline(
+    run_dir: str | os.PathLike[str],
+    record: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    threshold: float,
+    scores_out: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The baseline of a finished run: its folds.csv, its manifest's age/sex and its out-of-fold scores.
+
+    Args:
+        run_dir: the run folder (its folds.csv is read).
+        record: the run's config.json content (``manifest`` gives the covariates).
+        rows: the run's out-of-fold predictions (``patient_id``, ``cac_score``, ``score``).
+        threshold: positive means CAC > threshold.
+        scores_out: when given, filled with the baseline's out-of-fold probability of each patient.
+
+    Returns:
+        See :func:`clinical_baseline`; a skipped result with a note when the manifest or folds.csv is gone.
+    """
+    root = Path(run_dir)
+    candidates = [Path(record["manifest"])] if record.get("manifest") else []
+    candidates.append(root / runfolder.INGEST_DIR / "manifest.csv")
+    manifest = next((p for p in candidates if p.is_file()), None)
+    if manifest is None:
+        return skipped_baseline(list(CLINICAL_FEATURES), f"the run's manifest ({candidates[0]}) is gone: no age or sex")
+    try:
+        covariates = {row.patient_id: (float(row.age), row.sex) for row in read_manifest(manifest)}
+    except CacxrError as exc:
+        return skipped_baseline(list(CLINICAL_FEATURES), str(exc))
+    try:
+        roles = runfolder.read_fold_roles(root)
+    except CacxrError as exc:
+        return skipped_baseline(list(CLINICAL_FEATURES), str(exc))
+    cac = {row["patient_id"]: float(row["cac_score"]) for row in rows}
+    folds = [
+        (k, [*parts.get("train", []), *parts.get("val", [])], parts.get("test", []))
+        for k, parts in sorted(roles.items())
+    ]
+    scores = {row["patient_id"]: float(row.get("log_cac", row["score"])) for row in rows}
+    return clinical_baseline(folds, covariates, cac, threshold, image_scores=scores, scores_out=scores_out)

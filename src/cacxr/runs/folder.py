@@ -27,7 +27,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cacxr.core.atomic import read_json_object, write_json, write_text
 from cacxr.core.errors import CacxrError
@@ -62,6 +62,9 @@ __all__ = [
     "read_fold_predictions",
     "read_run_predictions",
     "read_fold_roles",
+    "FOLD_ROLES",
+    "folds_table",
+    "write_folds_csv",
     "decision_threshold_override",
     "write_csv",
     "csv_number",
@@ -81,6 +84,8 @@ REPORT_FILE = "report.html"
 INGEST_DIR = "ingest"
 # The final model (trained on every patient) where a fold number is expected.
 FINAL_FOLD = -1
+# The roles of a fold's patients in folds.csv.
+FOLD_ROLES = ("train", "val", "test")
 
 PathLike = str | os.PathLike[str]
 
@@ -290,3 +295,34 @@ def write_csv(path: PathLike, columns: Sequence[str], rows: Sequence[dict[str, A
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+class FoldParts(Protocol):
+    """A fold's patients by role (``cacxr.training.splits.Fold``)."""
+
+    index: int
+    train: Sequence[str]
+    val: Sequence[str]
+    test: Sequence[str]
+
+
+def folds_table(folds: Sequence[FoldParts]) -> list[dict]:
+    """Rows for folds.csv: one row per patient per fold.
+
+    Args:
+        folds: the folds (``cacxr.training.splits.make_folds``).
+
+    Returns:
+        Dicts with keys ``patient_id``, ``fold`` and ``role`` (train | val | test), fold by fold.
+    """
+    return [
+        {"patient_id": patient_id, "fold": fold.index, "role": role}
+        for fold in folds
+        for role in FOLD_ROLES
+        for patient_id in getattr(fold, role)
+    ]
+
+
+def write_folds_csv(run_dir: PathLike, folds: Sequence[FoldParts]) -> None:
+    """RUN/folds.csv: patient_id, fold, role (train | val | test), fold by fold."""
+    write_csv(Path(run_dir) / FOLDS_FILE, ("patient_id", "fold", "role"), folds_table(folds))

@@ -16,6 +16,7 @@ from typing import Any
 from cacxr import __version__
 from cacxr.core.atomic import read_json_object, write_text
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import AGATSTON_BANDS
 from cacxr.runs.report_sections import (
     baseline_note,
     calibration_section,
@@ -27,7 +28,6 @@ from cacxr.runs.report_sections import (
 from cacxr.runs.report_sections import esc as _e
 from cacxr.runs.report_sections import fmt as _fmt
 from cacxr.runs.report_sections import number as _number
-from cacxr.stats.metrics import AGATSTON_BANDS
 
 __all__ = ["write_report", "render_report"]
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cacxr.core.atomic import write_json
+from cacxr.core.task import AGATSTON_BANDS, agatston_band, predicted_label, true_label
 from cacxr.runs.folder import (
     FOLD_RECORD,
     MODEL_FILE,
@@ -27,8 +28,6 @@ from cacxr.runs.folder import (
 )
 from cacxr.runs.folder import read_fold_predictions as read_predictions
 from cacxr.stats import plots
-from cacxr.stats.metrics import AGATSTON_BANDS, agatston_band
-from cacxr.training.splits import Fold, folds_table
 
 __all__ = [
     "FOLD_RECORD",
@@ -38,7 +37,6 @@ __all__ = [
     "fold_done",
     "read_fold_record",
     "read_predictions",
-    "write_folds_csv",
     "write_fold_files",
     "write_run_predictions",
     "write_run_plots",
@@ -53,11 +51,6 @@ _OPTIONAL_COLUMNS = ("site", "log_cac", "probability", "score_compare", "predict
 
 
 
-
-
-def write_folds_csv(path: Path, folds: Sequence[Fold]) -> None:
-    """folds.csv: patient_id, fold, role (train | val | test), fold by fold."""
-    write_csv(path, ("patient_id", "fold", "role"), folds_table(folds))
 
 
 def write_fold_files(
@@ -91,7 +84,7 @@ def write_fold_files(
             "patient_id": pid,
             "fold": fold,
             "cac_score": csv_number(cac[pid]),
-            "label": int(cac[pid] > threshold),
+            "label": int(true_label(cac[pid], threshold)),
             "score": csv_number(score),
             **{name: csv_number(values[i]) for name, values in extra.items()},
         }
@@ -140,7 +133,7 @@ def write_run_predictions(
             **row,
             **{c: csv_number(row[c]) for c in ("cac_score", "score", "log_cac", "probability", "score_compare")
                if c in row},
-            "predicted_label": int(row.get("predicted_label", row["score"] >= decision_thresholds[row["fold"]])),
+            "predicted_label": int(row.get("predicted_label", predicted_label(row["score"], decision_thresholds[row["fold"]]))),
         }  # fmt: skip
         if task == "regression":
             record["cac_band"] = AGATSTON_BANDS[int(agatston_band(row["cac_score"]))]

@@ -36,7 +36,7 @@ from cacxr.serving.uploads import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from cacxr.imaging.reader import ImageMeta
+    from cacxr.imaging import ImageMeta
 
 __all__ = ["build_app", "Limits", "Prediction", "ModelInfo", "Health", "ErrorAnswer"]
 
@@ -173,7 +173,7 @@ class _Decoded:
 
 def _decode(upload: Upload, max_pixels: int) -> _Decoded:
     """Sniff, check the dimensions, decode: every failure is an :class:`UploadError` (never a 500)."""
-    from cacxr.imaging.reader import read_image
+    from cacxr.imaging import read_image
     from cacxr.use.predict import image_warnings  # the same view and size notes as `cacxr predict`
 
     fmt = sniff_format(upload.path, upload.name)

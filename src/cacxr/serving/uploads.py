@@ -31,7 +31,7 @@ import anyio
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from cacxr.imaging.reader import ImageMeta
+    from cacxr.imaging import ImageMeta
 
 __all__ = [
     "UPLOAD_FIELD",
@@ -274,7 +274,7 @@ def _is_bare_dicom(path: str | os.PathLike[str]) -> bool:
     import pydicom
     from pydicom.datadict import dictionary_has_tag
 
-    from cacxr.imaging.reader import first_data_tag
+    from cacxr.imaging import first_data_tag
 
     try:
         with warnings.catch_warnings():
@@ -296,7 +296,7 @@ def check_dimensions(path: str | os.PathLike[str], fmt: str, name: str, max_pixe
         max_pixels: the largest accepted rows x columns (x frames).
 
     Returns:
-        The header's metadata (``cacxr.imaging.reader.read_header``), for the view and size warnings.
+        The header's metadata (``cacxr.imaging.read_header``), for the view and size warnings.
 
     Raises:
         UploadError: 413 above the cap (or a Pillow decompression bomb), 422 for a header that cannot
@@ -304,7 +304,7 @@ def check_dimensions(path: str | os.PathLike[str], fmt: str, name: str, max_pixe
     """
     from PIL import Image
 
-    from cacxr.imaging.reader import read_header
+    from cacxr.imaging import read_header
 
     if fmt in ("png", "jpeg"):
         try:
@@ -334,13 +334,13 @@ def _check_pixels(name: str, pixels: int, size: str, max_pixels: int) -> None:
 
 
 def refusal(name: str, path: str | os.PathLike[str], reason: str, detail: str) -> UploadError:
-    """A reader's refusal (``cacxr.imaging.reader`` reason code and detail) as a 4xx naming the upload.
+    """A reader's refusal (``cacxr.imaging`` reason code and detail) as a 4xx naming the upload.
 
     ``too_large`` (the header or the codestream declares more pixels than the limit) is a 413, every
     other reason a 422. The detail names the server's temporary file; that path is replaced by the
     client's file name.
     """
-    from cacxr.imaging.reader import REASONS
+    from cacxr.imaging import REASONS
 
     where = os.fspath(path)
     text = detail.replace(f"{where}: ", "").replace(where, "the upload") or REASONS.get(reason, "")

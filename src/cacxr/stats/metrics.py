@@ -3,10 +3,7 @@
 Undefined values (an AUC on one class, a PPV with no predicted positive, ...) are ``None`` so that
 they survive JSON; they are never silently replaced by 0 or 0.5.
 
-Conventions:
-    * positive means CAC > ``threshold`` (the task's threshold, default 0);
-    * a score is predicted positive when ``score >= decision threshold``;
-    * the regression target is ``log(clip(CAC, 0, 2000) + 0.001)`` (the original study's target).
+The label rules, targets and bands are the task's definitions in :mod:`cacxr.core.task`.
 """
 
 from __future__ import annotations
@@ -30,85 +27,20 @@ from sklearn.metrics import (
 )
 
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import AGATSTON_BANDS, TASKS, agatston_band, cac_to_target, predicted_label, true_label
 
 __all__ = [
-    "AGATSTON_BANDS",
-    "CAC_CLIP",
-    "LOG_CAC_EPS",
-    "TASKS",
-    "agatston_band",
     "bootstrap_ci",
     "build_metrics",
-    "cac_to_target",
     "choose_threshold",
     "classification_metrics",
     "delong_test",
     "pooled_summary",
     "regression_metrics",
-    "target_to_cac",
 ]
-
-TASKS = ("classification", "regression")
-AGATSTON_BANDS = ("0", "1-10", "11-100", "101-400", ">400")
-# Upper edge of each band but the last, on the integer Agatston scale.
-_BAND_UPPER_EDGES = (0, 10, 100, 400)
-LOG_CAC_EPS = 0.001
-CAC_CLIP = 2000.0
 
 # Metrics computed from the confusion counts (bootstrap_ci vectorises these).
 _COUNT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
-
-
-# ----------------------------------------------------------------------------------------------
-# Targets and bands
-
-
-def cac_to_target(cac: ArrayLike) -> np.ndarray:
-    """The regression target: ``log(clip(CAC, 0, 2000) + 0.001)``.
-
-    Args:
-        cac: Agatston scores.
-
-    Returns:
-        float64 array of the same shape.
-    """
-    return np.log(np.clip(np.asarray(cac, dtype=np.float64), 0.0, CAC_CLIP) + LOG_CAC_EPS)
-
-
-def target_to_cac(t: ArrayLike) -> np.ndarray:
-    """Inverse of :func:`cac_to_target`: predicted CAC from a predicted target (never below 0).
-
-    Args:
-        t: regression outputs on the log scale.
-
-    Returns:
-        float64 array of predicted Agatston scores, clipped at 0.
-    """
-    return np.clip(np.exp(np.asarray(t, dtype=np.float64)) - LOG_CAC_EPS, 0.0, None)
-
-
-def agatston_band(cac: ArrayLike) -> np.ndarray:
-    """Agatston band index of each score: 0 -> "0", 1 -> "1-10", 2 -> "11-100", 3 -> "101-400", 4 -> ">400".
-
-    Agatston scores are integers, so a real-valued (predicted) score is first rounded to the nearest
-    integer (halves up): 0.4 is band "0", 10.5 is band "11-100". Negative values count as 0.
-
-    Args:
-        cac: Agatston scores (any shape).
-
-    Returns:
-        int64 array of band indices, same shape.
-
-    Raises:
-        CacxrError: a score is NaN.
-    """
-    values = np.asarray(cac, dtype=np.float64)
-    if np.isnan(values).any():
-        raise CacxrError("agatston_band: a CAC score is NaN")
-    rounded = np.floor(values + 0.5)
-    return np.searchsorted(np.asarray(_BAND_UPPER_EDGES, dtype=np.float64), rounded, side="left").astype(
-        np.int64
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +66,7 @@ def classification_metrics(y_true: ArrayLike, score: ArrayLike, threshold: float
     """
     y, s = _labels_and_scores(y_true, score)
     thresholds = _thresholds(threshold, len(s))
-    pred = (s >= thresholds).astype(int)
+    pred = predicted_label(s, thresholds)
     (tn, fp), (fn, tp) = confusion_matrix(y, pred, labels=[0, 1]).tolist()
     result: dict[str, Any] = {"auc": _auc(y, s)}
     result.update({name: _finite_or_none(v) for name, v in _count_metrics(tn, fp, fn, tp).items()})
@@ -348,7 +280,7 @@ def regression_metrics(
         "spearman": _correlation(stats.spearmanr, true, pred),
         "pearson_log": _correlation(stats.pearsonr, t_true, t_pred),
     }
-    y = (true > threshold).astype(int)
+    y = true_label(true, threshold)
     binary = classification_metrics(y, pred, decision_threshold)
     binary["decision_threshold"] = binary.pop("threshold")
     if log_cac is not None:
@@ -511,7 +443,7 @@ def _fold_arrays(task: str, threshold: float, entry: dict) -> tuple[np.ndarray, 
             key = "cac_true" if task == "regression" else "y_true (or cac_true)"
             raise CacxrError(f"build_metrics: fold entry {fold} has no {key}")
         truth = _finite_1d(f"cac_true of fold {fold}", entry["cac_true"])
-        y = (truth > threshold).astype(int)
+        y = true_label(truth, threshold)
     else:
         y = np.asarray(entry["y_true"])
     default_cut = 0.5 if task == "classification" else float(threshold) + 0.5

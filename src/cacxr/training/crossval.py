@@ -96,8 +96,7 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     Raises:
         CacxrError: not a run folder, or folds not finished yet (all of them are listed).
     """
-    from cacxr.model.covariates import run_clinical_baseline
-    from cacxr.runs.figures import add_run_figures
+    from cacxr.runs.figures import add_run_figures, run_clinical_baseline
     from cacxr.runs.report import write_report
     from cacxr.stats import plots
     from cacxr.stats.metrics import build_metrics
@@ -183,7 +182,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
     feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
     if dist.is_main:
         runfolder.write_config(run_dir, _config_record(cfg, run_dir, data, feature_dir, use_cache))
-        runfiles.write_folds_csv(run_dir / runfolder.FOLDS_FILE, folds)
+        runfolder.write_folds_csv(run_dir, folds)
 
     chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
     pending = dist.broadcast([k for k in chosen if not runfolder.fold_done(run_dir, k)])

@@ -27,7 +27,7 @@ from cacxr.pixels.profiles import Profile, normalise, per_level_for, preprocess_
 from cacxr.pixels.store import ImageStore
 
 if TYPE_CHECKING:
-    from cacxr.imaging.reader import ImageMeta
+    from cacxr.imaging import ImageMeta
 
 __all__ = ["Augment", "StoreDataset", "preprocess_for_model"]
 

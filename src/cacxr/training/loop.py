@@ -45,13 +45,8 @@ from cacxr.model.scoring import ModelScore, raw_scores
 from cacxr.model.weights import load_pretrained
 from cacxr.pixels.store import ImageStore
 from cacxr.runs.folder import CHECKPOINT
-from cacxr.stats.metrics import (
-    cac_to_target,
-    choose_threshold,
-    classification_metrics,
-    regression_metrics,
-    target_to_cac,
-)
+from cacxr.core.task import cac_to_target, target_to_cac
+from cacxr.stats.metrics import choose_threshold, classification_metrics, regression_metrics
 from cacxr.training.accel import AccelPlan, choose_accel
 from cacxr.training.dataset import Augment, StoreDataset
 from cacxr.training.distributed import DistContext, ShardedBatchSampler, TailModule

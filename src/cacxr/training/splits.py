@@ -16,9 +16,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from cacxr.core.errors import CacxrError
 
-__all__ = ["Fold", "make_folds", "folds_table", "FOLD_ROLES"]
+__all__ = ["Fold", "make_folds"]
 
-FOLD_ROLES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -126,23 +125,6 @@ def make_folds(
             _check_both_classes(role, index, k, group_codes[part], y[part], n_pos, n_neg)
         folds.append(Fold(index=index, **{role: _unique_ids(ids, part) for role, part in parts.items()}))
     return folds
-
-
-def folds_table(folds: Sequence[Fold]) -> list[dict]:
-    """Rows for folds.csv: one row per patient per fold.
-
-    Args:
-        folds: the output of :func:`make_folds`.
-
-    Returns:
-        Dicts with keys ``patient_id``, ``fold`` and ``role`` (train | val | test), fold by fold.
-    """
-    return [
-        {"patient_id": patient_id, "fold": fold.index, "role": role}
-        for fold in folds
-        for role in FOLD_ROLES
-        for patient_id in getattr(fold, role)
-    ]
 
 
 def _check_patient_in_one_group(ids: list[str], group_keys: list[str]) -> None:

@@ -47,7 +47,7 @@ from cacxr.core.safepaths import refuse_overwrite
 from cacxr.use.predict import clinical_values, expand_inputs, prepare_input, score_module
 
 if TYPE_CHECKING:
-    from cacxr.imaging.reader import ImageMeta
+    from cacxr.imaging import ImageMeta
     from cacxr.use.loaded_run import LoadedRun
 
 __all__ = [

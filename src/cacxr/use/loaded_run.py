@@ -36,6 +36,7 @@ import torch
 
 from cacxr.config.settings import TrainConfig, resolve_device
 from cacxr.core.errors import CacxrError
+from cacxr.core.task import predicted_label
 from cacxr.model.networks import CACNet
 from cacxr.model.scoring import ModelScore, RunScorer, covariate_tensors
 from cacxr.runs import folder as runfolder
@@ -200,7 +201,7 @@ class LoadedRun:
         Raises:
             CacxrError: images of another size or type, or ``clinical`` of another length.
         """
-        from cacxr.stats.metrics import target_to_cac
+        from cacxr.core.task import target_to_cac
 
         batch = self.normalised(images)
         ages, sexes = covariate_tensors(clinical, len(batch))
@@ -236,7 +237,7 @@ class LoadedRun:
         """
         if isinstance(scores, RunScores):
             scores = scores.probability if self.decision_on == "probability" else scores.score
-        return (np.asarray(scores, dtype=np.float64) >= self.decision_threshold).astype(np.int64)
+        return predicted_label(scores, self.decision_threshold)
 
 
 def load_run(

@@ -155,12 +155,12 @@ def image_warnings(meta: Any) -> list[str]:
     """Reasons to be careful with a readable image (view and size), from its ``ImageMeta``.
 
     Args:
-        meta: the ``cacxr.imaging.reader.ImageMeta`` of a decoded file.
+        meta: the ``cacxr.imaging.ImageMeta`` of a decoded file.
 
     Returns:
         Short notes ("lateral view ...", "unknown view ...", "small image ...", "PNG: view unknown ...").
     """
-    from cacxr.imaging.reader import is_frontal, is_lateral
+    from cacxr.imaging import is_frontal, is_lateral
 
     notes: list[str] = []
     if meta.source_format != "dicom":
@@ -201,7 +201,7 @@ def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndar
     Returns:
         ``(image, meta, warnings, error)``.
     """
-    from cacxr.imaging.reader import read_image
+    from cacxr.imaging import read_image
     from cacxr.pixels.profiles import preprocess_read
 
     try:
@@ -220,7 +220,7 @@ def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[
 
     Args:
         run: the loaded run.
-        meta: the image's ``cacxr.imaging.reader.ImageMeta`` (PatientAge, PatientSex), or None (PNG/JPEG, upload).
+        meta: the image's ``cacxr.imaging.ImageMeta`` (PatientAge, PatientSex), or None (PNG/JPEG, upload).
 
     Returns:
         ``((age or NaN, sex or ""), notes)``; the notes are empty for image-only runs or known values.
@@ -238,7 +238,7 @@ def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[
 
 def _fill(run: LoadedRun, row: PredictionRow, scores: RunScores, index: int) -> None:
     """Write image ``index`` of run scores into ``row`` (probability; regression: CAC, band) with its label."""
-    from cacxr.stats.metrics import AGATSTON_BANDS, agatston_band
+    from cacxr.core.task import AGATSTON_BANDS, agatston_band
 
     row.label = int(run.predict_label(scores)[index])
     row.probability = float(scores.probability[index])
