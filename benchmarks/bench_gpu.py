@@ -30,9 +30,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from cacxr.config.settings import resolve_device
-from cacxr.core.atomic import write_json
-from cacxr.model.networks import ARCHS, build_model
+from cacxr.config import resolve_device
+from cacxr.core import write_json
+from cacxr.model import ARCHS, build_model
 from cacxr.training.accel import AccelPlan, choose_accel
 
 DTYPES = {"fp32": None, "bf16": "bfloat16"}

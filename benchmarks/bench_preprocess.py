@@ -138,7 +138,7 @@ def codec_table(rows: list, repeats: int = 2) -> list[tuple[str, str, float, str
 
 def make_data(folder: Path, n: int, size: int, archive: str = "uncompressed") -> list:
     """The benchmark's DICOMs as manifest rows (one frontal image per patient)."""
-    from cacxr.ingest.manifest import ManifestRow
+    from cacxr.ingest import ManifestRow
 
     try:
         from cacxr.synth import make_cohort
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cacxr.pixels.store import build_store, default_workers
+    from cacxr.pixels import build_store
+    from cacxr.pixels.store import default_workers
     from cacxr.training.dataset import StoreDataset
 
     torch.set_num_threads(1)

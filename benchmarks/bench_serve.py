@@ -34,9 +34,9 @@ REAL_DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_cxr
 
 def tiny_run(folder: Path) -> tuple[Path, Path]:
     """Train a tiny run on a synthetic cohort; returns (run folder, an external patient's DICOM)."""
-    from cacxr.config.settings import TrainConfig
+    from cacxr.config import TrainConfig
     from cacxr.synth import make_cohort
-    from cacxr.training.crossval import train_run
+    from cacxr.training import train_run
 
     cohort = folder / "cohort"
     make_cohort(cohort, 40, external=4, seed=0, size=256, faults=False, progress=False)

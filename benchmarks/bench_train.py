@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cacxr.model.networks import build_model
-from cacxr.pixels.profiles import normalise
+from cacxr.model import build_model
+from cacxr.pixels import normalise
 from cacxr.training.features import FeatureCache
 
 FOLDS, EPOCHS, COHORT = 5, 50, 506

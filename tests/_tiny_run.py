@@ -48,8 +48,8 @@ def tiny_cohort(factory: pytest.TempPathFactory) -> Path:
 def tiny_run(factory: pytest.TempPathFactory, name: str = "classification") -> Path:
     """A trained run folder: ``classification``, ``regression`` or ``clinical`` (classification with
     ``--clinical age,sex``); same cohort, folds and settings."""
-    from cacxr.config.settings import TrainConfig
-    from cacxr.training.crossval import train_run
+    from cacxr.config import TrainConfig
+    from cacxr.training import train_run
 
     key = (str(factory.getbasetemp()), name)
     if key not in _CACHE:
@@ -81,7 +81,7 @@ def tiny_final_run(factory: pytest.TempPathFactory, name: str = "classification"
     """A copy of :func:`tiny_run` ``name`` with its final model (``cacxr fit-final``)."""
     import shutil
 
-    from cacxr.training.final import fit_final
+    from cacxr.training import fit_final
 
     key = (str(factory.getbasetemp()), f"{name}+final")
     if key not in _CACHE:

@@ -39,6 +39,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def run(run_dir: Path):
     """The tiny run, loaded (cacxr.use.loaded_run.load_run)."""
-    from cacxr.use.loaded_run import load_run
+    from cacxr.use import load_run
 
     return load_run(run_dir)

@@ -149,3 +149,26 @@ def test_architecture_doc_lists_every_subpackage() -> None:
     text = (SRC.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
     absent = [name for name in LAYERS if name not in ("", "__main__") and f"`{name}`" not in text]
     assert not absent, f"docs/ARCHITECTURE.md has no row for {absent}"
+
+
+def test_other_packages_use_a_package_through_its_face() -> None:
+    """Outside a subpackage, its names come from ``cacxr.<package>`` (its ``__init__``), never a module inside."""
+    import importlib
+
+    wrong = []
+    for path in _source_files():
+        module = _module_name(path)
+        here = _top(module)
+        tree = ast.parse(path.read_text(), str(path))
+        for line, target, names in _imports(tree, module, path.name == "__init__.py"):
+            there = _top(target)
+            if there in (here, "", "serving", "commands") or not (SRC / there / "__init__.py").is_file():
+                continue
+            if target.count(".") >= 2:
+                wrong.append(f"{path.relative_to(SRC.parent)}:{line}: from {target} import ... (use cacxr.{there})")
+                continue
+            face = importlib.import_module(f"cacxr.{there}")
+            hidden = [n for n in names if n not in face.__all__ and not (SRC / there / f"{n}.py").is_file()]
+            if hidden:
+                wrong.append(f"{path.relative_to(SRC.parent)}:{line}: cacxr.{there} does not export {hidden}")
+    assert not wrong, "imports past a package's face:\n" + "\n".join(wrong)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score as roc_auc
 
-from cacxr.core.errors import CacxrError
-from cacxr.model.calibration import CalibrationModule, apply_calibration, fit_calibration
+from cacxr.core import CacxrError
+from cacxr.model import apply_calibration, fit_calibration
+from cacxr.model.calibration import CalibrationModule
 
 
 def _logistic_sample(n: int, slope: float, intercept: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +119,8 @@ def test_fold_scores_are_the_calibrated_probabilities_of_the_loaded_fold(run_dir
     """The test part's scores in predictions.csv are the loaded fold's calibrated probabilities."""
     import csv
 
-    from cacxr.pixels.store import ImageStore
-    from cacxr.use.loaded_run import load_run
+    from cacxr.pixels import ImageStore
+    from cacxr.use import load_run
 
     loaded = load_run(run_dir, fold=0)
     with (run_dir / "predictions.csv").open(newline="") as fh:
@@ -136,9 +137,9 @@ def test_a_fold_without_a_calibration_map_is_scored_with_the_none_map(
     import shutil
 
     from _tiny_run import tiny_run
-    from cacxr.model.calibration import none_offset
-    from cacxr.pixels.store import ImageStore
-    from cacxr.use.loaded_run import load_run
+    from cacxr.model import none_offset
+    from cacxr.pixels import ImageStore
+    from cacxr.use import load_run
 
     run = tmp_path / "old"
     shutil.copytree(tiny_run(tmp_path_factory, "regression"), run)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cacxr.core.errors import CacxrError
-from cacxr.stats.calibration import calibration_figures, decision_curve, net_benefit
+from cacxr.core import CacxrError
+from cacxr.stats import calibration_figures, decision_curve
+from cacxr.stats.calibration import net_benefit
 
 
 def _cohort(n: int, seed: int = 0):

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
-from cacxr.core.errors import CacxrError
-from cacxr.model.covariates import ClinicalEncoder, parse_clinical
-from cacxr.stats.clinical_baseline import clinical_baseline
+from cacxr.core import CacxrError
+from cacxr.model import ClinicalEncoder, parse_clinical
+from cacxr.stats import clinical_baseline
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_run_reports_the_baseline_beside_the_image_model(tmp_path_factory, task)
 
 
 def test_merge_notes_a_skipped_baseline_when_ages_are_missing(tmp_path_factory, tmp_path: Path) -> None:
-    from cacxr.training.crossval import merge_folds
+    from cacxr.training import merge_folds
 
     source = tiny_run(tmp_path_factory)
     run = tmp_path / "run"
@@ -154,7 +154,7 @@ def test_merge_notes_a_skipped_baseline_when_ages_are_missing(tmp_path_factory, 
 @pytest.fixture(scope="module")
 def clinical_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cacxr.commands.train import add_arguments, config_from_args
-    from cacxr.training.crossval import train_run
+    from cacxr.training import train_run
 
     torch.set_num_threads(1)
     cohort = tiny_cohort(tmp_path_factory)
@@ -201,8 +201,8 @@ def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tm
     from PIL import Image
 
     from cacxr.imaging import read_image
-    from cacxr.use.loaded_run import load_run
-    from cacxr.use.predict import score_image, score_module, score_paths
+    from cacxr.use import load_run, score_image, score_paths
+    from cacxr.use.predict import score_module
 
     run = load_run(clinical_run)
     assert [model.n_clinical for _, model in run.models] == [4, 4]
@@ -230,7 +230,7 @@ def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tm
     assert from_header["warning"] == ""
     assert "age unknown" in score_image(run, decoded)["warning"]
     # explain/export's module: covariates fixed (unknown by default)
-    from cacxr.pixels.profiles import normalise
+    from cacxr.pixels import normalise
 
     batch = normalise(images, run.profile)[:, None]
     with torch.no_grad():
@@ -260,7 +260,7 @@ def test_baseline_captures_a_nonlinear_age_effect_and_an_age_by_sex_interaction(
 
 
 def test_image_vs_baseline_test_is_fold_stratified() -> None:
-    from cacxr.stats.folds import fold_paired_test
+    from cacxr.stats import fold_paired_test
 
     ids, cac, covariates, folds = _toy()
     noise = {pid: float(i % 7) for i, pid in enumerate(ids)}

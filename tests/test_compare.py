@@ -12,11 +12,11 @@ from PIL import Image
 
 from _tiny_run import tiny_run
 from cacxr.cli import main
-from cacxr.config.settings import TrainConfig
-from cacxr.core.errors import CacxrError
-from cacxr.runs.compare import METRIC_COLUMNS, compare_runs
-from cacxr.stats.folds import fold_paired_test, holm_adjust
-from cacxr.stats.metrics import build_metrics
+from cacxr.config import TrainConfig
+from cacxr.core import CacxrError
+from cacxr.runs import compare_runs
+from cacxr.runs.compare import METRIC_COLUMNS
+from cacxr.stats import build_metrics, fold_paired_test, holm_adjust
 
 # CAC of patient i: a fixed cohort whatever the run (about half positive at threshold 0).
 _CAC_CYCLE = (0.0, 3.0, 0.0, 40.0, 0.0, 250.0, 0.0, 900.0, 12.0, 0.0)

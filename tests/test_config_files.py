@@ -10,8 +10,8 @@ import pytest
 from cacxr.cli import build_parser
 from cacxr.cli import main as cli_main
 from cacxr.commands.train import config_from_args
-from cacxr.config.files import read_config_file
-from cacxr.core.errors import CacxrError
+from cacxr.config import read_config_file
+from cacxr.core import CacxrError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -12,11 +12,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.imaging import read_image
-from cacxr.ingest.manifest import ManifestRow
-from cacxr.pixels.profiles import normalise
-from cacxr.pixels.store import ImageStore, build_store
+from cacxr.ingest import ManifestRow
+from cacxr.pixels import ImageStore, build_store, normalise
 from cacxr.training.dataset import Augment, StoreDataset, preprocess_for_model
 
 SIZE = 32

@@ -12,7 +12,7 @@ import pytest
 
 import cacxr.training.crossval
 from cacxr.cli import main as cli_main
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.demo import DemoSettings, run_demo
 
 SMALL = DemoSettings(patients=40, synth_size=64, image_size=64, epochs=1, kfold=2)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.training.accel import AccelPlan, choose_accel
 from cacxr.training.distributed import DistContext, ShardedBatchSampler, launch_env, split_evenly
 
@@ -264,7 +264,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cacxr.ingest.inventory import ingest
+    from cacxr.ingest import ingest
     from cacxr.synth import make_cohort
 
     root = tmp_path_factory.mktemp("ddp")
@@ -360,8 +360,8 @@ def ddp_run(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_two_processes_match_one_process(ddp_run: Path, tiny_manifest: Path, tmp_path: Path) -> None:
-    from cacxr.config.settings import TrainConfig
-    from cacxr.training.crossval import train_run
+    from cacxr.config import TrainConfig
+    from cacxr.training import train_run
 
     one_run = tmp_path / "run_one"
     threads = torch.get_num_threads()

@@ -12,9 +12,8 @@ import pytest
 
 from _tiny_run import COHORT_EXTERNAL, tiny_run
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
-from cacxr.use.evaluate import evaluate_run
-from cacxr.use.loaded_run import load_run
+from cacxr.core import CacxrError
+from cacxr.use import evaluate_run, load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N_BOOT = 200

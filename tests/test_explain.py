@@ -12,11 +12,10 @@ from PIL import Image
 
 from _tiny_run import IMAGE_SIZE, tiny_cohort, tiny_run
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.imaging import read_image
-from cacxr.use.explain import METHODS, _png_names, explain_image, explain_paths, overlay_title, render_overlay
-from cacxr.use.loaded_run import load_run
-from cacxr.use.predict import score_image
+from cacxr.use import METHODS, explain_paths, load_run, score_image
+from cacxr.use.explain import png_names, explain_image, overlay_title, render_overlay
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +78,7 @@ def test_same_stem_in_two_folders_gets_distinct_names(run, files: list[Path], tm
     (tmp_path / "b" / "other.dcm").write_bytes(files[1].read_bytes())
     rows = explain_paths(run, [tmp_path / "a", tmp_path / "b"], tmp_path / "out", "gradcam", progress=False)
     assert [Path(r.output).name for r in rows] == ["a_IM-1.png", "b_IM-1.png", "other.png"]
-    assert _png_names([str(files[0])] * 2) == [f"{files[0].stem}.png", f"{files[0].stem}_2.png"]
+    assert png_names([str(files[0])] * 2) == [f"{files[0].stem}.png", f"{files[0].stem}_2.png"]
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,10 @@ import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import target_to_cac
-from cacxr.pixels.profiles import normalise
-from cacxr.use.export import contract, export_run, read_contract
-from cacxr.use.loaded_run import load_run
+from cacxr.core import CacxrError, target_to_cac
+from cacxr.pixels import normalise
+from cacxr.use import export_run, load_run, read_contract
+from cacxr.use.export import contract
 from cacxr.use.predict import score_module
 
 TOLERANCE = 1e-4

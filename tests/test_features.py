@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.manifest import ManifestRow
-from cacxr.model.networks import build_model
-from cacxr.pixels.profiles import normalise
+from cacxr.core import CacxrError
+from cacxr.ingest import ManifestRow
+from cacxr.model import build_model
+from cacxr.pixels import normalise
 from cacxr.training.features import FeatureCache, trunk_key
 
 SIZE = 64
@@ -204,7 +204,7 @@ def test_bad_requests_give_clear_errors(tmp_path, call, message):
 
 
 def test_cache_of_a_real_image_store(tmp_path, real_cxr_dir):
-    from cacxr.pixels.store import ImageStore, build_store
+    from cacxr.pixels import ImageStore, build_store
 
     files = ["nhsx_nih-cxr14_google_DX.dcm", "txv_siim_chest_pa.dcm"]
     rows = [ManifestRow(f"CAC_{i:03d}", str(real_cxr_dir / f), "internal", 10.0) for i, f in enumerate(files)]

@@ -15,13 +15,13 @@ import torch
 from _tiny_run import tiny_cohort, tiny_run
 from cacxr.cli import main
 from cacxr.commands import fit_final as fit_final_command
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import cac_to_target
-from cacxr.model.weights import load_saved_model
-from cacxr.pixels.store import ImageStore
-from cacxr.training.final import FINAL_DIR, FINAL_RECORD, MODEL_FILE, choose_epochs, fit_final, has_final
-from cacxr.use.loaded_run import FINAL_FOLD, load_run
-from cacxr.use.predict import score_paths
+from cacxr.core import CacxrError, cac_to_target
+from cacxr.model import load_saved_model
+from cacxr.pixels import ImageStore
+from cacxr.training import fit_final
+from cacxr.training.final import FINAL_DIR, FINAL_RECORD, MODEL_FILE, choose_epochs, has_final
+from cacxr.use import load_run, score_paths
+from cacxr.use.loaded_run import FINAL_FOLD
 
 
 def _fold_records(run: Path) -> list[dict]:
@@ -106,8 +106,8 @@ def test_load_run_uses_final_model_by_default_ensemble_selectable(final_run: Pat
     ids, images = _store_images(final_run)
     model, meta = load_saved_model(final_run / FINAL_DIR / MODEL_FILE)
     assert meta["fold"] == "final" and float(meta["decision_threshold"]) == final["decision_threshold"]
-    from cacxr.model.calibration import apply_calibration
-    from cacxr.pixels.profiles import normalise
+    from cacxr.model import apply_calibration
+    from cacxr.pixels import normalise
 
     with torch.inference_mode():
         out = model(normalise(images, default.profile)[:, None]).double().numpy()
@@ -172,8 +172,8 @@ def test_fit_final_command_on_regression_run(regression_run: Path, capsys: pytes
 
 
 def test_final_model_with_clinical_covariates(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from cacxr.config.settings import TrainConfig
-    from cacxr.training.crossval import train_run
+    from cacxr.config import TrainConfig
+    from cacxr.training import train_run
 
     run = tmp_path / "run"
     train_run(

@@ -7,9 +7,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from cacxr.core.errors import CacxrError
-from cacxr.stats.folds import fold_level_auc, fold_paired_test, holm_adjust, stability_warning
-from cacxr.stats.metrics import build_metrics, delong_test
+from cacxr.core import CacxrError
+from cacxr.stats import build_metrics, delong_test, fold_level_auc, fold_paired_test, holm_adjust
+from cacxr.stats.folds import stability_warning
 
 
 def _folds(rng: np.random.Generator, k: int = 5, n: int = 40, d: float = 1.4, shift_sd: float = 0.0):

@@ -35,10 +35,11 @@ from pydicom.uid import (
 )
 
 from cacxr.cli import main
-from cacxr.core.safepaths import file_kind
+from cacxr.core import file_kind
 from cacxr.imaging import read_header, read_image
 from cacxr.imaging.codestream import CodestreamError, check_codestream, declared_size
-from cacxr.ingest.manifest import read_excluded, read_manifest
+from cacxr.ingest import read_manifest
+from cacxr.ingest.manifest import read_excluded
 from cacxr.serving import create_app
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -506,8 +507,8 @@ def test_threshold_nan_names_the_real_problem(tmp_path: Path, capsys) -> None:
 
 
 def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> None:
-    from cacxr.ingest.manifest import ManifestRow
-    from cacxr.pixels.store import build_store
+    from cacxr.ingest import ManifestRow
+    from cacxr.pixels import build_store
 
     rows = [
         ManifestRow(
@@ -529,8 +530,8 @@ def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> No
 def test_resume_removes_a_killed_runs_temporary_checkpoint(cohort: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from cacxr.config.settings import TrainConfig
-    from cacxr.training.crossval import train_run
+    from cacxr.config import TrainConfig
+    from cacxr.training import train_run
 
     config = TrainConfig(
         task="classification", data=str(cohort), out=str(tmp_path / "run"), arch="resnet18", finetune="head",
@@ -582,7 +583,7 @@ def test_fastest_decoder_is_chosen_and_decodes_exactly(
 
 def test_read_timeout_flag_and_its_check(run) -> None:
     from cacxr.cli import build_parser
-    from cacxr.core.errors import CacxrError
+    from cacxr.core import CacxrError
 
     assert build_parser("serve").parse_args(["serve", "R"]).read_timeout == 30.0
     assert build_parser("serve").parse_args(["serve", "R", "--read-timeout", "5"]).read_timeout == 5.0

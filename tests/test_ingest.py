@@ -18,9 +18,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.inventory import ingest
-from cacxr.ingest.manifest import EXCLUSION_REASONS, read_excluded, read_manifest
+from cacxr.core import CacxrError
+from cacxr.ingest import ingest, read_manifest
+from cacxr.ingest.manifest import EXCLUSION_REASONS, read_excluded
 
 # Identifying values written into every test header: none may appear in any output.
 PATIENT_NAME = "Rossi^Maria"
@@ -298,7 +298,7 @@ def test_undecodable_detail(cohort: Path, tmp_path: Path, name: str) -> None:
 
 
 def test_stats_on_ingest_output(cohort: Path, tmp_path: Path) -> None:
-    from cacxr.ingest.cohort import cohort_stats
+    from cacxr.ingest import cohort_stats
 
     ingest(cohort, tmp_path / "out", workers=1, progress=False)
     result = cohort_stats(tmp_path / "out", tmp_path / "stats")

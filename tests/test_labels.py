@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.labels import (
-    label_key,
-    load_labels,
-    normalise_sex,
-    parse_birth,
-    parse_date,
-)
+from cacxr.core import CacxrError
+from cacxr.ingest import load_labels
+from cacxr.ingest.labels import label_key, normalise_sex, parse_birth, parse_date
 
 TODAY = dt.date(2025, 6, 1)
 

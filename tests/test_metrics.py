@@ -10,18 +10,18 @@ import pytest
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import AGATSTON_BANDS, CAC_CLIP, cac_to_target, target_to_cac
-from cacxr.core.task import agatston_band as band
-from cacxr.stats.metrics import (
+from cacxr.core import AGATSTON_BANDS, CacxrError, cac_to_target, target_to_cac
+from cacxr.core import agatston_band as band
+from cacxr.core.task import CAC_CLIP
+from cacxr.stats import (
     bootstrap_ci,
     build_metrics,
     choose_threshold,
     classification_metrics,
     delong_test,
-    pooled_summary,
     regression_metrics,
 )
+from cacxr.stats.summary import pooled_summary
 
 # ---------------------------------------------------------------------------------------------
 # classification_metrics: hand-computed tables
@@ -432,7 +432,7 @@ def test_build_metrics_derives_labels_from_cac_and_checks_keys() -> None:
 def test_regression_auc_ranks_the_unclipped_log_cac_when_given() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from cacxr.runs.figures import add_run_figures
+    from cacxr.runs import add_run_figures
 
     rng = np.random.default_rng(7)
     cac = np.where(rng.random(120) < 0.5, 0.0, np.exp(rng.normal(4, 1.5, 120)))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cacxr.core.errors import CacxrError
-from cacxr.model.networks import ARCHS, build_model
+from cacxr.core import CacxrError
+from cacxr.model import ARCHS, build_model
 
 # Trainable parameter prefixes of set_finetune("last"): the last block (+ final norm / conv) and the head.
 LAST_BLOCK = {

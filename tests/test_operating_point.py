@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from cacxr.config.settings import TrainConfig
-from cacxr.core.errors import CacxrError
-from cacxr.stats.operating_point import (
-    choose_operating_threshold,
-    operating_point,
-    operating_point_figures,
-    parse_rule,
-)
+from cacxr.config import TrainConfig
+from cacxr.core import CacxrError
+from cacxr.stats import operating_point, parse_rule
+from cacxr.stats.operating_point import choose_operating_threshold, operating_point_figures
 
 
 @pytest.mark.parametrize(
@@ -97,7 +93,7 @@ def test_merge_chooses_the_operating_point_on_the_folds_validation_records(run_d
     import json
     import shutil
 
-    from cacxr.training.crossval import merge_folds
+    from cacxr.training import merge_folds
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

@@ -11,11 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cacxr.core.atomic import write_json
-from cacxr.core.errors import CacxrError
-from cacxr.runs.report import write_report
-from cacxr.stats import plots
-from cacxr.stats.metrics import build_metrics
+from cacxr.core import CacxrError, write_json
+from cacxr.runs import write_report
+from cacxr.stats import build_metrics, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RNG = np.random.default_rng(0)
@@ -237,7 +235,7 @@ def _resolve(metrics: dict, key: str):
 
 def _full_run(tmp_path: Path, task: str) -> tuple[Path, dict]:
     """A run folder whose metrics.json has every figure: fold level, operating point, calibration, endpoints."""
-    from cacxr.runs.figures import add_run_figures
+    from cacxr.runs import add_run_figures
 
     folds = np.arange(90) % 3
     prob = np.clip(PROB, 0.01, 0.99)

@@ -12,11 +12,11 @@ import pytest
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.core.task import AGATSTON_BANDS
+from cacxr.core import AGATSTON_BANDS
 from cacxr.imaging import read_image
-from cacxr.pixels.profiles import preprocess_read
-from cacxr.use.loaded_run import load_run
-from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs, score_image, score_paths
+from cacxr.pixels import preprocess_read
+from cacxr.use import load_run, score_image, score_paths
+from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs
 
 
 def _synth_files(cohort: Path, n: int) -> list[Path]:

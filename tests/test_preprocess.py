@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from skimage.exposure import equalize_hist
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.imaging import read_image
-from cacxr.pixels.profiles import PROFILES, get_profile, normalise, preprocess_image
+from cacxr.pixels import PROFILES, get_profile, normalise, preprocess_image
 
 SEED_MEAN, SEED_STD = 0.5024, 0.2898
 
@@ -146,10 +146,10 @@ def test_xrv_crops_to_a_centred_square_without_stretching():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_equalisation_matches_skimage_at_full_resolution(seed):
-    from cacxr.pixels.profiles import _equalise_global
+    from cacxr.pixels.profiles import equalise_global
 
     image = smooth_image(333, 271, seed)
-    ours = _equalise_global(image).astype(int)
+    ours = equalise_global(image).astype(int)
     theirs = (equalize_hist(image.astype(np.float64)) * 255).astype(np.uint8).astype(int)
     assert np.abs(ours - theirs).mean() < 0.05
     assert np.abs(ours - theirs).max() <= 1
@@ -259,16 +259,16 @@ def few_levels(rows: int, cols: int, levels: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("levels", "seed"), [(5, 0), (12, 1), (40, 2), (300, 3)])
 def test_per_level_equalisation_is_equalize_hist_of_the_integer_image(levels, seed):
-    from cacxr.pixels.profiles import _equalise_global
+    from cacxr.pixels.profiles import equalise_global
 
     stored = few_levels(97, 83, levels, seed)
     lo, hi = int(stored.min()), int(stored.max())
     image = ((stored.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)  # read_image's min-max
     theirs = (equalize_hist(stored) * 255).astype(np.uint8).astype(int)
-    ours = _equalise_global(image, per_level=True).astype(int)
+    ours = equalise_global(image, per_level=True).astype(int)
     assert np.abs(ours - theirs).max() <= 1
     # the 256-bin version is what equalize_hist gives floats, not integers: visibly different here
-    assert np.abs(_equalise_global(image).astype(int) - theirs).mean() > 0.5
+    assert np.abs(equalise_global(image).astype(int) - theirs).mean() > 0.5
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_per_level_equalisation_is_equalize_hist_of_the_integer_image(levels, se
 def test_preprocess_read_picks_per_level_from_the_readers_voi(voi, per_level, tmp_path):
     from dataclasses import replace
 
-    from cacxr.pixels.profiles import per_level_for, preprocess_read
+    from cacxr.pixels import per_level_for, preprocess_read
 
     path = write_plain_dicom(tmp_path / "CAC_001" / "IM-1.dcm", few_levels(90, 70, 20, 4), window=False)
     read = read_image(path, "CAC_001")
@@ -292,7 +292,7 @@ def test_preprocess_read_picks_per_level_from_the_readers_voi(voi, per_level, tm
 
 
 def test_preprocess_read_refuses_a_failed_read_with_the_readers_reason(tmp_path):
-    from cacxr.pixels.profiles import preprocess_read
+    from cacxr.pixels import preprocess_read
 
     bad = tmp_path / "CAC_002" / "IM-1.dcm"
     bad.parent.mkdir()
@@ -313,7 +313,7 @@ def test_per_level_is_ignored_by_clahe_and_xrv():
 
 @pytest.mark.parametrize("name", ["nhsx_nih-cxr14_google_DX.dcm", "txv_siim_chest_pa.dcm"])
 def test_preprocess_read_follows_the_original_pipeline_on_dicoms_without_window(name, real_cxr_dir):
-    from cacxr.pixels.profiles import preprocess_read
+    from cacxr.pixels import preprocess_read
 
     path = Path(real_cxr_dir) / name
     result = read_image(path)
@@ -329,12 +329,11 @@ def test_store_scoring_explain_and_data_see_the_same_pixels(window, tmp_path):
     """The image store (training) and every inference entry point prepare one file identically."""
     from types import SimpleNamespace
 
-    from cacxr.ingest.manifest import ManifestRow
-    from cacxr.pixels.profiles import preprocess_read
-    from cacxr.pixels.store import build_store
+    from cacxr.ingest import ManifestRow
+    from cacxr.pixels import build_store, preprocess_read
     from cacxr.training.dataset import preprocess_for_model
-    from cacxr.use.explain import prepare_image
-    from cacxr.use.predict import load_input
+    from cacxr.use import prepare_image
+    from cacxr.use.inputs import load_input
 
     size = 32
     path = write_plain_dicom(

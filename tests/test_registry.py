@@ -16,12 +16,11 @@ import torch
 import torchvision
 
 from cacxr.cli import main
-from cacxr.config.settings import TrainConfig
-from cacxr.core.errors import CacxrError
-from cacxr.model import registry, weightcache
-from cacxr.model.networks import build_model
-from cacxr.model.weights import imagenet_file, load_pretrained
-from cacxr.training.crossval import train_run
+from cacxr.config import TrainConfig
+from cacxr.core import CacxrError
+from cacxr.model import build_model, load_pretrained, registry, weightcache
+from cacxr.model.weights import imagenet_file
+from cacxr.training import train_run
 
 
 def _weights_bytes() -> bytes:
@@ -248,14 +247,14 @@ def test_the_profile_follows_the_weights_unless_chosen(weights, profile, expecte
     [("xrv-densenet121-all", "seed", "xrv"), ("xrv-densenet121-all=/x.safetensors", "clahe", "xrv"), ("imagenet", "xrv", "seed or clahe")],
 )
 def test_weights_whose_intensity_the_profile_does_not_deliver_are_refused(weights, profile, use):
-    from cacxr.config.settings import TrainConfig
+    from cacxr.config import TrainConfig
 
     with pytest.raises(CacxrError, match=f"expects the .* intensity contract but --profile {profile} .*: use --profile {use} "):
         TrainConfig(weights=weights, profile=profile).resolved()
 
 
 def test_every_profile_has_an_intensity_contract():
-    from cacxr.pixels.profiles import PROFILES
+    from cacxr.pixels import PROFILES
 
     assert set(registry.PROFILE_INTENSITY) == set(PROFILES)
 

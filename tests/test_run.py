@@ -12,11 +12,9 @@ import pytest
 import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_run
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import cac_to_target
-from cacxr.pixels.profiles import normalise
-from cacxr.pixels.store import ImageStore
-from cacxr.use.loaded_run import load_run
+from cacxr.core import CacxrError, cac_to_target
+from cacxr.pixels import ImageStore, normalise
+from cacxr.use import load_run
 
 
 @pytest.fixture(scope="module", params=["classification", "regression"])

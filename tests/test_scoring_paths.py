@@ -34,8 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWa
 @pytest.fixture(scope="module", params=list(KINDS))
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The run, its loaded default model, the radiograph and what predict says about it."""
-    from cacxr.use.loaded_run import load_run
-    from cacxr.use.predict import score_paths
+    from cacxr.use import load_run, score_paths
 
     build, final = KINDS[request.param]
     run_dir = build(tmp_path_factory)
@@ -90,7 +89,7 @@ def _prepared(case: dict) -> tuple[np.ndarray, list[tuple[float, str]]]:
 @pytest.fixture(scope="module")
 def external_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny cohort's external patients, ingested once for every kind of run."""
-    from cacxr.ingest.inventory import ingest
+    from cacxr.ingest import ingest
 
     out = tmp_path_factory.mktemp("external")
     ingest(tiny_cohort(tmp_path_factory), out, site="external", workers=1, progress=False)
@@ -98,7 +97,7 @@ def external_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_path: Path) -> None:
-    from cacxr.use.evaluate import evaluate_run
+    from cacxr.use import evaluate_run
 
     out = tmp_path / "eval"
     evaluate_run(case["run_dir"], external_manifest, out, n_boot=50, viz=False, progress=False, workers=1)
@@ -114,8 +113,8 @@ def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_
         # PatientBirthDate and StudyDate, as the label table's from birth and rx_date): predict == evaluate.
         import pydicom
 
-        from cacxr.ingest.manifest import read_manifest
-        from cacxr.use.predict import score_paths
+        from cacxr.ingest import read_manifest
+        from cacxr.use import score_paths
 
         images = {row.patient_id: row.path for row in read_manifest(external_manifest)}
         scored = score_paths(case["run"], list(images.values()), progress=False)
@@ -127,7 +126,7 @@ def test_evaluate_gives_the_same_score(case: dict, external_manifest: Path, tmp_
 
 
 def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:
-    from cacxr.use.explain import explain_paths
+    from cacxr.use import explain_paths
 
     (row,) = explain_paths(case["run"], [case["image"]], tmp_path / "x.png", steps=4, progress=False)
     assert not row.error and Path(row.output).is_file()
@@ -136,10 +135,10 @@ def test_explain_shows_the_same_score(case: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_gives_the_same_score(case: dict, fmt: str, tmp_path: Path) -> None:
-    from cacxr.core.task import target_to_cac
+    from cacxr.core import target_to_cac
     from cacxr.model.scoring import sex_code
-    from cacxr.pixels.profiles import normalise
-    from cacxr.use.export import export_run, read_contract
+    from cacxr.pixels import normalise
+    from cacxr.use import export_run, read_contract
 
     run = case["run"]
     path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")

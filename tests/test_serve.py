@@ -29,12 +29,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import cacxr
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import build_parser, main
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.imaging import read_image
-from cacxr.pixels.profiles import preprocess_read
+from cacxr.pixels import preprocess_read
 from cacxr.serving import RunModel, create_app, serve_in_background
-from cacxr.use.loaded_run import load_run
-from cacxr.use.predict import score_paths
+from cacxr.use import load_run, score_paths
 
 KB = 1024
 
@@ -240,7 +239,7 @@ def test_predict_warns_about_a_lateral_view(client) -> None:
 
 
 def test_regression_run_answers_predicted_cac_and_agatston_band(tmp_path_factory, real_cxr_dir) -> None:
-    from cacxr.core.task import AGATSTON_BANDS, agatston_band
+    from cacxr.core import AGATSTON_BANDS, agatston_band
 
     regression = load_run(tiny_run(tmp_path_factory, "regression"))
     answer = TestClient(create_app(regression)).post(

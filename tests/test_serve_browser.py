@@ -10,7 +10,7 @@ import pytest
 from _browser import chromium_page
 from _tiny_run import tiny_run
 from cacxr.serving import create_app, serve_in_background
-from cacxr.use.loaded_run import load_run
+from cacxr.use import load_run
 
 pytestmark = pytest.mark.browser
 

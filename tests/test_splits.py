@@ -7,9 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.runs.folder import FOLD_ROLES, folds_table
-from cacxr.training.splits import Fold, make_folds
+from cacxr.training import make_folds
+from cacxr.training.splits import Fold
 
 
 def _cohort(n: int, prevalence: float, seed: int = 0) -> tuple[list[str], list[int]]:

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.cohort import MEASURES, cohort_stats
-from cacxr.ingest.manifest import ManifestRow, write_manifest
+from cacxr.core import CacxrError
+from cacxr.ingest import ManifestRow, cohort_stats
+from cacxr.ingest.cohort import MEASURES
+from cacxr.ingest.manifest import write_manifest
 
 # patient, site, sex, age, cac
 COHORT = [

@@ -16,11 +16,11 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 import cacxr.imaging
 import cacxr.pixels.store
 from cacxr.cli import main as cli_main
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.imaging import read_image
-from cacxr.ingest.manifest import ManifestRow, write_manifest
-from cacxr.pixels.profiles import PROFILES, preprocess_image
-from cacxr.pixels.store import ImageStore, build_store
+from cacxr.ingest import ManifestRow
+from cacxr.ingest.manifest import write_manifest
+from cacxr.pixels import PROFILES, ImageStore, build_store, preprocess_image
 
 SIZE = 32
 
@@ -96,7 +96,7 @@ def test_build_reopen_get(cohort, tmp_path):
 
 
 def test_process_pool_builds_the_same_entries(cohort, tmp_path, monkeypatch):
-    monkeypatch.setattr(cacxr.pixels.store, "_POOL_WORTHWHILE_S", 0.0)  # tiny images: pool anyway
+    monkeypatch.setattr(cacxr.pixels.store, "POOL_WORTHWHILE_S", 0.0)  # tiny images: pool anyway
     serial = build(cohort, tmp_path / "serial", workers=1)
     pooled = build(cohort, tmp_path / "pooled", workers=2)
     assert counts(pooled) == {"built": 4, "new": 4}

@@ -18,7 +18,7 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from scipy.stats import spearmanr
 
 from cacxr.cli import main
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.synth import FAULTS, TRUTH_FILE, make_cohort, plan_cohort, read_truth
 from cacxr.synth.encoding import ENCODINGS, DicomStyle, Header, encode, radiograph_dataset
 from cacxr.synth.phantom import render_frontal, sample_anatomy, sample_pose

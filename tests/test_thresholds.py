@@ -16,8 +16,8 @@ THRESHOLD = 100.0
 
 @pytest.fixture(scope="module")
 def run_at_100(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cacxr.config.settings import TrainConfig
-    from cacxr.training.crossval import train_run
+    from cacxr.config import TrainConfig
+    from cacxr.training import train_run
 
     torch.set_num_threads(1)
     cohort = tiny_cohort(tmp_path_factory)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cacxr.cli import main as cli_main
-from cacxr.runs.tracking import track_run
+from cacxr.runs import track_run
 
 
 @pytest.fixture

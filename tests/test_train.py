@@ -21,11 +21,11 @@ import cacxr.training.loop
 from cacxr.cli import build_parser
 from cacxr.cli import main as cli_main
 from cacxr.commands.train import ARCH_CHOICES, PROFILE_CHOICES, config_from_args
-from cacxr.config.settings import TrainConfig
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import AGATSTON_BANDS, agatston_band
-from cacxr.ingest.manifest import read_manifest, write_manifest
-from cacxr.training.crossval import merge_folds, train_run
+from cacxr.config import TrainConfig
+from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band
+from cacxr.ingest import read_manifest
+from cacxr.ingest.manifest import write_manifest
+from cacxr.training import merge_folds, train_run
 
 N_PATIENTS, SIZE = 48, 64
 
@@ -51,8 +51,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def prepared(cohort: Path) -> tuple[Path, Path]:
     """(manifest.csv, image store folder) of the cohort, built once."""
-    from cacxr.ingest.inventory import ingest
-    from cacxr.pixels.store import build_store
+    from cacxr.ingest import ingest
+    from cacxr.pixels import build_store
 
     root = cohort.parent
     ingest(cohort, root / "ingest", workers=1, progress=False)
@@ -232,14 +232,14 @@ def test_fold_jobs_then_merge_equal_the_full_run(
 def test_resume_after_an_interruption_gives_the_same_run(
     prepared: tuple[Path, Path], base_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    save = cacxr.training.loop._save_checkpoint
+    save = cacxr.training.loop.save_checkpoint
 
     def interrupted(path, state, *args):  # Ctrl-C right after fold 1 saved its epoch 2
         save(path, state, *args)
         if path.parent.name == "fold_1" and state.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cacxr.training.loop, "_save_checkpoint", interrupted)
+    monkeypatch.setattr(cacxr.training.loop, "save_checkpoint", interrupted)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train_run(tiny(prepared, run))
@@ -313,8 +313,8 @@ def test_a_visible_signal_is_learned(task: str, tmp_path: Path) -> None:
     # Positive control: positives carry a bright disc (noise images as PNG files, which the store reads too).
     from PIL import Image
 
-    from cacxr.ingest.manifest import ManifestRow
-    from cacxr.pixels.store import build_store
+    from cacxr.ingest import ManifestRow
+    from cacxr.pixels import build_store
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -418,8 +418,8 @@ def test_command_line_flags_map_to_the_config(flags: list[str], expected: dict) 
 
 
 def test_flag_choices_match_the_library() -> None:
-    from cacxr.model.networks import ARCHS
-    from cacxr.pixels.profiles import PROFILES
+    from cacxr.model import ARCHS
+    from cacxr.pixels import PROFILES
 
     assert set(ARCH_CHOICES) == set(ARCHS) and set(PROFILE_CHOICES) == set(PROFILES)
 

@@ -11,17 +11,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from cacxr.core.errors import CacxrError
-from cacxr.model.networks import build_model
-from cacxr.model.weights import (
-    WEIGHT_SOURCES,
-    XRV_FILE,
-    imagenet_file,
-    load_model_file,
-    load_pretrained,
-    load_saved_model,
-    save_model,
-)
+from cacxr.core import CacxrError
+from cacxr.model import build_model, load_pretrained, load_saved_model, save_model
+from cacxr.model.weights import WEIGHT_SOURCES, XRV_FILE, imagenet_file, load_model_file
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from cacxr import __version__
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["COMMANDS", "main", "build_parser"]
 

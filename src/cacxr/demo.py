@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cacxr.core.atomic import write_json
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, write_json
 from cacxr.runs import folder as runfolder
 
 __all__ = ["DemoSettings", "FULL_DEMO", "run_demo", "headline"]
@@ -105,10 +104,10 @@ def run_demo(
     Raises:
         CacxrError: ``out`` holds something else, a finished demo, or a demo with other settings.
     """
-    from cacxr.config.settings import TrainConfig
-    from cacxr.runs.compare import compare_runs, summary_lines
+    from cacxr.config import TrainConfig
+    from cacxr.runs import compare_runs, summary_lines
     from cacxr.synth import TRUTH_FILE, make_cohort
-    from cacxr.training.crossval import train_run
+    from cacxr.training import train_run
 
     settings = settings or DemoSettings()
     root = Path(out)

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compare the runs and print one line per run and where the results are."""
-    from cacxr.core.safepaths import refuse_overwrite
-    from cacxr.runs.compare import compare_runs, summary_lines
+    from cacxr.core import refuse_overwrite
+    from cacxr.runs import compare_runs, summary_lines
 
     for name in ("compare.md", "compare.csv", "compare.json", "forest.png"):
         refuse_overwrite(Path(args.out) / name, args.overwrite)

@@ -11,7 +11,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's flags."""
-    from cacxr.use.evaluate import DEFAULT_SITE, SITES
+    from cacxr.use import DEFAULT_SITE, SITES
 
     parser.add_argument("run_dir", metavar="RUN", help="a trained run folder")
     parser.add_argument(
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the headline figures."""
-    from cacxr.use.evaluate import evaluate_run
+    from cacxr.use import evaluate_run
 
     metrics = evaluate_run(
         args.run_dir,

@@ -6,14 +6,14 @@ import argparse
 import sys
 
 from cacxr.commands import add_model_argument, add_overwrite_argument
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's flags."""
-    from cacxr.use.explain import METHODS
+    from cacxr.use import METHODS
 
     parser.add_argument("run_dir", metavar="RUN", help="a trained run folder")
     parser.add_argument("inputs", metavar="IMAGE", nargs="+", help="DICOM/PNG/JPEG files or folders")
@@ -38,8 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the overlays; unreadable inputs are reported and skipped."""
-    from cacxr.use.explain import explain_paths
-    from cacxr.use.loaded_run import load_run
+    from cacxr.use import explain_paths, load_run
 
     if args.steps < 1:
         raise CacxrError(f"--steps must be at least 1 (got {args.steps})")

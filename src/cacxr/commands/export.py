@@ -11,7 +11,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's flags."""
-    from cacxr.use.export import FORMATS
+    from cacxr.use import FORMATS
 
     parser.add_argument("run_dir", metavar="RUN", help="a trained run folder")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
@@ -24,9 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print what the file contains."""
-    from cacxr.core.safepaths import refuse_overwrite
-    from cacxr.use.export import export_run
-    from cacxr.use.loaded_run import load_run
+    from cacxr.core import refuse_overwrite
+    from cacxr.use import export_run, load_run
 
     refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/metrics.json: never replaced silently
     info = export_run(load_run(args.run_dir, fold=args.fold), args.out, format=args.format)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the final model and print how its settings were chosen."""
-    from cacxr.training.final import fit_final
+    from cacxr.training import fit_final
 
     final = fit_final(
         args.run_dir,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cacxr.commands import add_overwrite_argument
-from cacxr.ingest.inventory import SITES, ingest
+from cacxr.ingest import SITES, ingest
 
 __all__ = ["add_arguments", "run"]
 

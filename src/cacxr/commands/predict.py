@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cacxr.commands import add_model_argument, add_overwrite_argument
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,9 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the inputs; 0 when at least one input was scored (failed inputs are rows with an error)."""
-    from cacxr.core.safepaths import refuse_overwrite
-    from cacxr.use.loaded_run import load_run
-    from cacxr.use.predict import format_table, score_paths, write_predictions_csv
+    from cacxr.core import refuse_overwrite
+    from cacxr.use import format_table, load_run, score_paths, write_predictions_csv
 
     refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/predictions.csv: never replaced silently
     loaded = load_run(args.run_dir, fold=args.fold)

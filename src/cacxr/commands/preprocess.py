@@ -9,7 +9,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's flags."""
-    from cacxr.pixels.profiles import DEFAULT_PROFILE, PROFILES
+    from cacxr.pixels import DEFAULT_PROFILE, PROFILES
 
     parser.add_argument("manifest", metavar="MANIFEST", help="a manifest.csv written by `cacxr ingest`")
     parser.add_argument(
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the store and print what was done; 1 when no image could be stored."""
-    from cacxr.core.errors import CacxrError
-    from cacxr.pixels.store import build_store
+    from cacxr.core import CacxrError
+    from cacxr.pixels import build_store
 
     if args.workers is not None and args.workers < 1:
         raise CacxrError(f"--workers must be at least 1 (got {args.workers})")

@@ -7,7 +7,7 @@ import contextlib
 import sys
 
 from cacxr.commands import add_model_argument
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["add_arguments", "run"]
 

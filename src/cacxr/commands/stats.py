@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cacxr.commands import add_overwrite_argument
-from cacxr.ingest.cohort import cohort_stats
+from cacxr.ingest import cohort_stats
 
 __all__ = ["add_arguments", "run"]
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run cohort_stats and print where the results are."""
-    from cacxr.core.safepaths import refuse_inside, refuse_overwrite
+    from cacxr.core import refuse_inside, refuse_overwrite
 
     source = Path(args.source)
     data = source if source.is_dir() and not (source / "manifest.csv").exists() else None

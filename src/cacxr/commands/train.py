@@ -14,9 +14,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cacxr.config.settings import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
-from cacxr.core.errors import CacxrError
-from cacxr.runs.folder import REPORT_FILE
+from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
+from cacxr.core import CacxrError
+from cacxr.runs import REPORT_FILE
 
 __all__ = ["add_arguments", "run", "config_from_args", "ARCH_CHOICES", "PROFILE_CHOICES"]
 
@@ -173,7 +173,7 @@ def _unwrap(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or merge) and print the pooled result and the report's path."""
-    from cacxr.training.crossval import merge_folds, train_run
+    from cacxr.training import merge_folds, train_run
 
     cfg = config_from_args(args)
     _unwrap(args)
@@ -188,20 +188,20 @@ def run(args: argparse.Namespace) -> int:
             raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
         run_dir = cfg.out
         metrics = train_run(cfg)
-    from cacxr.training.distributed import launch_rank
+    from cacxr.training import launch_rank
 
     if launch_rank() != 0:
         return 0  # under torchrun, rank 0 reports (and fits the final model)
     print(summary(metrics, Path(run_dir)))
     if cfg.track and metrics.get("complete", True):
-        from cacxr.runs.tracking import track_run
+        from cacxr.runs import track_run
 
         where = track_run(run_dir, cfg.track)
         if where:
             print(f"tracked: {where}")
     if args.final and metrics.get("complete", True):
         from cacxr.commands.fit_final import summary as final_summary
-        from cacxr.training.final import fit_final
+        from cacxr.training import fit_final
 
         final = fit_final(run_dir, device=cfg.device, num_threads=cfg.num_threads, progress=cfg.progress)
         print(final_summary(final, run_dir))
@@ -214,7 +214,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     merged = {name: value.value if isinstance(value, _Default) else value for name, value in values.items()}
     config_file = getattr(args, "config", None)
     if config_file:
-        from cacxr.config.files import read_config_file
+        from cacxr.config import read_config_file
 
         given = {name: value for name, value in values.items() if not isinstance(value, _Default)}
         merged |= read_config_file(config_file) | given
@@ -265,7 +265,7 @@ def _ci(ci: Any) -> str:
 
 
 def _clinical_list(text: str) -> list[str]:
-    from cacxr.model.covariates import parse_clinical
+    from cacxr.model import parse_clinical
 
     try:
         return parse_clinical(text)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cacxr.config.settings import TrainConfig
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["read_config_file", "CONFIG_SUFFIXES"]
 

@@ -11,8 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import TASKS
+from cacxr.core import TASKS, CacxrError
 
 if TYPE_CHECKING:
     import torch
@@ -153,13 +152,13 @@ class TrainConfig:
             cfg.milestones = list(_DEFAULT_MILESTONES[cfg.task])
         cfg.milestones = sorted(int(m) for m in cfg.milestones)
         cfg.weights = "none" if _is_none(cfg.weights) else str(cfg.weights)
-        from cacxr.model.registry import check_profile
+        from cacxr.model import check_profile
 
         cfg.profile = check_profile(cfg.weights, cfg.profile)
-        from cacxr.model.covariates import parse_clinical
+        from cacxr.model import parse_clinical
 
         cfg.clinical = parse_clinical(cfg.clinical)
-        from cacxr.stats.operating_point import parse_rule
+        from cacxr.stats import parse_rule
 
         parse_rule(cfg.operating_point)
         cfg._validate()

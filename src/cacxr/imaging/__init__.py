@@ -1,22 +1,21 @@
-"""One file to a float image: the reader (DICOM, PNG, JPEG), header and views, grey levels, codestream limits, decoders."""
+"""Layer 1: one file to a float image: the reader (DICOM, PNG, JPEG), header and views, grey levels, codestream limits, decoders."""
 
-from cacxr.imaging.codestream import DEFAULT_MAX_PIXELS
-from cacxr.imaging.header import first_data_tag
-from cacxr.imaging.meta import RADIOGRAPH_MODALITIES, REASONS, ImageMeta, ReadResult
-from cacxr.imaging.reader import read_header, read_image
-from cacxr.imaging.views import FRONTAL_VIEWS, LATERAL_VIEWS, is_frontal, is_lateral
+from cacxr.core import lazy_face
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "FRONTAL_VIEWS",
-    "LATERAL_VIEWS",
-    "RADIOGRAPH_MODALITIES",
-    "REASONS",
-    "ImageMeta",
-    "ReadResult",
-    "first_data_tag",
-    "is_frontal",
-    "is_lateral",
-    "read_header",
-    "read_image",
-]
+# public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "DEFAULT_MAX_PIXELS": "codestream",
+    "first_data_tag": "header",
+    "ImageMeta": "meta",
+    "RADIOGRAPH_MODALITIES": "meta",
+    "REASONS": "meta",
+    "ReadResult": "meta",
+    "read_header": "reader",
+    "read_image": "reader",
+    "FRONTAL_VIEWS": "views",
+    "LATERAL_VIEWS": "views",
+    "is_frontal": "views",
+    "is_lateral": "views",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

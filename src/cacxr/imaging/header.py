@@ -11,7 +11,7 @@ import warnings
 from collections.abc import MutableSequence
 from typing import Any
 
-from cacxr.core.task import age_in_years
+from cacxr.core import age_in_years
 from cacxr.imaging.meta import ImageMeta
 from cacxr.imaging.views import FRONTAL_WORDS, LATERAL_WORDS
 

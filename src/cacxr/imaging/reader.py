@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cacxr.core.safepaths import file_kind
+from cacxr.core import file_kind
 from cacxr.imaging.codestream import (
     DEFAULT_MAX_PIXELS,
     CodestreamError,

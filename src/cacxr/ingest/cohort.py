@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.atomic import write_bytes, write_json, write_text
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import AGATSTON_BANDS, agatston_band
+from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, write_bytes, write_json, write_text
 from cacxr.ingest.inventory import DEFAULT_LABELS, site_of
 from cacxr.ingest.labels import load_labels
 from cacxr.ingest.manifest import read_manifest

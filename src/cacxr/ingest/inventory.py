@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from cacxr import __version__
-from cacxr.core.atomic import write_json
-from cacxr.core.errors import CacxrError
-from cacxr.core.safepaths import file_kind, refuse_overwrite
+from cacxr.core import CacxrError, file_kind, refuse_overwrite, write_json
 from cacxr.ingest.labels import LabelRow, LabelTable, load_labels
 from cacxr.ingest.manifest import (
+    EXCLUDED_FILE,
     EXCLUSION_REASONS,
+    MANIFEST_FILE,
+    SUMMARY_FILE,
     ExcludedRow,
     ManifestRow,
     write_excluded,
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 IGNORED_EXTENSIONS: tuple[str, ...] = (".db", ".sqlite", ".csv", ".json", ".txt", ".md", ".xlsx", ".log")
 SITES: tuple[str, ...] = ("internal", "external", "all")
 DEFAULT_LABELS = "site.db"
-OUTPUTS = ("manifest.csv", "excluded.csv", "ingest.json")
+OUTPUTS = (MANIFEST_FILE, EXCLUDED_FILE, SUMMARY_FILE)
 # Rank of a kept candidate's view: lower wins (then more pixels, then the path in sort order).
 VIEW_PREFERENCE: dict[str, int] = {"PA": 0, "AP": 1, "NN": 2, "FRONTAL": 2}
 ASSUMED_FRONTAL_RANK = 3
@@ -378,8 +379,8 @@ def ingest(
     excluded_rows += _label_exclusions(table, label_of, kept, records, site)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(manifest_rows, out / "manifest.csv")
-    write_excluded(excluded_rows, out / "excluded.csv")
+    write_manifest(manifest_rows, out / MANIFEST_FILE)
+    write_excluded(excluded_rows, out / EXCLUDED_FILE)
     summary = _summary(
         data=data,
         out=out,
@@ -397,7 +398,7 @@ def ingest(
         padding_fixes=padding_fixes,
     )
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(out / "ingest.json", summary)
+    write_json(out / SUMMARY_FILE, summary)
     logger.info(
         "ingest: %d patients kept, %d rows excluded, outputs in %s",
         len(manifest_rows),

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import age_in_years
+from cacxr.core import CacxrError, age_in_years
 
 __all__ = [
     "LabelRow",

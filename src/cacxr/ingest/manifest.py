@@ -15,10 +15,12 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cacxr.core.atomic import write_text
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, write_text
 
 __all__ = [
+    "MANIFEST_FILE",
+    "EXCLUDED_FILE",
+    "SUMMARY_FILE",
     "ManifestRow",
     "ExcludedRow",
     "read_manifest",
@@ -30,6 +32,10 @@ __all__ = [
     "EXCLUSION_REASONS",
 ]
 
+# The files an ingest writes into its output folder.
+MANIFEST_FILE = "manifest.csv"
+EXCLUDED_FILE = "excluded.csv"
+SUMMARY_FILE = "ingest.json"
 # Fixed reason codes for excluded.csv (documented in the README; tests check exact counts).
 EXCLUSION_REASONS: dict[str, str] = {
     "unreadable": "not a DICOM file pydicom can parse, or its pixel data cannot be decoded",

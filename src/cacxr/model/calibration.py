@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import cac_to_target
+from cacxr.core import CacxrError, cac_to_target
 
 __all__ = [
     "METHODS", "fit_calibration", "apply_calibration", "identity_calibration", "none_offset", "CalibrationModule",

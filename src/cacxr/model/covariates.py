@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "CLINICAL_FEATURES",

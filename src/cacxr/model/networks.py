@@ -37,7 +37,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["ARCHS", "FINETUNE_MODES", "HEAD_HIDDEN", "CACNet", "build_model"]
 

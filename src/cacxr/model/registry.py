@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlparse
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "WeightSource",
@@ -212,7 +212,7 @@ def add_source(
         CacxrError: a name already in use, a URL that is not http(s) or file, a malformed SHA-256, or an
             unknown intensity contract.
     """
-    from cacxr.core.atomic import write_text
+    from cacxr.core import write_text
 
     if not _NAME.fullmatch(name):
         raise CacxrError(f"weights '{name}': a name is letters, digits, '.', '_' and '-' (it names a cache folder)")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.model.calibration import CalibrationModule, identity_calibration, none_offset
 
 __all__ = ["SEX_CODES", "sex_code", "raw_scores", "covariate_tensors", "ClinicalInputs", "ModelScore", "RunScorer"]

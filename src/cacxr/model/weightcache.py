@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cacxr.core.atomic import read_json_object, write_json
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, read_json_object, write_json
 from cacxr.model.registry import WeightSource, cache_home, get_source
 
 __all__ = [

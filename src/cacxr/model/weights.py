@@ -36,8 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from cacxr.core.atomic import atomic_path
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, atomic_path
 from cacxr.model.networks import HEAD_HIDDEN, CACNet, build_model
 from cacxr.model.registry import WEIGHT_SOURCES, XRV_FILE, XRV_NAME, WeightSource, resolve_source
 from cacxr.model.weightcache import weights_path

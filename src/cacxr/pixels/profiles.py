@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 if TYPE_CHECKING:
     import torch
@@ -213,7 +213,7 @@ def preprocess_image(
     if spec.square == "crop":
         image = _centre_square(image)
     if spec.equalisation == "global":
-        image8 = _equalise_global(image, per_level=per_level)
+        image8 = equalise_global(image, per_level=per_level)
     elif spec.equalisation == "clahe":
         image8 = _equalise_clahe(image, spec.clahe_clip, spec.clahe_tiles)
     else:
@@ -297,7 +297,7 @@ def _centre_square(image: np.ndarray) -> np.ndarray:
     return image[top : top + side, left : left + side]
 
 
-def _equalise_global(image: np.ndarray, *, per_level: bool = False) -> np.ndarray:
+def equalise_global(image: np.ndarray, *, per_level: bool = False) -> np.ndarray:
     """``floor(255 * skimage.exposure.equalize_hist(image))`` through a 2**16-entry table.
 
     The image range [min, max] is mapped to t in [0, 65535] and rounded to a uint16 "cell" (one

@@ -51,10 +51,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cacxr.core.atomic import atomic_path, write_json
-from cacxr.core.errors import CacxrError
-from cacxr.core.safepaths import data_roots, refuse_inside
-from cacxr.ingest.manifest import ManifestRow, read_manifest
+from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, write_json
+from cacxr.ingest import ManifestRow, read_manifest
 from cacxr.pixels.profiles import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
 
 __all__ = ["ImageStore", "build_store", "default_workers", "STORE_FORMAT"]
@@ -69,7 +67,7 @@ _ENTRIES = "entries"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 # A worker process needs about 0.4 s to start and import its modules (more on a busy machine), while
 # this process goes on working: a pool is only started for more work than this, in seconds of one process.
-_POOL_WORTHWHILE_S = 0.75
+POOL_WORTHWHILE_S = 0.75
 
 
 @dataclass(frozen=True)
@@ -420,7 +418,7 @@ def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool) -> Itera
     """Yield ``(task, result)`` as entries finish.
 
     This process times its first tasks; when what is left would take longer than starting worker
-    processes is worth (``_POOL_WORTHWHILE_S``), a pool of ``workers - 1`` processes takes tasks from
+    processes is worth (``POOL_WORTHWHILE_S``), a pool of ``workers - 1`` processes takes tasks from
     the front of the queue while this process goes on taking them from the back.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
@@ -428,7 +426,7 @@ def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool) -> Itera
     seconds: list[float] = []
     with tqdm(total=len(tasks), desc="preprocessing", unit="image", disable=not progress) as bar:
         while pending and (
-            workers == 1 or len(seconds) < 2 or len(pending) * min(seconds) < _POOL_WORTHWHILE_S
+            workers == 1 or len(seconds) < 2 or len(pending) * min(seconds) < POOL_WORTHWHILE_S
         ):
             task = pending.pop()
             started = time.perf_counter()

@@ -45,9 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.config.settings import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
-from cacxr.core.atomic import write_json, write_text
-from cacxr.core.errors import CacxrError
+from cacxr.config import EXECUTION_FIELDS, LOCATION_FIELDS, TrainConfig
+from cacxr.core import CacxrError, write_json, write_text
 from cacxr.runs import folder as runfolder
 from cacxr.runs.compare_outputs import METRIC_COLUMNS, REGRESSION_ONLY, csv_text, forest_plot, markdown
 
@@ -96,7 +95,7 @@ class _Run:
         """metrics.json's fold_level, or one computed from predictions.csv's folds for older runs."""
         if isinstance(self.metrics.get("fold_level"), dict):
             return self.metrics["fold_level"]
-        from cacxr.stats.folds import fold_level_auc
+        from cacxr.stats import fold_level_auc
 
         if self.predictions is None or any(v[3] is None for v in self.predictions.values()):
             return {}
@@ -317,8 +316,7 @@ def _best(members: list[_Run]) -> _Run | None:
 
 def _paired_tests(members: list[_Run]) -> None:
     """A paired test of each run against its group's reference run, on their shared patients."""
-    from cacxr.stats.folds import fold_paired_test
-    from cacxr.stats.metrics import delong_test
+    from cacxr.stats import delong_test, fold_paired_test
 
     best = _best(members)
     for run in members:
@@ -354,7 +352,7 @@ def _paired_tests(members: list[_Run]) -> None:
 
 def _holm(runs: list[_Run]) -> None:
     """Holm's correction across every paired test of the comparison (``p_holm``)."""
-    from cacxr.stats.folds import holm_adjust
+    from cacxr.stats import holm_adjust
 
     tested = [run for run in runs if run.paired is not None]
     for run, adjusted in zip(tested, holm_adjust([run.paired["p_value"] for run in tested]), strict=True):

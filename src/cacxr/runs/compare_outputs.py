@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.atomic import atomic_path
+from cacxr.core import atomic_path
 
 __all__ = ["METRIC_COLUMNS", "REGRESSION_ONLY", "csv_text", "forest_plot", "markdown"]
 

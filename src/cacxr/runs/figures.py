@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.manifest import read_manifest
-from cacxr.model.covariates import CLINICAL_FEATURES
+from cacxr.core import CacxrError
+from cacxr.ingest import read_manifest
+from cacxr.model import CLINICAL_FEATURES
 from cacxr.runs import folder as runfolder
-from cacxr.stats.clinical_baseline import clinical_baseline, skipped_baseline
+from cacxr.stats import clinical_baseline, skipped_baseline
 
 __all__ = ["ENDPOINTS", "add_run_figures", "endpoint_label", "probabilities", "run_clinical_baseline"]
 
@@ -71,7 +71,7 @@ def add_run_figures(
         metrics: the metrics.json content, changed in place.
         baseline_scores: patient id -> the age + sex baseline's out-of-fold probability (decision curve).
     """
-    from cacxr.stats.operating_point import operating_point
+    from cacxr.stats import operating_point
 
     labels = np.array([int(row["label"]) for row in rows])
     probs = probabilities(task, rows)
@@ -88,7 +88,7 @@ def add_run_figures(
 def _calibration(
     rows: Sequence[dict[str, Any]], labels: np.ndarray, probs: np.ndarray | None, baseline: dict[str, float] | None
 ) -> dict[str, Any]:
-    from cacxr.stats.calibration import calibration_figures, decision_curve
+    from cacxr.stats import calibration_figures, decision_curve
 
     if probs is None:
         return {"note": "no calibrated probabilities in the out-of-fold predictions (regression without "
@@ -110,8 +110,7 @@ def _calibration(
 
 def _endpoints(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """AUC of the regression's ranking score for CAC > 0, CAC >= 100 and CAC >= 400, from the same folds."""
-    from cacxr.stats.folds import fold_level_auc
-    from cacxr.stats.metrics import bootstrap_ci, classification_metrics
+    from cacxr.stats import bootstrap_ci, classification_metrics, fold_level_auc
 
     cac = np.array([float(row["cac_score"]) for row in rows])
     ranking = np.array([float(row.get("log_cac", row["score"])) for row in rows])
@@ -160,11 +159,10 @@ def run_clinical_baseline(
         See :func:`clinical_baseline`; a skipped result with a note when the manifest or folds.csv is gone.
     """
     root = Path(run_dir)
-    candidates = [Path(record["manifest"])] if record.get("manifest") else []
-    candidates.append(root / runfolder.INGEST_DIR / "manifest.csv")
-    manifest = next((p for p in candidates if p.is_file()), None)
-    if manifest is None:
-        return skipped_baseline(list(CLINICAL_FEATURES), f"the run's manifest ({candidates[0]}) is gone: no age or sex")
+    try:
+        manifest = runfolder.find_run_manifest(root, record.get("manifest"))
+    except CacxrError as exc:
+        return skipped_baseline(list(CLINICAL_FEATURES), f"{exc}: no age or sex")
     try:
         covariates = {row.patient_id: (float(row.age), row.sex) for row in read_manifest(manifest)}
     except CacxrError as exc:

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cacxr.core.atomic import read_json_object, write_json, write_text
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, read_json_object, write_json, write_text
+from cacxr.ingest import MANIFEST_FILE
 
 __all__ = [
     "CONFIG_FILE",
@@ -46,6 +46,7 @@ __all__ = [
     "PLOTS_DIR",
     "REPORT_FILE",
     "INGEST_DIR",
+    "find_run_manifest",
     "fold_dir",
     "model_dir",
     "model_path",
@@ -326,3 +327,17 @@ def folds_table(folds: Sequence[FoldParts]) -> list[dict]:
 def write_folds_csv(run_dir: PathLike, folds: Sequence[FoldParts]) -> None:
     """RUN/folds.csv: patient_id, fold, role (train | val | test), fold by fold."""
     write_csv(Path(run_dir) / FOLDS_FILE, ("patient_id", "fold", "role"), folds_table(folds))
+
+
+def find_run_manifest(run_dir: PathLike, recorded: str | os.PathLike[str] | None = None) -> Path:
+    """The manifest a run was trained on: ``recorded`` (config.json's ``manifest``), else ``RUN/ingest/manifest.csv``.
+
+    Raises:
+        CacxrError: neither file exists (the message names the first candidate).
+    """
+    candidates = [Path(recorded)] if recorded else []
+    candidates.append(Path(run_dir) / INGEST_DIR / MANIFEST_FILE)
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise CacxrError(f"{run_dir}: the run's manifest ({candidates[0]}) is gone")
+    return found

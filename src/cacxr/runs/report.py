@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cacxr import __version__
-from cacxr.core.atomic import read_json_object, write_text
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import AGATSTON_BANDS
+from cacxr.core import AGATSTON_BANDS, CacxrError, read_json_object, write_text
+from cacxr.ingest import SUMMARY_FILE
 from cacxr.runs.report_sections import (
     baseline_note,
     calibration_section,
@@ -117,7 +116,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         config = {k: v for k, v in metrics["evaluation"].items() if _is_scalar(v)}
     ingest = config.get("ingest") if isinstance(config.get("ingest"), dict) else None
     if ingest is None:
-        path = run / runfolder.INGEST_DIR / "ingest.json"
+        path = run / runfolder.INGEST_DIR / SUMMARY_FILE
         ingest = read_json_object(path) if path.is_file() else None
     plots_dir = run / runfolder.PLOTS_DIR
     plots = (

@@ -1,9 +1,7 @@
-"""The files of a run folder that training writes and merging reads back.
+"""Writers of the run-folder files that training and evaluation produce: a fold's files, the run's
+predictions.csv and its plots (the names and the layout belong to :mod:`cacxr.runs.folder`).
 
-Per fold (``RUN/fold_<k>/``): ``model.safetensors`` (with ``--save``), ``predictions.csv`` (the fold's test
-patients), ``roc.png`` and ``loss.png`` (with ``--viz``) and ``fold.json``, written last: a fold is finished
-exactly when its fold.json exists. Per run: ``folds.csv``, ``predictions.csv`` (all out-of-fold
-predictions) and ``plots/*.png``.
+A fold's fold.json is written last: a fold is finished exactly when its fold.json exists.
 """
 
 from __future__ import annotations
@@ -14,29 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.atomic import write_json
-from cacxr.core.task import AGATSTON_BANDS, agatston_band, predicted_label, true_label
+from cacxr.core import AGATSTON_BANDS, agatston_band, predicted_label, true_label, write_json
 from cacxr.runs.folder import (
     FOLD_RECORD,
-    MODEL_FILE,
     PREDICTIONS,
     csv_number,
-    fold_dir,
-    fold_done,
-    read_fold_record,
     write_csv,
 )
-from cacxr.runs.folder import read_fold_predictions as read_predictions
 from cacxr.stats import plots
 
 __all__ = [
-    "FOLD_RECORD",
-    "MODEL_FILE",
-    "PREDICTIONS",
-    "fold_dir",
-    "fold_done",
-    "read_fold_record",
-    "read_predictions",
     "write_fold_files",
     "write_run_predictions",
     "write_run_plots",
@@ -157,7 +142,7 @@ def write_run_plots(
         plots_dir: the folder to write into.
         task: ``classification`` or ``regression``.
         threshold: positive means CAC > threshold.
-        rows: all out-of-fold predictions (``read_predictions`` rows).
+        rows: all out-of-fold predictions (``cacxr.runs.folder.read_run_predictions`` rows).
         metrics: the metrics.json content.
         histories: fold -> its epoch history.
         best_epochs: fold -> the selected epoch.

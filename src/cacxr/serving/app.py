@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 from cacxr.serving.model import ServedModel, png_bytes
 from cacxr.serving.uploads import (
     UPLOAD_FIELD,
@@ -174,7 +174,7 @@ class _Decoded:
 def _decode(upload: Upload, max_pixels: int) -> _Decoded:
     """Sniff, check the dimensions, decode: every failure is an :class:`UploadError` (never a 500)."""
     from cacxr.imaging import read_image
-    from cacxr.use.predict import image_warnings  # the same view and size notes as `cacxr predict`
+    from cacxr.use import image_warnings
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)

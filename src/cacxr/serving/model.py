@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from cacxr.use.loaded_run import LoadedRun
+    from cacxr.use import LoadedRun
 
 __all__ = ["ServedModel", "RunModel", "png_bytes"]
 
@@ -84,7 +84,7 @@ class RunModel:
 
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
         """
-        from cacxr.use.explain import prepare_image
+        from cacxr.use import prepare_image
 
         return prepare_image(self.run, image, meta)
 
@@ -94,7 +94,7 @@ class RunModel:
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does and gives
         age and sex to runs trained with ``--clinical``.
         """
-        from cacxr.use.predict import score_image
+        from cacxr.use import score_image
 
         with self._lock:
             return score_image(self.run, image, meta)
@@ -104,7 +104,7 @@ class RunModel:
 
         ``meta`` (the upload's ImageMeta) picks the equalisation as the image store does.
         """
-        from cacxr.use.explain import explain_png
+        from cacxr.use import explain_png
 
         with self._lock:
             return explain_png(self.run, image, method=method, steps=steps, meta=meta)

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cacxr.core.errors import CacxrError, missing_dependency
+from cacxr.core import CacxrError, missing_dependency
 from cacxr.serving.model import RunModel, ServedModel
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from cacxr.use.loaded_run import LoadedRun
+    from cacxr.use import LoadedRun
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -154,7 +154,7 @@ def serve(
         CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
     """
     _require(*_APP_MODULES, ("uvicorn", "uvicorn"))
-    from cacxr.use.loaded_run import load_run
+    from cacxr.use import load_run
 
     if max_upload_mb <= 0:
         raise CacxrError(f"--max-upload-mb must be positive (got {max_upload_mb:g})")

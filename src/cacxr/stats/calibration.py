@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import brier_score_loss
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "DECISION_THRESHOLDS",

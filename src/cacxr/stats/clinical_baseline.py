@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import true_label
-from cacxr.model.covariates import CLINICAL_FEATURES, ClinicalEncoder, sex_level
+from cacxr.core import CacxrError, true_label
+from cacxr.model import CLINICAL_FEATURES, ClinicalEncoder, sex_level
 
 __all__ = ["MIN_KNOWN_SHARE", "clinical_baseline", "skipped_baseline"]
 
@@ -61,7 +60,8 @@ def clinical_baseline(
         too few patients have age and sex or a fold lacks a class.
     """
     from cacxr.stats.folds import fold_paired_test
-    from cacxr.stats.metrics import bootstrap_ci, classification_metrics, delong_test
+    from cacxr.stats.intervals import bootstrap_ci, delong_test
+    from cacxr.stats.metrics import classification_metrics
 
     features = list(CLINICAL_FEATURES)
     ids = [pid for _, _, test in folds for pid in test]

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "FOLD_CI_METHOD",

@@ -28,7 +28,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import binomtest
 from sklearn.metrics import roc_curve
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "DEFAULT_RULE",

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cacxr.core.atomic import atomic_path
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import AGATSTON_BANDS, agatston_band, cac_to_target
+from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, atomic_path, cac_to_target
 
 __all__ = [
     "roc_plot",
@@ -339,7 +337,7 @@ def outcome_plots(
     Returns:
         The PNG files written into ``folder``.
     """
-    from cacxr.core.task import AGATSTON_BANDS
+    from cacxr.core import AGATSTON_BANDS
 
     folder = Path(folder)
     written = [error_by_band_plot(cac_true, score, folder / "error_by_band.png", task)]

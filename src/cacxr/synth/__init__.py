@@ -1,25 +1,20 @@
-"""Synthetic cohorts in the seed layout, with a learnable calcium signal and the archive's faults.
+"""Layer 1: synthetic cohorts in the seed layout, with a learnable calcium signal, the archive's faults and their ground truth."""
 
-There is no public data set of chest radiographs with CT calcium scores, so tests, the demo and
-benchmarks use these: ``make_cohort`` writes ``site.db`` and ``<patient>/rx/*.dcm`` and returns
-(and writes as ``synth_truth.json``) what ``cacxr ingest`` must make of every file and label row.
-"""
+from cacxr.core import lazy_face
 
-from __future__ import annotations
-
-from cacxr.synth.cohort import FAULTS, CohortPlan, make_cohort, plan_cohort, summary
-from cacxr.synth.truth import TRUTH_FILE, FileTruth, LabelTruth, PatientTruth, SynthTruth, read_truth
-
-__all__ = [
-    "FAULTS",
-    "TRUTH_FILE",
-    "CohortPlan",
-    "FileTruth",
-    "LabelTruth",
-    "PatientTruth",
-    "SynthTruth",
-    "make_cohort",
-    "plan_cohort",
-    "read_truth",
-    "summary",
-]
+# public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "make_cohort": "cohort",
+    "summary": "cohort",
+    "CohortPlan": "plan",
+    "FAULTS": "plan",
+    "plan_cohort": "plan",
+    "FileTruth": "truth",
+    "LabelTruth": "truth",
+    "PatientTruth": "truth",
+    "SynthTruth": "truth",
+    "TRUTH_FILE": "truth",
+    "read_truth": "truth",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -27,7 +27,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cacxr.core.atomic import write_bytes
+from cacxr.core import write_bytes
 
 __all__ = [
     "ENCODINGS",

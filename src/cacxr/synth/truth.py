@@ -17,8 +17,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
-from cacxr.core.atomic import write_json
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError, write_json
 
 __all__ = [
     "SITES",

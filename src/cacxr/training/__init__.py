@@ -1,4 +1,14 @@
-"""The pieces of ``cacxr.training.crossval``: one fold's training loop and the run folder's files.
+"""Layer 8: cross-validated training: splits, datasets and feature cache, the fold loop and checkpoints, the final model, accelerators, distributed runs."""
 
-The public entry points are in :mod:`cacxr.training.crossval` (``train_run``, ``merge_folds``).
-"""
+from cacxr.core import lazy_face
+
+# public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "merge_folds": "crossval",
+    "train_run": "crossval",
+    "launch_rank": "distributed",
+    "fit_final": "final",
+    "make_folds": "splits",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

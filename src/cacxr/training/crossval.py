@@ -1,15 +1,7 @@
 """k-fold cross-validated training of a CAC classifier or regressor into a run folder.
 
 ``train_run(config)`` goes from a DICOM data folder (ingested into ``RUN/ingest/`` first) or a manifest.csv
-to a finished run folder::
-
-    RUN/config.json        every setting, versions, the manifest's sha256, the store, per-fold epochs
-    RUN/folds.csv          patient_id, fold, role (train | val | test)
-    RUN/fold_<k>/          model.safetensors, predictions.csv, fold.json, roc.png, loss.png
-    RUN/predictions.csv    out-of-fold predictions, every patient once
-    RUN/metrics.json       per fold, mean/std and pooled, with bootstrap CIs (cacxr.stats.metrics.build_metrics)
-    RUN/plots/*.png        ROC, confusion, losses, error by band, calibration (regression: scatter, bands)
-    RUN/report.html        the page to read first
+to a finished run folder (its layout: :mod:`cacxr.runs.folder`).
 
 The image store is cached outside the run, by default in ``RUN/../cacxr-cache/<data>-<hash>/``, so that
 runs in the same folder share it; trunk features of a frozen trunk are cached in ``<store>/features``.
@@ -37,21 +29,21 @@ from typing import Any
 import torch
 
 from cacxr import __version__
-from cacxr.config.settings import TrainConfig, resolve_device
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.manifest import ManifestRow, labelled_rows, manifest_hash
-from cacxr.pixels.store import ImageStore
+from cacxr.config import TrainConfig, resolve_device
+from cacxr.core import CacxrError
+from cacxr.ingest import ManifestRow, labelled_rows, manifest_hash
+from cacxr.pixels import ImageStore
 from cacxr.runs import folder as runfolder
 from cacxr.runs import writers as runfiles
 from cacxr.training.distributed import DistContext, session
-from cacxr.training.loop import CHECKPOINT, build_fold_model, model_metadata, train_fold
+from cacxr.training.fold_setup import build_fold_model, model_metadata
+from cacxr.training.loop import train_fold
 from cacxr.training.splits import make_folds
 
-__all__ = ["TrainConfig", "train_run", "merge_folds", "default_store_dir", "CONFIG_FILE"]
+__all__ = ["train_run", "merge_folds", "default_store_dir"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = runfolder.CONFIG_FILE
 
 
 def train_run(config: TrainConfig) -> dict[str, Any]:
@@ -96,15 +88,13 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
     Raises:
         CacxrError: not a run folder, or folds not finished yet (all of them are listed).
     """
-    from cacxr.runs.figures import add_run_figures, run_clinical_baseline
-    from cacxr.runs.report import write_report
-    from cacxr.stats import plots
-    from cacxr.stats.metrics import build_metrics
+    from cacxr.runs import add_run_figures, run_clinical_baseline, write_report
+    from cacxr.stats import build_metrics, plots
 
     run_dir = Path(run_dir)
     record = runfolder.read_config(run_dir, required=False)
     if record is None:
-        raise CacxrError(f"{run_dir}: not a cacxr run folder (no {CONFIG_FILE})")
+        raise CacxrError(f"{run_dir}: not a cacxr run folder (no {runfolder.CONFIG_FILE})")
     cfg = TrainConfig.from_dict(record)
     missing = [k for k in range(cfg.kfold) if not runfolder.fold_done(run_dir, k)]
     if missing:
@@ -167,7 +157,7 @@ def default_store_dir(cfg: TrainConfig, run_dir: Path) -> Path:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dist: DistContext) -> dict[str, Any]:
-    from cacxr.model.weights import save_model
+    from cacxr.model import save_model
     from cacxr.training.features import FeatureCache
 
     device = dist.local_device(resolve_device(cfg.device))
@@ -211,7 +201,7 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
                     directory, cfg.task, result.record, result.test_ids, result.test_scores, data.cac,
                     cfg.threshold, cfg.viz, result.test_extra,
                 )  # fmt: skip
-                (directory / CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
+                (directory / runfolder.CHECKPOINT).unlink(missing_ok=True)  # the fold is finished: fold.json says so
             dist.barrier()  # the fold's files are written before any process reads them
             logger.info(
                 "fold %d: best epoch %d of %d, test %s", k, result.record["best_epoch"],
@@ -253,7 +243,7 @@ class _Data:
 
 def _refuse_writes_under_data(cfg: TrainConfig, rows: list[ManifestRow], store_dir: Path) -> None:
     """Nothing is ever written under the data, whatever --store or --feature-cache-dir say."""
-    from cacxr.core.safepaths import data_roots, refuse_inside
+    from cacxr.core import data_roots, refuse_inside
 
     roots = data_roots((row.path, row.patient_id) for row in rows)
     if Path(cfg.data).is_dir():
@@ -265,14 +255,14 @@ def _refuse_writes_under_data(cfg: TrainConfig, rows: list[ManifestRow], store_d
 
 def _prepare_data(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> _Data:
     """Ingest (for a data folder), check the data is the run's, build or open the store."""
-    from cacxr.pixels.store import build_store
+    from cacxr.pixels import build_store
 
     manifest = _manifest(cfg, run_dir)
     sha = manifest_hash(manifest)
     if previous is not None and previous.get("manifest_sha256") != sha:
         raise CacxrError(
             f"{run_dir}: the data changed since this run started (the manifest's sha256 differs from the "
-            f"one in {CONFIG_FILE}); train into another --out"
+            f"one in {runfolder.CONFIG_FILE}); train into another --out"
         )
     if cfg.manifest_sha256 and cfg.manifest_sha256 != sha:
         raise CacxrError(
@@ -318,8 +308,8 @@ def _config_record(cfg: TrainConfig, run_dir: Path, data: _Data, feature_dir: Pa
 
 def _check_choices(cfg: TrainConfig) -> None:
     """Options whose valid values live in other modules."""
-    from cacxr.model.networks import ARCHS
-    from cacxr.pixels.profiles import PROFILES
+    from cacxr.model import ARCHS
+    from cacxr.pixels import PROFILES
 
     if cfg.arch not in ARCHS:
         raise CacxrError(f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
@@ -346,7 +336,7 @@ def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     if record is None and cfg.fold is not None and all(map(_written_by_a_starting_job, run_dir.iterdir())):
         return None  # a sibling fold job started at the same moment and has not written config.json yet
     if record is None:
-        raise CacxrError(f"{run_dir}: not empty and not a cacxr run (no {CONFIG_FILE}); choose a new --out")
+        raise CacxrError(f"{run_dir}: not empty and not a cacxr run (no {runfolder.CONFIG_FILE}); choose a new --out")
     sibling_job = cfg.fold is not None and not runfolder.fold_dir(run_dir, cfg.fold).exists()
     if not (cfg.resume or sibling_job):
         state = "a finished run" if (run_dir / runfolder.METRICS_FILE).is_file() else "an unfinished run"
@@ -363,7 +353,7 @@ def _check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
 
 def _manifest(cfg: TrainConfig, run_dir: Path) -> Path:
     """The manifest to train on: ``cfg.data`` itself, or RUN/ingest/manifest.csv of a data folder."""
-    from cacxr.ingest.inventory import ingest
+    from cacxr.ingest import ingest
 
     data = Path(cfg.data)
     if data.is_file():

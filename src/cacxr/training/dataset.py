@@ -13,7 +13,7 @@ run's) profile, so training, evaluation and inference see the same intensity con
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from cacxr.core.errors import CacxrError
-from cacxr.pixels.profiles import Profile, normalise, per_level_for, preprocess_image
-from cacxr.pixels.store import ImageStore
+from cacxr.core import CacxrError
+from cacxr.model import CACNet
+from cacxr.pixels import ImageStore, Profile, normalise, per_level_for, preprocess_image
+from cacxr.training.features import FeatureCache
 
 if TYPE_CHECKING:
     from cacxr.imaging import ImageMeta
@@ -173,3 +174,45 @@ def preprocess_for_model(
     """
     prepared = preprocess_image(image, profile, size, per_level=per_level_for(meta))
     return normalise(prepared, profile)[None]
+
+
+class FeatureDataset(Dataset):
+    """Cached trunk maps in place of images (same item layout as ``StoreDataset``)."""
+
+    def __init__(
+        self, cache: FeatureCache, ids: list[str], targets: np.ndarray, clinical: np.ndarray | None = None
+    ) -> None:
+        self.cache, self.ids, self.targets, self.clinical = cache, ids, targets, clinical
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "image": self.cache.get([self.ids[index]])[0],
+            "target": torch.tensor(self.targets[index], dtype=torch.float32),
+            **({} if self.clinical is None else {"clinical": torch.from_numpy(self.clinical[index].copy())}),
+        }
+
+
+class FoldInputs:
+    """Datasets and the forward function of a fold: cached maps -> ``model.tail``, images -> ``model``."""
+
+    def __init__(
+        self,
+        store: ImageStore,
+        features: FeatureCache | None,
+        augment: Augment | None,
+        clinical: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.store, self.features, self.augment = store, features, augment
+        self.clinical = clinical  # patient id -> encoded covariates (--clinical), or None
+
+    def dataset(self, ids: list[str], targets: np.ndarray, train: bool) -> Dataset:
+        covariates = None if self.clinical is None else np.stack([self.clinical[i] for i in ids])
+        if self.features is not None:
+            return FeatureDataset(self.features, ids, targets, covariates)
+        return StoreDataset(self.store, ids, targets, augment=self.augment if train else None, clinical=covariates)
+
+    def forward(self, model: CACNet) -> Callable[[torch.Tensor], torch.Tensor]:
+        return model.tail if self.features is not None else model

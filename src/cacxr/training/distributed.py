@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = [
     "DistContext",

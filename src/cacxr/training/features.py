@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cacxr.core.atomic import atomic_path, write_json
-from cacxr.core.errors import CacxrError
-from cacxr.model.networks import CACNet
-from cacxr.pixels.profiles import get_profile, normalise
+from cacxr.core import CacxrError, atomic_path, write_json
+from cacxr.model import CACNet
+from cacxr.pixels import get_profile, normalise
 
 __all__ = ["FEATURE_VERSION", "trunk_key", "FeatureCache"]
 

@@ -42,17 +42,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cacxr.config.settings import TrainConfig, resolve_device
-from cacxr.core.errors import CacxrError
+from cacxr.config import TrainConfig, resolve_device
+from cacxr.core import CacxrError
+from cacxr.runs import FINAL_DIR, FINAL_FOLD, FINAL_RECORD, MODEL_FILE, has_final
 from cacxr.runs import folder as runfolder
-from cacxr.runs.folder import FINAL_DIR, FINAL_FOLD, FINAL_RECORD, MODEL_FILE, has_final
-from cacxr.training.loop import CHECKPOINT, FoldResult, build_fold_model, model_metadata, train_fold
+from cacxr.training.fold_setup import build_fold_model, model_metadata
+from cacxr.training.loop import FoldResult, train_fold
 
 if TYPE_CHECKING:
     import torch
 
-    from cacxr.ingest.manifest import ManifestRow
-    from cacxr.pixels.store import ImageStore
+    from cacxr.ingest import ManifestRow
+    from cacxr.pixels import ImageStore
 
 __all__ = [
     "fit_final", "has_final", "choose_epochs", "calibration_split", "FINAL_DIR", "FINAL_RECORD", "MODEL_FILE",
@@ -107,8 +108,8 @@ def fit_final(
         CacxrError: not a finished run, a final model already there (without ``overwrite``), data that
             changed since the run was trained, or images that cannot be preprocessed.
     """
-    from cacxr.model.weights import save_model
-    from cacxr.runs.report import write_report
+    from cacxr.model import save_model
+    from cacxr.runs import write_report
 
     root = Path(run_dir)
     record, cfg = _read_run_config(root)
@@ -178,7 +179,7 @@ def fit_final(
         "estimate": NO_ESTIMATE,
     }
     save_model(result.model, runfolder.model_path(root, FINAL_FOLD), model_metadata(cfg, {**final, "fold": "final"}))
-    (runfolder.model_dir(root, FINAL_FOLD) / CHECKPOINT).unlink(missing_ok=True)
+    (runfolder.model_dir(root, FINAL_FOLD) / runfolder.CHECKPOINT).unlink(missing_ok=True)
     runfolder.write_model_record(root, FINAL_FOLD, final)  # last file: the final model is complete
     _record_in_config(root, record, final)
     write_report(root)
@@ -243,13 +244,9 @@ def _run_patients(root: Path) -> tuple[list[str], dict[str, float]]:
 
 def _manifest_rows(root: Path, record: dict[str, Any], ids: list[str]) -> list[ManifestRow]:
     """The run's manifest rows of ``ids`` (checked against the manifest's sha256 in config.json)."""
-    from cacxr.ingest.manifest import manifest_hash, read_manifest
+    from cacxr.ingest import manifest_hash, read_manifest
 
-    candidates = [Path(record["manifest"])] if record.get("manifest") else []
-    candidates.append(root / runfolder.INGEST_DIR / "manifest.csv")
-    manifest = next((p for p in candidates if p.is_file()), None)
-    if manifest is None:
-        raise CacxrError(f"{root}: the run's manifest ({candidates[0]}) is gone")
+    manifest = runfolder.find_run_manifest(root, record.get("manifest"))
     if record.get("manifest_sha256") and manifest_hash(manifest) != record["manifest_sha256"]:
         raise CacxrError(f"{manifest}: changed since the run was trained (its sha256 differs from config.json)")
     wanted = set(ids)
@@ -270,7 +267,7 @@ def _store(
     progress: bool,
 ) -> ImageStore:
     """The run's image store, rebuilt from its manifest when the cache was moved or deleted."""
-    from cacxr.pixels.store import ImageStore, build_store
+    from cacxr.pixels import ImageStore, build_store
     from cacxr.training.crossval import default_store_dir
 
     store_dir = Path(record.get("store") or default_store_dir(cfg, root))

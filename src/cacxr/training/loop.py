@@ -19,7 +19,6 @@ gathered, and rank 0 writes the checkpoints.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -31,88 +30,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from cacxr.config.settings import TrainConfig
-from cacxr.core.atomic import atomic_path
-from cacxr.core.errors import CacxrError
-from cacxr.model.calibration import apply_calibration, fit_calibration, none_offset
-from cacxr.model.covariates import ClinicalEncoder, clinical_width
-from cacxr.model.networks import CACNet, build_model
-from cacxr.model.scoring import ModelScore, raw_scores
-from cacxr.model.weights import load_pretrained
-from cacxr.pixels.store import ImageStore
-from cacxr.runs.folder import CHECKPOINT
-from cacxr.core.task import cac_to_target, target_to_cac
-from cacxr.stats.metrics import choose_threshold, classification_metrics, regression_metrics
+from cacxr.config import TrainConfig
+from cacxr.core import target_to_cac
+from cacxr.model import CACNet, ModelScore, apply_calibration, fit_calibration
+from cacxr.pixels import ImageStore
+from cacxr.runs import CHECKPOINT
+from cacxr.stats import choose_threshold, classification_metrics, regression_metrics
 from cacxr.training.accel import AccelPlan, choose_accel
-from cacxr.training.dataset import Augment, StoreDataset
+from cacxr.training.checkpoint import FoldState, load_checkpoint, save_checkpoint
+from cacxr.training.dataset import Augment, FoldInputs
 from cacxr.training.distributed import DistContext, ShardedBatchSampler, TailModule
 from cacxr.training.features import FeatureCache
+from cacxr.training.fold_setup import FoldTask, build_fold_model, calibration_offset, fit_encoder, fold_seed
 from cacxr.training.splits import Fold
 
-__all__ = ["CHECKPOINT", "FoldResult", "build_fold_model", "train_fold", "fold_seed", "calibration_offset", "model_metadata"]
+__all__ = ["FoldResult", "train_fold"]
 
 logger = logging.getLogger(__name__)
 
-_CHECKPOINT_FORMAT = 1
 _EVAL_BATCH = 32
-
-
-def fold_seed(seed: int, *parts: int) -> int:
-    """A 31-bit seed derived from the run's seed and e.g. (fold,) or (fold, epoch)."""
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def build_fold_model(cfg: TrainConfig) -> CACNet:
-    """The model every fold starts from: initialised from ``cfg.seed``, pretrained weights, fine-tuning mode.
-
-    Args:
-        cfg: a resolved config.
-
-    Returns:
-        The model on the CPU, in training mode.
-
-    Raises:
-        CacxrError: unknown architecture, or weights that cannot be loaded (cacxr.model.weights).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, 2 if cfg.task == "classification" else 1, clinical_width(cfg.clinical))
-    report = load_pretrained(model, cfg.weights)
-    logger.info("%s: %s", cfg.arch, report.summary())
-    return model.set_finetune(cfg.finetune)
-
-
-def model_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, str]:
-    """String metadata stored beside a model's weights (fold or final model: the file then stands on its own).
-
-    Args:
-        cfg: the run's settings.
-        record: the model's fold.json / final.json content (``fold``, ``decision_threshold``, ...).
-    """
-    values = {
-        "task": cfg.task,
-        "fold": record["fold"],
-        "threshold": cfg.threshold,
-        "decision_threshold": record["decision_threshold"],
-        "target_mean": record.get("target_mean"),
-        "target_std": record.get("target_std"),
-        "profile": cfg.profile,
-        "image_size": cfg.image_size,
-        "best_epoch": record.get("best_epoch"),
-        "epochs": record.get("epochs", record.get("epochs_run")),
-        "clinical": ",".join(cfg.clinical),
-        "calibration": (record.get("calibration") or {}).get("method", "none"),
-    }
-    return {k: "" if v is None else str(v) for k, v in values.items()}
-
-
-def calibration_offset(cfg: TrainConfig) -> float:
-    """The raw score where an uncalibrated (``none``) probability is 0.5: 0, or the regression cut's log CAC."""
-    return none_offset(cfg.task, cfg.threshold)
 
 
 @dataclass
@@ -125,95 +64,6 @@ class FoldResult:
     model: CACNet  # the selected epoch's weights, in eval mode
     # regression: "log_cac" (predicted, unclipped) and "probability" (calibrated P(CAC > T)) per test patient
     test_extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-
-class _Task:
-    """Targets, loss and scores of a task: CE on 0/1 labels, or L1/MSE on the standardised log CAC."""
-
-    def __init__(self, cfg: TrainConfig, cac: dict[str, float], train_ids: list[str]) -> None:
-        self.name = cfg.task
-        self.threshold = cfg.threshold
-        self.loss_name = cfg.loss
-        self.cac = cac
-        self.mean, self.std = 0.0, 1.0
-        if self.name == "regression":
-            logs = cac_to_target([cac[i] for i in train_ids])
-            # The training part's statistics only: validation and test stay unseen.
-            self.mean = float(logs.mean())
-            self.std = float(logs.std()) or 1.0
-
-    def labels(self, ids: list[str]) -> np.ndarray:
-        return np.array([self.cac[i] > self.threshold for i in ids], dtype=np.int64)
-
-    def targets(self, ids: list[str]) -> np.ndarray:
-        if self.name == "classification":
-            return self.labels(ids).astype(np.float32)
-        return ((cac_to_target([self.cac[i] for i in ids]) - self.mean) / self.std).astype(np.float32)
-
-    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.name == "classification":
-            return F.cross_entropy(out, target.long())
-        fn = F.l1_loss if self.loss_name == "mae" else F.mse_loss
-        return fn(out[:, 0], target)
-
-    def raw(self, out: torch.Tensor) -> np.ndarray:
-        """The raw scores of outputs (cacxr.model.scoring): log-odds, or predicted log CAC."""
-        return raw_scores(self.name, out.float(), self.mean, self.std).cpu().numpy().astype(np.float64)
-
-    def val_metric(self, ids: list[str], out: torch.Tensor) -> float | None:
-        """Validation AUC (classification) or MAE of log CAC (regression)."""
-        if self.name == "classification":
-            return classification_metrics(self.labels(ids), self.raw(out))["auc"]
-        return float(np.mean(np.abs(self.raw(out) - cac_to_target([self.cac[i] for i in ids]))))
-
-    def selection_key(self, val_loss: float, metric: float | None) -> tuple[float, float]:
-        """Larger is better: (AUC, -loss) or (-MAE, -loss); an undefined value counts as the worst."""
-        loss = -val_loss if math.isfinite(val_loss) else -math.inf
-        if metric is None or not math.isfinite(metric):
-            return -math.inf, loss
-        return (metric if self.name == "classification" else -metric), loss
-
-
-class _FeatureDataset(Dataset):
-    """Cached trunk maps in place of images (same item layout as ``StoreDataset``)."""
-
-    def __init__(
-        self, cache: FeatureCache, ids: list[str], targets: np.ndarray, clinical: np.ndarray | None = None
-    ) -> None:
-        self.cache, self.ids, self.targets, self.clinical = cache, ids, targets, clinical
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "image": self.cache.get([self.ids[index]])[0],
-            "target": torch.tensor(self.targets[index], dtype=torch.float32),
-            **({} if self.clinical is None else {"clinical": torch.from_numpy(self.clinical[index].copy())}),
-        }
-
-
-class _Inputs:
-    """Datasets and the forward function of a fold: cached maps -> ``model.tail``, images -> ``model``."""
-
-    def __init__(
-        self,
-        store: ImageStore,
-        features: FeatureCache | None,
-        augment: Augment | None,
-        clinical: dict[str, np.ndarray] | None = None,
-    ) -> None:
-        self.store, self.features, self.augment = store, features, augment
-        self.clinical = clinical  # patient id -> encoded covariates (--clinical), or None
-
-    def dataset(self, ids: list[str], targets: np.ndarray, train: bool) -> Dataset:
-        covariates = None if self.clinical is None else np.stack([self.clinical[i] for i in ids])
-        if self.features is not None:
-            return _FeatureDataset(self.features, ids, targets, covariates)
-        return StoreDataset(self.store, ids, targets, augment=self.augment if train else None, clinical=covariates)
-
-    def forward(self, model: CACNet) -> Callable[[torch.Tensor], torch.Tensor]:
-        return model.tail if self.features is not None else model
 
 
 def train_fold(
@@ -263,16 +113,16 @@ def train_fold(
             logger.info("%s: removing a temporary checkpoint left by an interrupted run", leftover)
             leftover.unlink(missing_ok=True)
     ids = {"train": list(fold.train), "val": list(fold.val), "test": list(fold.test)}
-    task = _Task(cfg, cac, ids["train"])
+    task = FoldTask(cfg, cac, ids["train"])
     augment = Augment(seed=fold_seed(cfg.seed, fold.index, 1)) if cfg.augment else None
-    encoder = _fit_encoder(cfg, ids["train"], covariates)
+    encoder = fit_encoder(cfg, ids["train"], covariates)
     clinical = None
     if encoder is not None and covariates is not None:
         every = [pid for members in ids.values() for pid in members]
         values = [covariates.get(pid, (math.nan, "")) for pid in every]
         encoded = encoder.transform([a for a, _ in values], [s for _, s in values])
         clinical = dict(zip(every, encoded, strict=True))
-    inputs = _Inputs(store, features, augment, clinical)
+    inputs = FoldInputs(store, features, augment, clinical)
     model = build_fold_model(cfg).to(device)
     run = _Run.create(cfg, model, device, dist or DistContext(), whole_model_trains=features is None)
     torch.manual_seed(fold_seed(cfg.seed, fold.index))
@@ -362,23 +212,23 @@ def _fit(
     cfg: TrainConfig,
     fold: int,
     model: CACNet,
-    inputs: _Inputs,
-    task: _Task,
+    inputs: FoldInputs,
+    task: FoldTask,
     ids: dict[str, list[str]],
     checkpoint: Path,
     device: torch.device,
     progress: bool,
     run: _Run,
     select: bool = True,
-) -> _State:
+) -> FoldState:
     """The epochs of a fold (from its checkpoint when there is one), keeping the best by validation."""
     optimizer, scheduler = _optimiser(cfg, model)
     forward = inputs.forward(model)
     train_set = inputs.dataset(ids["train"], task.targets(ids["train"]), train=True)
     val_set = inputs.dataset(ids["val"], task.targets(ids["val"]), train=False)
-    state = _State(history=[], best_epoch=0, best_key=(-math.inf, -math.inf), best_model=None, epoch=0)
+    state = FoldState(history=[], best_epoch=0, best_key=(-math.inf, -math.inf), best_model=None, epoch=0)
     if checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device, run.scaler) or state
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, device, run.scaler) or state
     # The trained module (the tail on cached maps, else the model), after the checkpoint: DDP broadcasts it.
     module = TailModule(model) if inputs.features is not None else model
     trained = run.plan.compile_module(run.dist.wrap(module, device))
@@ -403,24 +253,13 @@ def _fit(
                 state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state.epoch = epoch
             if run.dist.is_main:
-                _save_checkpoint(checkpoint, state, model, optimizer, scheduler, run.scaler)
+                save_checkpoint(checkpoint, state, model, optimizer, scheduler, run.scaler)
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.3f}", val=_fmt(metric), best=state.best_epoch)
     return state
 
 
-@dataclass
-class _State:
-    """What a checkpoint restores besides the model, optimizer and scheduler."""
-
-    history: list[dict[str, Any]]
-    best_epoch: int
-    best_key: tuple[float, float]
-    best_model: dict[str, torch.Tensor] | None
-    epoch: int  # completed epochs
-
-
-def _patience_over(cfg: TrainConfig, state: _State) -> bool:
+def _patience_over(cfg: TrainConfig, state: FoldState) -> bool:
     return cfg.patience is not None and state.epoch - state.best_epoch >= cfg.patience
 
 
@@ -471,7 +310,7 @@ def _train_epoch(
     model: CACNet,
     forward: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
-    task: _Task,
+    task: FoldTask,
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     fold: int,
@@ -510,7 +349,7 @@ def _predict(
     model: CACNet,
     forward: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
-    task: _Task,
+    task: FoldTask,
     device: torch.device,
     run: _Run,
 ) -> tuple[torch.Tensor, float]:
@@ -530,90 +369,6 @@ def _predict(
     model.train(was_training)
     (loss_sum,) = run.dist.sum(sum(losses))
     return torch.cat(run.dist.gather_rows(outs)), loss_sum / max(len(dataset), 1)
-
-
-def _save_checkpoint(
-    path: Path,
-    state: _State,
-    model: CACNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-) -> None:
-    """Everything needed to continue the fold after ``state.epoch`` epochs (only tensors and plain values)."""
-    payload = {
-        "format": _CHECKPOINT_FORMAT,
-        "epoch": state.epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),  # empty unless float16 mixed precision
-        "best_model": state.best_model,
-        "best_epoch": state.best_epoch,
-        "best_key": list(state.best_key),
-        "history": state.history,
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(
-    path: Path,
-    model: CACNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    scaler: torch.amp.GradScaler,
-) -> _State | None:
-    """Restore a fold from its checkpoint; None (train the fold from the start) when the file is unreadable.
-
-    Raises:
-        CacxrError: a readable checkpoint that does not fit this fold's model or optimizer.
-    """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError("not a cacxr fold checkpoint")
-    except Exception as exc:  # truncated, foreign or pickled objects: nothing of it is used
-        logger.warning("%s: cannot resume from it (%s); the fold starts again", path, exc)
-        return None
-    try:
-        model.load_state_dict(payload["model"])
-        model.to(device)
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        if payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["rng_torch"])
-        if payload["rng_cuda"] and torch.cuda.is_initialized():
-            torch.cuda.set_rng_state_all(payload["rng_cuda"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CacxrError(
-            f"{path}: does not fit this fold's model ({type(exc).__name__}: {str(exc)[:200]}); "
-            "it belongs to other settings: move it away to train the fold again"
-        ) from None
-    logger.info("%s: resuming after epoch %d", path, payload["epoch"])
-    return _State(
-        history=copy.deepcopy(payload["history"]),
-        best_epoch=int(payload["best_epoch"]),
-        best_key=tuple(payload["best_key"]),
-        best_model=payload["best_model"],
-        epoch=int(payload["epoch"]),
-    )
-
-
-def _fit_encoder(
-    cfg: TrainConfig, train_ids: list[str], covariates: dict[str, tuple[float, str]] | None
-) -> ClinicalEncoder | None:
-    """The ``--clinical`` encoder fitted on the training patients (None without ``--clinical``)."""
-    if not cfg.clinical:
-        return None
-    if covariates is None:
-        raise CacxrError("--clinical needs the patients' age and sex (manifest columns age, sex)")
-    values = [covariates.get(pid, (math.nan, "")) for pid in train_ids]
-    return ClinicalEncoder.fit(cfg.clinical, [a for a, _ in values], [s for _, s in values])
 
 
 def _covariates(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cacxr.core.errors import CacxrError
+from cacxr.core import CacxrError
 
 __all__ = ["Fold", "make_folds"]
 

@@ -33,9 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cacxr import __version__
-from cacxr.core.atomic import write_json
-from cacxr.core.errors import CacxrError
-from cacxr.ingest.manifest import ManifestRow, labelled_rows, read_manifest
+from cacxr.core import CacxrError, write_json
+from cacxr.ingest import MANIFEST_FILE, SUMMARY_FILE, ManifestRow, labelled_rows, read_manifest
 from cacxr.runs import folder as runfolder
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ def _evaluation_rows(
     progress: bool,
 ) -> tuple[list[ManifestRow], dict[str, Any]]:
     """The manifest rows to evaluate (ingesting a DATA folder first) and a summary of how they were chosen."""
-    from cacxr.ingest.inventory import ingest
+    from cacxr.ingest import ingest
 
     if site is not None and site not in SITES:
         raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
@@ -102,12 +101,12 @@ def _evaluation_rows(
             data, out / runfolder.INGEST_DIR, labels=labels, site=chosen, workers=workers, progress=progress,
             overwrite=True,
         )  # its own folder: a rerun replaces it
-        manifest = out / runfolder.INGEST_DIR / "manifest.csv"
+        manifest = out / runfolder.INGEST_DIR / MANIFEST_FILE
         source = {
             "data": str(data),
             "kind": "folder",
             "site": chosen,
-            "ingest": str(out / runfolder.INGEST_DIR / "ingest.json"),
+            "ingest": str(out / runfolder.INGEST_DIR / SUMMARY_FILE),
         }
         if not read_manifest(manifest):
             hint = (
@@ -132,16 +131,12 @@ def _evaluation_rows(
 
 def _training_paths(run: LoadedRun, run_dir: Path) -> set[str]:
     """Resolved image paths of the run's training manifest (empty when it cannot be found)."""
-    candidates = [run_dir / runfolder.INGEST_DIR / "manifest.csv"]
     data = str(getattr(run.config, "data", "") or "")
-    if data.endswith(".csv"):
-        candidates.insert(0, Path(data))
-    for path in candidates:
-        if path.is_file():
-            try:
-                return {str(Path(row.path).resolve()) for row in read_manifest(path)}
-            except CacxrError:
-                logger.warning("cannot read the run's training manifest %s; leakage check skipped", path)
+    try:
+        path = runfolder.find_run_manifest(run_dir, data if data.endswith(".csv") else None)
+        return {str(Path(row.path).resolve()) for row in read_manifest(path)}
+    except CacxrError as exc:
+        logger.warning("cannot read the run's training manifest (%s); leakage check skipped", exc)
     return set()
 
 
@@ -166,7 +161,7 @@ def _score_store(
     progress: bool,
 ) -> _Scored:
     """Score every row's image through an image store built with the run's profile and size."""
-    from cacxr.pixels.store import build_store
+    from cacxr.pixels import build_store
 
     store_dir = out / f"store-{run.profile}-{run.image_size}"
     store = build_store(
@@ -231,8 +226,8 @@ def evaluate_run(
         CacxrError: a bad run, data or output folder, no usable patient, images the run was trained on,
             runs with different thresholds, or too few cases of a class for the comparison.
     """
-    from cacxr.runs.report import write_report
-    from cacxr.stats.metrics import build_metrics, delong_test
+    from cacxr.runs import write_report
+    from cacxr.stats import build_metrics, delong_test
     from cacxr.use.loaded_run import load_run
 
     run_dir, data, out = Path(run_dir), Path(data), Path(out)
@@ -323,7 +318,7 @@ def evaluate_run(
 
 def _write_predictions(path: Path, rows: list[ManifestRow], runs: list[_Scored], run: LoadedRun) -> None:
     """predictions.csv through the run's predictions writer (the columns of RUN/predictions.csv, plus site)."""
-    from cacxr.runs.writers import write_run_predictions
+    from cacxr.runs import write_run_predictions
 
     table = []
     for row in rows:
@@ -348,7 +343,7 @@ def _write_plots(
     folder: Path, rows: list[ManifestRow], runs: list[_Scored], metrics: dict[str, Any]
 ) -> list[Path]:
     """The run's plot set (``runfiles.write_score_plots``); a compared run is drawn thin in the ROC."""
-    from cacxr.runs.writers import write_score_plots
+    from cacxr.runs import write_score_plots
 
     run = runs[0].run
     cac = np.array([row.cac_score for row in rows], dtype=float)

@@ -41,10 +41,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cacxr.core.atomic import write_bytes
-from cacxr.core.errors import CacxrError, missing_dependency
-from cacxr.core.safepaths import refuse_overwrite
-from cacxr.use.predict import clinical_values, expand_inputs, prepare_input, score_module
+from cacxr.core import CacxrError, missing_dependency, refuse_overwrite, write_bytes
+from cacxr.use.inputs import clinical_values, expand_inputs, prepare_input
+from cacxr.use.predict import score_module
 
 if TYPE_CHECKING:
     from cacxr.imaging import ImageMeta
@@ -148,7 +147,7 @@ def explain_prepared(
     Raises:
         CacxrError: unknown method, wrong image shape, or captum missing.
     """
-    from cacxr.pixels.profiles import normalise
+    from cacxr.pixels import normalise
 
     _check_method(method)
     if image.shape != (run.image_size, run.image_size):
@@ -203,7 +202,7 @@ def prepare_image(run: LoadedRun, image: np.ndarray, meta: ImageMeta | None = No
     Returns:
         The preprocessed image, identical to what the image store holds for the same file.
     """
-    from cacxr.pixels.profiles import per_level_for, preprocess_image
+    from cacxr.pixels import per_level_for, preprocess_image
 
     return preprocess_image(image, run.profile, run.image_size, per_level=per_level_for(meta))
 
@@ -280,7 +279,7 @@ class ExplainRow:
     error: str = ""
 
 
-def _png_names(paths: Sequence[str]) -> list[str]:
+def png_names(paths: Sequence[str]) -> list[str]:
     """One PNG name per input: its stem, or, when stems repeat, its path below the inputs' common folder.
 
     ``XYZ_101/rx/IM-1.dcm`` and ``XYZ_102/rx/IM-1.dcm`` become ``XYZ_101_rx_IM-1.png`` and
@@ -345,7 +344,7 @@ def explain_paths(
         )
     if not single_file and out.exists() and not out.is_dir():
         raise CacxrError(f"{out}: exists and is not a folder; give a folder or a new FILE.png for --out")
-    targets = [out] if single_file else [out / name for name in _png_names([p for p, _ in entries])]
+    targets = [out] if single_file else [out / name for name in png_names([p for p, _ in entries])]
     for (_, error), target in zip(entries, targets, strict=True):
         if not error:
             refuse_overwrite(target, overwrite)

@@ -41,9 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cacxr.core.atomic import atomic_path
-from cacxr.core.errors import CacxrError, missing_dependency
-from cacxr.runs.folder import FINAL_FOLD
+from cacxr.core import CacxrError, atomic_path, missing_dependency
+from cacxr.runs import FINAL_FOLD
 
 if TYPE_CHECKING:
     from cacxr.use.loaded_run import LoadedRun
@@ -69,7 +68,7 @@ def contract(run: LoadedRun) -> dict[str, Any]:
         A JSON-serialisable dict (see the module docstring).
     """
     from cacxr import __version__
-    from cacxr.pixels.profiles import get_profile
+    from cacxr.pixels import get_profile
 
     profile = get_profile(run.profile)
     # (x / 255 - mean) / std written as x * scale + offset, in double precision

@@ -1,8 +1,8 @@
-"""A trained run folder loaded for inference: the one object that scores images for every command.
+"""A trained run folder loaded for inference: its models, settings and decision threshold.
 
 ``load_run(RUN)`` reads config.json and the models of the run (through :mod:`cacxr.runs.folder`); the result
 scores preprocessed images (uint8 S x S, the run's profile and size) plus optional covariates (age, sex)
-through :class:`cacxr.model.scoring.RunScorer`, the way training scored its test patients:
+through :class:`cacxr.model.scoring.RunScorer` (the scoring path), the way training scored its test patients:
 
 - classification: the mean over the loaded models of the calibrated P(CAC > threshold);
 - regression: the mean over the models of the predicted log CAC, returned as predicted CAC, plus the mean
@@ -34,16 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cacxr.config.settings import TrainConfig, resolve_device
-from cacxr.core.errors import CacxrError
-from cacxr.core.task import predicted_label
-from cacxr.model.networks import CACNet
-from cacxr.model.scoring import ModelScore, RunScorer, covariate_tensors
+from cacxr.config import TrainConfig, resolve_device
+from cacxr.core import CacxrError, predicted_label
+from cacxr.model import CACNet, ModelScore, RunScorer, covariate_tensors
+from cacxr.runs import FINAL_FOLD
 from cacxr.runs import folder as runfolder
-from cacxr.runs.folder import FINAL_FOLD
 
 if TYPE_CHECKING:
-    from cacxr.model.covariates import ClinicalEncoder
+    from cacxr.model import ClinicalEncoder
 
 __all__ = ["LoadedRun", "RunScores", "load_run", "FINAL_FOLD"]
 
@@ -153,7 +151,7 @@ class LoadedRun:
 
     def clinical_encoder(self, fold: int) -> ClinicalEncoder | None:
         """The covariate encoder of ``fold`` (its training statistics), None for an image-only run."""
-        from cacxr.model.covariates import ClinicalEncoder
+        from cacxr.model import ClinicalEncoder
 
         record = self.folds[fold].get("clinical_encoder")
         return ClinicalEncoder.from_dict(record) if record else None
@@ -164,7 +162,7 @@ class LoadedRun:
         Raises:
             CacxrError: images of another size or type.
         """
-        from cacxr.pixels.profiles import normalise
+        from cacxr.pixels import normalise
 
         size = self.image_size
         if isinstance(images, torch.Tensor) and images.is_floating_point():
@@ -201,7 +199,7 @@ class LoadedRun:
         Raises:
             CacxrError: images of another size or type, or ``clinical`` of another length.
         """
-        from cacxr.core.task import target_to_cac
+        from cacxr.core import target_to_cac
 
         batch = self.normalised(images)
         ages, sexes = covariate_tensors(clinical, len(batch))
@@ -257,7 +255,7 @@ def load_run(
     Raises:
         CacxrError: not a run folder, an unknown fold, or missing fold files (all of them are named).
     """
-    from cacxr.model.weights import load_saved_model
+    from cacxr.model import load_saved_model
 
     root = Path(run_dir)
     try:
