@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cacxr.pixels import build_store
-    from cacxr.pixels.store import default_workers
+    from cacxr.pixels import build_store, default_workers
     from cacxr.training.dataset import StoreDataset
 
     torch.set_num_threads(1)

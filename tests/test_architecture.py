@@ -172,3 +172,14 @@ def test_other_packages_use_a_package_through_its_face() -> None:
             if hidden:
                 wrong.append(f"{path.relative_to(SRC.parent)}:{line}: cacxr.{there} does not export {hidden}")
     assert not wrong, "imports past a package's face:\n" + "\n".join(wrong)
+
+
+def test_no_public_name_shadows_a_module_of_its_package() -> None:
+    """A face's name equal to a submodule's would turn into the module once that module is imported."""
+    import importlib
+
+    clashes = []
+    for init in sorted(SRC.glob("*/__init__.py")):
+        face = importlib.import_module(f"cacxr.{init.parent.name}")
+        clashes += [f"cacxr.{init.parent.name}.{n}" for n in face.__all__ if (init.parent / f"{n}.py").is_file()]
+    assert not clashes, f"public names that are also module names: {clashes}"

@@ -15,7 +15,7 @@ from cacxr.cli import main
 from cacxr.core import CacxrError
 from cacxr.imaging import read_image
 from cacxr.use import METHODS, explain_paths, load_run, score_image
-from cacxr.use.explain import png_names, explain_image, overlay_title, render_overlay
+from cacxr.use.explain import explain_image, overlay_title, png_names, render_overlay
 
 
 @pytest.fixture(scope="session")

@@ -232,7 +232,7 @@ def test_refusals(tmp_path: Path, final_run: Path, setup: str, message: str) -> 
 def test_final_model_and_ensemble_use_the_operating_point_chosen_on_validation(final_run: Path) -> None:
     """The run's operating point is chosen on all folds' calibrated validation scores, reported on the test
     folds, and is the decision threshold of the ensemble and of the final model alike."""
-    from cacxr.stats.operating_point import choose_operating_threshold
+    from cacxr.stats.decision_threshold import choose_operating_threshold
 
     metrics = json.loads((final_run / "metrics.json").read_text())
     point = metrics["operating_point"]

@@ -521,7 +521,7 @@ def test_damaged_store_entry_is_rebuilt_and_logged(tmp_path: Path, caplog) -> No
     data = bytearray(entry.read_bytes())
     data[-1] ^= 0xFF
     entry.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="cacxr.pixels.store"):
+    with caplog.at_level("WARNING", logger="cacxr.pixels.build"):
         store = build_store(rows, tmp_path / "store", image_size=32, workers=1, progress=False)
     assert store.summary["corrupt"] == 1
     assert any("damaged store entry of patient P0" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""The operating point fixed in advance (cacxr.stats.operating_point) and the --operating-point option."""
+"""The operating point fixed in advance (cacxr.stats.decision_threshold) and the --operating-point option."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scipy.stats import binomtest
 from cacxr.config import TrainConfig
 from cacxr.core import CacxrError
 from cacxr.stats import operating_point, parse_rule
-from cacxr.stats.operating_point import choose_operating_threshold, operating_point_figures
+from cacxr.stats.decision_threshold import choose_operating_threshold, operating_point_figures
 
 
 @pytest.mark.parametrize(

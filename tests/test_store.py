@@ -14,7 +14,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 import cacxr.imaging
-import cacxr.pixels.store
+import cacxr.pixels.build
 from cacxr.cli import main as cli_main
 from cacxr.core import CacxrError
 from cacxr.imaging import read_image
@@ -96,7 +96,7 @@ def test_build_reopen_get(cohort, tmp_path):
 
 
 def test_process_pool_builds_the_same_entries(cohort, tmp_path, monkeypatch):
-    monkeypatch.setattr(cacxr.pixels.store, "POOL_WORTHWHILE_S", 0.0)  # tiny images: pool anyway
+    monkeypatch.setattr(cacxr.pixels.build, "POOL_WORTHWHILE_S", 0.0)  # tiny images: pool anyway
     serial = build(cohort, tmp_path / "serial", workers=1)
     pooled = build(cohort, tmp_path / "pooled", workers=2)
     assert counts(pooled) == {"built": 4, "new": 4}

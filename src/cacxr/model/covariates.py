@@ -11,7 +11,7 @@ Encoding (:class:`ClinicalEncoder`), fitted on a fold's training patients only:
 ``--clinical age,sex`` therefore gives the head 4 covariates beside the image features; the encoder's
 statistics are stored in each fold's fold.json (``clinical_encoder``) so that inference applies the same
 transform to the values read from a DICOM header. The age + sex baseline built on the same encoding is
-:mod:`cacxr.stats.clinical_baseline`.
+:mod:`cacxr.stats.baseline`.
 """
 
 from __future__ import annotations

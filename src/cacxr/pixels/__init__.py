@@ -13,7 +13,8 @@ _EXPORTS = {
     "preprocess_image": "profiles",
     "preprocess_read": "profiles",
     "ImageStore": "store",
-    "build_store": "store",
+    "build_store": "build",
+    "default_workers": "build",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

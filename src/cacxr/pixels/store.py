@@ -34,53 +34,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import queue
 import re
-import time
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, write_json
-from cacxr.ingest import ManifestRow, read_manifest
-from cacxr.pixels.profiles import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
+from cacxr.core import CacxrError
 
-__all__ = ["ImageStore", "build_store", "default_workers", "STORE_FORMAT"]
+__all__ = ["ImageStore", "STORE_FORMAT", "FORMAT_VERSION", "INDEX_FILE", "LOCK_FILE", "ENTRIES_DIR", "entry_stem", "index_entry", "open_entry", "read_index", "read_json"]
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "cacxr-image-store"
-_FORMAT_VERSION = 1
-_INDEX = "index.json"
-_LOCK = ".build.lock"
-_ENTRIES = "entries"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+LOCK_FILE = ".build.lock"
+ENTRIES_DIR = "entries"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
-# A worker process needs about 0.4 s to start and import its modules (more on a busy machine), while
-# this process goes on working: a pool is only started for more work than this, in seconds of one process.
-POOL_WORTHWHILE_S = 0.75
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One image to (re)build, sent to a worker process (small: paths and settings only)."""
-
-    patient_id: str
-    source: str
-    entry: str  # file stem inside OUT/entries
-    entries_dir: str
-    profile: Profile
-    image_size: int
-    key: dict[str, Any]
 
 
 class ImageStore:
@@ -120,10 +93,10 @@ class ImageStore:
             CacxrError: the folder has no readable index (never built, or a build was interrupted).
         """
         root = Path(root)
-        index = _read_index(root)
+        index = read_index(root)
         if index is None:
             raise CacxrError(
-                f"{root}: not a complete image store (no {_INDEX}; a build may have been "
+                f"{root}: not a complete image store (no {INDEX_FILE}; a build may have been "
                 "interrupted): run `cacxr preprocess MANIFEST --out STORE` to build or resume it"
             )
         return cls(root, index)
@@ -159,7 +132,7 @@ class ImageStore:
         """
         entry = self._entry(patient_id)
         path = self.root / entry["file"]
-        image, problem = _open_entry(path, entry["nbytes"], entry["crc32"], self.image_size, verify)
+        image, problem = open_entry(path, entry["nbytes"], entry["crc32"], self.image_size, verify)
         if image is None:
             raise CacxrError(
                 f"{path}: damaged image store entry for {patient_id} ({problem}); "
@@ -178,175 +151,14 @@ class ImageStore:
             raise CacxrError(f"{self.root}: patient {patient_id!r} is not in this image store") from None
 
 
-def default_workers() -> int:
-    """The number of CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def build_store(
-    rows: list[ManifestRow] | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    profile: str | Profile = DEFAULT_PROFILE,
-    image_size: int = 1024,
-    workers: int | None = None,
-    progress: bool = True,
-) -> ImageStore:
-    """Build or update the image store of a manifest.
-
-    Args:
-        rows: manifest rows, or the path of a manifest.csv (relative image paths are then taken
-            relative to its folder).
-        out: the store folder (created if needed); nothing is written outside it.
-        profile: preprocessing profile name or ``Profile``.
-        image_size: side ``S`` of the stored images.
-        workers: worker processes; ``None`` uses every available core, 1 builds in this process.
-        progress: show a progress bar.
-
-    Returns:
-        The store; its ``summary`` counts ``rows``, ``reused``, ``built``, ``failed`` and why
-        entries were built (``new``, ``changed``, ``corrupt``, ``retried``), with ``messages``
-        (one per failed image: id, file and reason) and ``seconds``.
-
-    Raises:
-        CacxrError: the manifest cannot be read or lists a patient twice, the settings are
-            invalid, or ``out`` is a file or holds an index.json that is not an image store's.
-    """
-    started = time.perf_counter()
-    spec = get_profile(profile)
-    check_image_size(image_size)
-    rows, base = _load_rows(rows)
-    root = Path(out)
-    # Nothing is ever written under a data folder, whatever --store / --out says.
-    refuse_inside(root, data_roots((_resolve(r.path, base), r.patient_id) for r in rows), "the image store")
-    if root.exists() and not root.is_dir():
-        raise CacxrError(f"{root}: exists and is not a folder; choose a folder for the image store")
-    if (root / _INDEX).exists() and _read_index(root) is None:
-        raise CacxrError(
-            f"{root / _INDEX}: exists but is not a cacxr image store index; choose another --out"
-        )
-    entries_dir = root / _ENTRIES
-    entries_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = dict.fromkeys(("reused", "built", "new", "changed", "corrupt", "retried"), 0)
-    failed: dict[str, str] = {}
-    with _exclusive_build(root):
-        _remove_stale_temporaries(root)
-        entries: dict[str, dict[str, Any]] = {}
-        tasks: list[_Task] = []
-        for row in tqdm(rows, desc="checking store", unit="image", disable=not progress, leave=False):
-            source = _resolve(row.path, base)
-            try:
-                stat = os.stat(source)
-            except OSError as exc:
-                failed[row.patient_id] = f"{source}: cannot read the file ({exc.strerror or exc})"
-                continue
-            key = {
-                "source": str(source),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "profile": spec.name,
-                "profile_version": spec.version,
-                "image_size": image_size,
-            }
-            stem = _entry_stem(row.patient_id)
-            sidecar = _read_json(entries_dir / f"{stem}.json")
-            cause = _rebuild_cause(sidecar, key, entries_dir / f"{stem}.npy", image_size)
-            if cause == "corrupt":
-                logger.warning(
-                    "%s: damaged store entry of patient %s (size or CRC32 differs); rebuilding it",
-                    entries_dir / f"{stem}.npy",
-                    row.patient_id,
-                )
-            if cause is None:
-                entries[row.patient_id] = _index_entry(stem, sidecar)
-            else:
-                tasks.append(
-                    _Task(row.patient_id, str(source), stem, str(entries_dir), spec, image_size, key)
-                )
-            summary[cause or "reused"] += 1
-
-        if tasks:
-            # The old index would describe entries about to change: a store is complete or says so.
-            (root / _INDEX).unlink(missing_ok=True)
-        for task, result in _run_tasks(tasks, workers, progress):
-            if result["status"] == "ok":
-                entries[task.patient_id] = _index_entry(task.entry, result)
-                summary["built"] += 1
-            else:
-                detail = f" ({result['detail']})" if result.get("detail") else ""
-                failed[task.patient_id] = f"{task.source}: {result['reason']}{detail}"
-        index = {
-            "format": STORE_FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "profile": spec.name,
-            "profile_version": spec.version,
-            "image_size": image_size,
-            "entries": dict(sorted(entries.items())),
-            "failed": dict(sorted(failed.items())),
-        }
-        write_json(root / _INDEX, index)
-
-    summary.update(rows=len(rows), failed=len(failed), seconds=round(time.perf_counter() - started, 3))
-    summary["messages"] = [f"{pid}: {message}" for pid, message in index["failed"].items()]
-    for message in summary["messages"]:
-        logger.warning("not stored: %s", message)
-    return ImageStore(root, index, summary)
-
-
-@contextmanager
-def _exclusive_build(root: Path) -> Iterator[None]:
-    """Hold ``root/.build.lock`` so that two builds of one store (e.g. parallel fold jobs) take turns."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; builds are still atomic per entry
-        yield
-        return
-    with open(root / _LOCK, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("%s: waiting for another build of this image store to finish", root)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _load_rows(rows: list[ManifestRow] | str | os.PathLike[str]) -> tuple[list[ManifestRow], Path]:
-    """The manifest rows and the folder relative image paths are resolved against."""
-    if isinstance(rows, (str, os.PathLike)):
-        manifest = Path(rows)
-        listed = read_manifest(manifest)
-        if not listed:
-            raise CacxrError(f"{manifest}: the manifest lists no images (nothing to preprocess)")
-        return listed, manifest.resolve().parent
-    rows = list(rows)
-    if not rows:
-        raise CacxrError("no manifest rows given (nothing to preprocess)")
-    seen: set[str] = set()
-    for row in rows:
-        if row.patient_id in seen:
-            raise CacxrError(f"patient {row.patient_id} is listed twice (one image per patient)")
-        seen.add(row.patient_id)
-    return rows, Path.cwd()
-
-
-def _resolve(path: str, base: Path) -> Path:
-    source = Path(path).expanduser()
-    return source if source.is_absolute() else (base / source)
-
-
-def _entry_stem(patient_id: str) -> str:
+def entry_stem(patient_id: str) -> str:
     """A file-name-safe, collision-free stem for a patient id."""
     digest = hashlib.sha1(patient_id.encode("utf-8")).hexdigest()[:8]
     readable = _SAFE_ID.sub("_", patient_id).strip("._")[:64] or "id"
     return f"{readable}-{digest}"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -354,31 +166,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_index(root: Path) -> dict[str, Any] | None:
-    index = _read_json(root / _INDEX)
+def read_index(root: Path) -> dict[str, Any] | None:
+    index = read_json(root / INDEX_FILE)
     if not index or index.get("format") != STORE_FORMAT:
         return None
-    if index.get("format_version") != _FORMAT_VERSION:
+    if index.get("format_version") != FORMAT_VERSION:
         raise CacxrError(
-            f"{root / _INDEX}: image store format version {index.get('format_version')} is not "
-            f"supported (expected {_FORMAT_VERSION}); rebuild it with `cacxr preprocess` into a new folder"
+            f"{root / INDEX_FILE}: image store format version {index.get('format_version')} is not "
+            f"supported (expected {FORMAT_VERSION}); rebuild it with `cacxr preprocess` into a new folder"
         )
     return index
 
 
-def _rebuild_cause(sidecar: dict[str, Any] | None, key: dict[str, Any], npy: Path, size: int) -> str | None:
-    """Why an entry must be built: ``new``, ``changed``, ``corrupt``, ``retried``; None to reuse it."""
-    if sidecar is None:
-        return "new"
-    if sidecar.get("key") != key:
-        return "changed"
-    if sidecar.get("status") != "ok":
-        return "retried"  # a failure is retried: it is cheap and the reader may have been fixed
-    image, _ = _open_entry(npy, sidecar.get("nbytes"), sidecar.get("crc32"), size, verify=True)
-    return "corrupt" if image is None else None
-
-
-def _open_entry(
+def open_entry(
     path: Path, nbytes: Any, crc32: Any, size: int, verify: bool
 ) -> tuple[np.ndarray | None, str]:
     """Memory-map an entry after checking it: ``(image, "")``, or ``(None, why it is unusable)``."""
@@ -399,121 +199,12 @@ def _open_entry(
     return image, ""
 
 
-def _index_entry(stem: str, sidecar: dict[str, Any]) -> dict[str, Any]:
+def index_entry(stem: str, sidecar: dict[str, Any]) -> dict[str, Any]:
     return {
-        "file": f"{_ENTRIES}/{stem}.npy",
+        "file": f"{ENTRIES_DIR}/{stem}.npy",
         "nbytes": sidecar["nbytes"],
         "crc32": sidecar["crc32"],
         "source": sidecar["key"]["source"],
     }
 
 
-def _remove_stale_temporaries(root: Path) -> None:
-    """Delete the temporary files a killed build left (only cacxr.core.atomic's ``.<name>.*.tmp`` files)."""
-    for leftover in [*root.glob(f".{_INDEX}.*.tmp"), *(root / _ENTRIES).glob(".*.tmp")]:
-        leftover.unlink(missing_ok=True)
-
-
-def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool) -> Iterator[tuple[_Task, dict]]:
-    """Yield ``(task, result)`` as entries finish.
-
-    This process times its first tasks; when what is left would take longer than starting worker
-    processes is worth (``POOL_WORTHWHILE_S``), a pool of ``workers - 1`` processes takes tasks from
-    the front of the queue while this process goes on taking them from the back.
-    """
-    workers = default_workers() if workers is None else max(1, int(workers))
-    pending = list(tasks)
-    seconds: list[float] = []
-    with tqdm(total=len(tasks), desc="preprocessing", unit="image", disable=not progress) as bar:
-        while pending and (
-            workers == 1 or len(seconds) < 2 or len(pending) * min(seconds) < POOL_WORTHWHILE_S
-        ):
-            task = pending.pop()
-            started = time.perf_counter()
-            result = _build_entry(task)
-            seconds.append(time.perf_counter() - started)
-            bar.update()
-            yield task, result
-        if pending:
-            yield from _run_pool(pending, min(workers - 1, len(pending) - 1), bar)
-
-
-def _run_pool(tasks: list[_Task], processes: int, bar: tqdm) -> Iterator[tuple[_Task, dict]]:
-    """``_run_tasks`` with ``processes`` worker processes besides this one."""
-    # forkserver/spawn rather than fork: the caller may hold threads (torch) that fork would copy
-    # in a locked state.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(
-        max_workers=max(1, processes),
-        mp_context=multiprocessing.get_context(method),
-        initializer=_init_worker,
-    )
-    try:
-        futures = {pool.submit(_build_entry, task): task for task in tasks}
-        finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        for future in futures:
-            future.add_done_callback(finished.put)
-        backlog = list(futures)  # the pool starts tasks in this order
-        remaining = len(futures)
-        while remaining:
-            future = None
-            while backlog and future is None:
-                candidate = backlog.pop()
-                if candidate.cancel():  # not started by the pool: done here instead
-                    future = candidate
-                else:  # the pool has started every earlier task too
-                    backlog.clear()
-            if future is not None:
-                result = _build_entry(futures[future])
-            else:
-                future = finished.get()
-                if future.cancelled():  # one this process took
-                    continue
-                result = _pool_result(future)
-            remaining -= 1
-            bar.update()
-            yield futures[future], result
-    finally:
-        # On Ctrl-C (or an error) drop the queued tasks; finished entries are complete on disk.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pool_result(future: Future) -> dict[str, Any]:
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        raise CacxrError(
-            f"a preprocessing worker process died ({exc}); entries already written are kept: "
-            "rerun to resume, with --workers 1 to see the failing file"
-        ) from exc
-
-
-def _init_worker() -> None:
-    """One OpenCV thread per worker process: the pool already uses every core."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-def _build_entry(task: _Task) -> dict[str, Any]:
-    """Read, preprocess and write one entry (in a worker process); returns its sidecar content."""
-    from cacxr.imaging import read_image
-
-    entries_dir = Path(task.entries_dir)
-    sidecar: dict[str, Any] = {"patient_id": task.patient_id, "key": task.key}
-    try:
-        result = read_image(task.source, task.patient_id)
-        if result.image is None:
-            sidecar.update(status="failed", reason=result.reason or "unreadable", detail=result.detail)
-        else:
-            image = preprocess_read(result, task.profile, task.image_size)
-            npy = entries_dir / f"{task.entry}.npy"
-            with atomic_path(npy) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, image, allow_pickle=False)
-                nbytes = tmp.stat().st_size
-            sidecar.update(status="ok", nbytes=nbytes, crc32=zlib.crc32(image))
-    except Exception as exc:  # any per-file problem is recorded; the batch goes on
-        sidecar.update(status="failed", reason="error", detail=f"{type(exc).__name__}: {exc}")
-    write_json(entries_dir / f"{task.entry}.json", sidecar)
-    return sidecar

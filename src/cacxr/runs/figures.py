@@ -4,13 +4,13 @@
 
 * ``operating_point``: the ``--operating-point`` rule, its threshold chosen on all folds' inner-validation
   records (fold.json ``validation``) and sensitivity/specificity/PPV/NPV with intervals on the out-of-fold
-  test predictions (:mod:`cacxr.stats.operating_point`);
+  test predictions (:mod:`cacxr.stats.decision_threshold`);
 * ``calibration``: Brier score, calibration intercept and slope with intervals per fold and pooled, and the
   decision curve (model, age + sex baseline, treat all, treat none) (:mod:`cacxr.stats.calibration`);
 * ``endpoints`` (regression runs): the AUC of the same out-of-fold predictions for the three guideline
   endpoints CAC > 0, CAC >= 100 and CAC >= 400, fold-level headline and pooled.
 
-``run_clinical_baseline`` fits the age + sex baseline (:mod:`cacxr.stats.clinical_baseline`) on a finished
+``run_clinical_baseline`` fits the age + sex baseline (:mod:`cacxr.stats.baseline`) on a finished
 run's folds, manifest covariates and out-of-fold scores (``clinical_baseline`` in metrics.json).
 
 Probabilities: a classification run's ``score``; a regression run's ``probability`` column (calibrated

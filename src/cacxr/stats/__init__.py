@@ -6,8 +6,8 @@ from cacxr.core import lazy_face
 _EXPORTS = {
     "calibration_figures": "calibration",
     "decision_curve": "calibration",
-    "clinical_baseline": "clinical_baseline",
-    "skipped_baseline": "clinical_baseline",
+    "clinical_baseline": "baseline",
+    "skipped_baseline": "baseline",
     "fold_level_auc": "folds",
     "fold_paired_test": "folds",
     "holm_adjust": "folds",
@@ -17,8 +17,8 @@ _EXPORTS = {
     "classification_metrics": "metrics",
     "delong_test": "intervals",
     "regression_metrics": "metrics",
-    "operating_point": "operating_point",
-    "parse_rule": "operating_point",
+    "operating_point": "decision_threshold",
+    "parse_rule": "decision_threshold",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)
