@@ -46,6 +46,7 @@ __all__ = [
     "PLOTS_DIR",
     "REPORT_FILE",
     "INGEST_DIR",
+    "CONFIG_FORMAT_VERSION",
     "find_run_manifest",
     "fold_dir",
     "model_dir",
@@ -83,6 +84,9 @@ CHECKPOINT = "checkpoint.pt"  # an unfinished fold's (or final model's) last epo
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
 INGEST_DIR = "ingest"
+# config.json's format_version: raise it when a change of the run folder would mislead an older cacxr.
+# A run without one predates it (format 1) and still loads; a newer one is refused by name.
+CONFIG_FORMAT_VERSION = 1
 # The final model (trained on every patient) where a fold number is expected.
 FINAL_FOLD = -1
 # The roles of a fold's patients in folds.csv.
@@ -142,12 +146,18 @@ def read_config(run_dir: PathLike, required: bool = True) -> dict[str, Any] | No
     record = read_json_object(path)
     if "task" not in record:
         raise CacxrError(f"{path}: not a cacxr run configuration (no task)")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or version > CONFIG_FORMAT_VERSION:
+        raise CacxrError(
+            f"{path}: run folder format_version {version!r} is newer than this cacxr reads "
+            f"(up to {CONFIG_FORMAT_VERSION}); upgrade cacxr to use this run"
+        )
     return record
 
 
 def write_config(run_dir: PathLike, record: dict[str, Any]) -> None:
-    """Write RUN/config.json atomically."""
-    write_json(Path(run_dir) / CONFIG_FILE, record)
+    """Write RUN/config.json atomically, stamped with this cacxr's ``format_version``."""
+    write_json(Path(run_dir) / CONFIG_FILE, {"format_version": CONFIG_FORMAT_VERSION, **record})
 
 
 def read_metrics(run_dir: PathLike, required: bool = True) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from cacxr.commands.train import config_from_args
 from cacxr.config import read_config_file
 from cacxr.core import CacxrError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _config(*argv: str):

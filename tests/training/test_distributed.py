@@ -22,7 +22,7 @@ from cacxr.core import CacxrError
 from cacxr.training.accel import AccelPlan, choose_accel
 from cacxr.training.distributed import DistContext, ShardedBatchSampler, launch_env, split_evenly
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- sharding ----------------------------------------------------------------------------------------------
