@@ -51,7 +51,13 @@ def test_labels_metrics_and_predictions_use_the_threshold(run_at_100: Path) -> N
     config = json.loads((run_at_100 / "config.json").read_text())
     assert config["threshold"] == THRESHOLD and config["n_positive"] == above
     baseline = metrics["clinical_baseline"]
-    assert baseline.get("skipped") or baseline["pooled"]["n_pos"] == above
+    # every patient of the cohort has age and sex and both folds hold both classes: the baseline is fitted
+    assert "skipped" not in baseline, baseline.get("note")
+    assert baseline["n"] == baseline["n_known"] == len(cac)
+    assert baseline["pooled"]["n"] == len(cac) and baseline["pooled"]["n_pos"] == above
+    assert [(f["fold"], f["n"], f["n_pos"]) for f in baseline["folds"]] == [
+        (f["fold"], f["n"], f["n_pos"]) for f in metrics["folds"]
+    ]
 
 
 def test_folds_are_stratified_on_the_thresholded_label(run_at_100: Path) -> None:

@@ -12,6 +12,8 @@ _EXPORTS = {
     "CacxrError": "errors",
     "missing_dependency": "errors",
     "lazy_face": "faces",
+    "MOVED": "moved",
+    "install_old_paths": "moved",
     "data_roots": "safepaths",
     "file_kind": "safepaths",
     "refuse_inside": "safepaths",
