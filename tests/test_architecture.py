@@ -205,3 +205,14 @@ def test_old_module_paths_still_import_with_a_warning_naming_the_new_one() -> No
     from cacxr.use import load_run as new_load_run
 
     assert load_run is new_load_run and callable(train_run)
+
+
+def test_no_long_module_without_a_reason_at_its_top() -> None:
+    """Modules over ~400 lines mix jobs unless their docstring says why they do not."""
+    long = []
+    for path in _source_files():
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > 420 and "Why one module" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path.relative_to(SRC.parent)} ({lines} lines)")
+    assert not long, "long modules without a reason at their top: " + ", ".join(long)

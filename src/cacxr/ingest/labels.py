@@ -12,6 +12,9 @@ The rules (docs/ARCHITECTURE.md, "Labels") in one place:
 * sex is normalised to ``M``, ``F`` or ``""`` (see ``SEX_CODES``).
 
 Birth dates are identifying: they are used to compute the age and never kept, logged or quoted.
+
+Why one module of ~470 lines: reading a label table is one job: the SQLite and CSV readers, id matching
+(padding, _corr), the date and age rules and each row's reason all fill the one LabelTable.
 """
 
 from __future__ import annotations

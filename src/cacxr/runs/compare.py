@@ -30,6 +30,9 @@ shared patient in the same fold, the test is fold-stratified (``cacxr.stats.fold
 mean of the within-fold paired DeLong differences, its interval and p-value); otherwise it falls back to
 DeLong's test on the pooled scores, and says so. ``diff`` is the reference's AUC minus this run's. Holm's
 correction is applied across all the paired tests of the comparison (``p_holm``).
+
+Why one module of ~450 lines: comparing runs is one job (each run's figures, the ranking on validation,
+the fold-paired tests with Holm's correction); its files are written by compare_outputs.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The page is built from the run folder only (config.json, metrics.json, plots/*.png), so it can be
 rebuilt at any time with :func:`write_report`. Every text that comes from a file is escaped, and the
 PNGs are embedded as base64 data URIs: the page loads nothing from elsewhere.
+
+Why one module of ~420 lines: it lays out the one page (sections from report_sections, the plots, the
+evaluation variant); splitting the page would split its order.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ bone-bright image with ``1 - exp(-k * A)``, like a detector behind a patient.
 The random streams are split on purpose: the anatomy, pose and noise of a patient come from one
 generator and the plaques from another, so the same seed with and without plaques gives images
 that differ only where plaques were drawn (the ``--no-signal`` negative control).
+
+Why one module of ~530 lines: it is the synthetic chest's geometry (anatomy, pose, plaques, the frontal,
+lateral and CT renderings), whose parts share one coordinate frame and only make sense together.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 Random streams are keyed by (seed, purpose, patient), so the labels of a seed are the same with or without
 faults and plaques, whatever the number of workers. ``CohortPlan.truth`` applies the ingest rules to the
 plan: what ingest must make of every file and label row.
+
+Why one module of ~560 lines: the plan's records, the fault table and the draws that fill them share the
+seed's random streams; split apart, the rules deciding a fault would be spread over modules.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ interrupted run: finished folds are kept and an interrupted fold continues from 
 
 Several processes: started by ``torchrun``, every process runs ``train_run`` and the folds train with
 DistributedDataParallel (:mod:`cacxr.training.distributed`); rank 0 alone writes the run folder.
+
+Why one module of ~400 lines: a run's life (new, resumed, one fold per job, merged) is one sequence of
+checks on one run folder; train_run and merge_folds share them.
 """
 
 from __future__ import annotations
