@@ -202,6 +202,7 @@ def test_old_module_paths_still_import_with_a_warning_naming_the_new_one() -> No
         assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), old
     from cacxr.run import load_run  # the documented entry points of the flat package
     from cacxr.train import train_run
+
     from cacxr.use import load_run as new_load_run
 
     assert load_run is new_load_run and callable(train_run)

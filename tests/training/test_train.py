@@ -22,7 +22,7 @@ from cacxr.cli import build_parser
 from cacxr.cli import main as cli_main
 from cacxr.commands.train import ARCH_CHOICES, PROFILE_CHOICES, config_from_args
 from cacxr.config import TrainConfig
-from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band
+from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, cac_to_target, target_to_cac
 from cacxr.ingest import read_manifest
 from cacxr.ingest.manifest import write_manifest
 from cacxr.training import merge_folds, train_run
@@ -141,10 +141,21 @@ def test_cli_run_from_a_data_folder_writes_every_output(
     predictions = read_csv(run / "predictions.csv")
     assert sorted(row["patient_id"] for row in predictions) == sorted(patients)  # every patient once
     test_fold = {(row["patient_id"]): int(row["fold"]) for row in read_csv(run / "folds.csv") if row["role"] == "test"}
+    cuts = {k: json.loads((run / f"fold_{k}" / "fold.json").read_text())["decision_threshold"] for k in (0, 1)}
     for row in predictions:
         assert int(row["fold"]) == test_fold[row["patient_id"]]
         assert int(row["label"]) == int(patients[row["patient_id"]] > 0)
-        assert 0.0 <= float(row["score"]) <= 1.0 and row["predicted_label"] in ("0", "1")
+        assert int(row["predicted_label"]) == int(float(row["score"]) >= cuts[int(row["fold"])])
+    # metrics.json's AUCs and Brier scores are those of the written out-of-fold predictions
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    y = np.array([int(row["label"]) for row in predictions])
+    p = np.array([float(row["score"]) for row in predictions])
+    fold_of = np.array([int(row["fold"]) for row in predictions])
+    assert pooled["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert [f["auc"] for f in metrics["folds"]] == pytest.approx(
+        [roc_auc_score(y[fold_of == k], p[fold_of == k]) for k in (0, 1)]
+    )
 
     for k in (0, 1):
         fold = json.loads((run / f"fold_{k}" / "fold.json").read_text())
@@ -170,13 +181,51 @@ def test_cli_run_from_a_data_folder_writes_every_output(
     assert "mean per-fold AUC" in printed
     point = metrics["operating_point"]
     assert point["rule"] == "sensitivity=0.90"
-    if point["threshold"] is None:
-        assert "no inner-validation predictions" in point["note"] and "No operating point" in report
-    else:
-        assert 0 < point["threshold"] < 1 and "Operating point fixed in advance" in report
+    assert point["threshold"] is not None, point.get("note")
+    assert "Operating point fixed in advance" in report and "No operating point" not in report
+    _check_operating_point(point, run, y, p)
     calibration = metrics["calibration"]
-    assert [f["fold"] for f in calibration["folds"]] == [0, 1] and 0 <= calibration["pooled"]["brier"] <= 1
+    assert [f["fold"] for f in calibration["folds"]] == [0, 1]
+    assert calibration["pooled"]["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert [f["brier"] for f in calibration["folds"]] == pytest.approx(
+        [brier_score_loss(y[fold_of == k], p[fold_of == k]) for k in (0, 1)]
+    )
     assert len(calibration["decision_curve"]["model"]) == len(calibration["decision_curve"]["thresholds"])
+
+
+def _check_operating_point(point: dict, run: Path, y: np.ndarray, p: np.ndarray) -> None:
+    """The sensitivity=0.90 point: its threshold from both folds' validation records, its figures on (y, p)."""
+    validation = [v for k in (0, 1) for v in json.loads((run / f"fold_{k}" / "fold.json").read_text())["validation"]]
+    assert len(validation) == sum(
+        json.loads((run / f"fold_{k}" / "fold.json").read_text())["n"]["val"] for k in (0, 1)
+    )
+    y_val = np.array([v["label"] for v in validation])
+    s_val = np.array([v["score"] for v in validation])
+    t = point["threshold"]
+
+    def val_sensitivity(cut: float) -> float:
+        return float(np.mean(s_val[y_val == 1] >= cut))
+
+    # the highest threshold keeping validation sensitivity >= 0.90, halfway between adjacent validation scores
+    assert val_sensitivity(t) >= 0.90
+    lowest_in = s_val[s_val >= t].min()
+    assert val_sensitivity(np.nextafter(lowest_in, np.inf)) < 0.90
+    below = s_val[s_val < t]
+    assert t == pytest.approx((lowest_in + below.max()) / 2 if below.size else lowest_in)
+    # its figures on the out-of-fold test predictions
+    called = p >= t
+    tp, fp = int(np.sum(called & (y == 1))), int(np.sum(called & (y == 0)))
+    fn, tn = int(np.sum(~called & (y == 1))), int(np.sum(~called & (y == 0)))
+    assert point["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert (point["n"], point["n_pos"]) == (len(y), int(y.sum()))
+    expected = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp), "npv": (tn, tn + fn)}
+    for name, (hits, total) in expected.items():
+        if total:
+            assert point[name] == pytest.approx(hits / total), name
+            lo, hi = point[f"{name}_ci"]
+            assert lo <= point[name] <= hi, name
+        else:
+            assert point[name] is None and point[f"{name}_ci"] == [None, None], name
 
 
 def test_no_patient_has_two_roles_in_a_fold(base_run: tuple[Path, dict]) -> None:
@@ -285,13 +334,22 @@ def test_regression_run_writes_log_cac_metrics_and_bands(prepared: tuple[Path, P
     pooled = metrics["pooled"]
     for key in ("mae_log", "spearman", "auc", "auc_ci", "sensitivity", "agatston_confusion"):
         assert key in pooled
-    assert pooled["mae_log"] > 0 and np.sum(pooled["agatston_confusion"]) == N_PATIENTS
+    assert np.sum(pooled["agatston_confusion"]) == N_PATIENTS
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 1e-3 and config["milestones"] == [20, 40, 60] and config["loss"] == "mse"
-    for row in read_csv(run / "predictions.csv"):
+    rows = read_csv(run / "predictions.csv")
+    assert len(rows) == N_PATIENTS
+    for row in rows:
         assert row["cac_band"] == AGATSTON_BANDS[int(agatston_band(float(row["cac_score"])))]
         assert row["predicted_band"] == AGATSTON_BANDS[int(agatston_band(float(row["score"])))]
-        assert float(row["score"]) >= 0  # predicted CAC
+        # predicted CAC: the unclipped predicted log CAC back on the Agatston scale
+        assert float(row["score"]) == pytest.approx(float(target_to_cac(float(row["log_cac"]))), rel=1e-9, abs=1e-12)
+    from sklearn.metrics import mean_absolute_error
+
+    true_log = cac_to_target([float(row["cac_score"]) for row in rows])
+    assert pooled["mae_log"] == pytest.approx(
+        mean_absolute_error(true_log, cac_to_target([float(row["score"]) for row in rows]))
+    )
     fold = json.loads((run / "fold_0" / "fold.json").read_text())
     assert fold["target_std"] > 0 and fold["decision_threshold"] == 0.5  # rounded predicted CAC > 0
     assert fold["selection"] == "validation MAE of log CAC"

@@ -174,15 +174,38 @@ def test_rerun_into_the_same_folder_with_one_fold(run_dir: Path, evaluated, tmp_
 def test_regression_run_adds_its_metrics_and_plots(
     tmp_path_factory: pytest.TempPathFactory, cohort: Path, tmp_path: Path
 ) -> None:
+    from sklearn.metrics import mean_absolute_error
+
+    from cacxr.core import AGATSTON_BANDS, agatston_band, cac_to_target, target_to_cac
+    from cacxr.imaging import read_image
+    from cacxr.ingest import read_manifest
+    from cacxr.pixels import preprocess_read
+
     reg = tiny_run(tmp_path_factory, "regression")
     metrics = evaluate_run(reg, cohort, tmp_path / "reg", n_boot=N_BOOT, workers=1, progress=False)
     assert metrics["task"] == "regression"
-    assert metrics["pooled"]["mae_log"] >= 0 and len(metrics["pooled"]["agatston_confusion"]) == 5
+    assert len(metrics["pooled"]["agatston_confusion"]) == 5
     assert {p.name for p in (tmp_path / "reg" / "plots").iterdir()} == {
         "roc.png", "confusion.png", "error_by_band.png", "scatter.png", "agatston_confusion.png",
     }  # fmt: skip
     rows = _predictions(tmp_path / "reg")
-    assert all(float(r["score"]) >= 0 and r["predicted_band"] for r in rows)
+    assert len(rows) == COHORT_EXTERNAL
+    # The predicted CAC of each patient, computed here from its radiograph: the run's log CAC, unclipped,
+    # back on the Agatston scale (target_to_cac); its band follows.
+    run = load_run(reg)
+    paths = {row.patient_id: row.path for row in read_manifest(tmp_path / "reg" / "ingest" / "manifest.csv")}
+    images = np.stack([preprocess_read(read_image(paths[r["patient_id"]]), run.profile, run.image_size) for r in rows])
+    scores = run.scores(images)
+    expected_cac = target_to_cac(scores.log_cac)
+    for r, cac, log_cac, probability in zip(rows, expected_cac, scores.log_cac, scores.probability, strict=True):
+        assert float(r["score"]) == pytest.approx(cac, rel=1e-5, abs=1e-5), r["patient_id"]
+        assert float(r["log_cac"]) == pytest.approx(log_cac, abs=1e-5), r["patient_id"]
+        assert float(r["probability"]) == pytest.approx(probability, abs=1e-5), r["patient_id"]
+        assert r["predicted_band"] == AGATSTON_BANDS[int(agatston_band(float(r["score"])))]
+    # metrics.json's MAE of log CAC is that of the written predictions
+    true_log = cac_to_target([float(r["cac_score"]) for r in rows])
+    predicted_log = cac_to_target([float(r["score"]) for r in rows])
+    assert metrics["pooled"]["mae_log"] == pytest.approx(mean_absolute_error(true_log, predicted_log))
 
 
 @pytest.mark.parametrize(

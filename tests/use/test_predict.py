@@ -12,11 +12,13 @@ import pytest
 
 from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
-from cacxr.core import AGATSTON_BANDS
+from cacxr.core import AGATSTON_BANDS, agatston_band, target_to_cac
 from cacxr.imaging import read_image
 from cacxr.pixels import preprocess_read
 from cacxr.use import load_run, score_image, score_paths
 from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs
+
+SYNTH_NAMES = {"synth_0.dcm", "synth_1.dcm", "synth_2.dcm"}
 
 
 def _synth_files(cohort: Path, n: int) -> list[Path]:
@@ -24,9 +26,18 @@ def _synth_files(cohort: Path, n: int) -> list[Path]:
     return sorted(p for p in cohort.rglob("*.dcm") if "CAC" not in p.relative_to(cohort).parts[0])[:n]
 
 
+def _scores_of(run, path: Path):
+    """The run's scores of one file, computed here: read_image, preprocess_read, run.scores (image-only run)."""
+    return run.scores(preprocess_read(read_image(path), run.profile, run.image_size)[None])
+
+
+def _probability_of(run, path: Path) -> float:
+    return float(_scores_of(run, path).probability[0])
+
+
 @pytest.fixture(scope="module")
-def mix(tmp_path_factory: pytest.TempPathFactory, cohort: Path, real_cxr_dir: Path) -> Path:
-    """A folder mixing synthetic DICOMs, a garbage file and a text file named .dcm."""
+def mix(tmp_path_factory: pytest.TempPathFactory, cohort: Path) -> Path:
+    """A folder mixing synthetic DICOMs, a garbage file and a text file named .dcm (no real radiograph)."""
     folder = tmp_path_factory.mktemp("mix")
     for i, path in enumerate(_synth_files(cohort, 3)):
         shutil.copy(path, folder / f"synth_{i}.dcm")
@@ -36,7 +47,15 @@ def mix(tmp_path_factory: pytest.TempPathFactory, cohort: Path, real_cxr_dir: Pa
 
 
 @pytest.fixture(scope="module")
-def mix_rows(run, mix: Path, real_cxr_dir: Path) -> dict[str, object]:
+def mix_rows(run, mix: Path) -> dict[str, object]:
+    """The rows of the mix folder alone: needs no real radiograph."""
+    rows = score_paths(run, [mix], batch_size=4, progress=False)
+    return {Path(row.input).name: row for row in rows}
+
+
+@pytest.fixture(scope="module")
+def real_rows(run, mix: Path, real_cxr_dir: Path) -> dict[str, object]:
+    """The real radiographs and the mix folder in one batch run (skips without the real radiographs)."""
     rows = score_paths(run, [real_cxr_dir, mix], batch_size=4, progress=False)
     return {Path(row.input).name: row for row in rows}
 
@@ -53,11 +72,14 @@ REAL_FILES = [
 
 
 @pytest.mark.parametrize(("name", "warning"), REAL_FILES)
-def test_real_radiographs_are_scored_with_their_warnings(mix_rows, name: str, warning: str) -> None:
-    row = mix_rows[name]
+def test_real_radiographs_are_scored_with_their_warnings(
+    run, real_rows, real_cxr_dir: Path, name: str, warning: str
+) -> None:
+    row = real_rows[name]
     assert row.error == ""
-    assert 0.0 <= row.probability <= 1.0
-    assert row.label in (0, 1)
+    expected = _probability_of(run, real_cxr_dir / name)
+    assert row.probability == pytest.approx(expected, abs=1e-6)
+    assert row.label == int(expected >= run.decision_threshold)
     assert row.predicted_cac is None
     if warning:
         assert warning in row.warning
@@ -73,18 +95,23 @@ def test_bad_files_get_an_error_row_and_the_batch_goes_on(mix_rows, name: str, e
     row = mix_rows[name]
     assert row.error.startswith(error)
     assert row.probability is None and row.label is None
+    assert {n for n, r in mix_rows.items() if r.ok} == SYNTH_NAMES  # the batch went on past the bad file
 
 
-def test_every_input_gets_exactly_one_row(mix_rows, real_cxr_dir: Path, mix: Path) -> None:
-    expected = {p.name for p in real_cxr_dir.iterdir() if p.suffix != ".md"} | {p.name for p in mix.iterdir()}
-    assert set(mix_rows) == expected  # SOURCES.md is skipped inside a folder
-    assert sum(1 for name in mix_rows if name.startswith("synth_") and mix_rows[name].ok) == 3
+def test_every_input_gets_exactly_one_row(real_rows, real_cxr_dir: Path, mix: Path) -> None:
+    real = {p.name for p in real_cxr_dir.iterdir() if p.suffix != ".md"}
+    expected = real | {p.name for p in mix.iterdir()}
+    assert set(real_rows) == expected  # SOURCES.md is skipped inside a folder
+    assert {name for name, row in real_rows.items() if row.ok} == real | SYNTH_NAMES
 
 
-def test_labels_follow_the_decision_threshold(run, mix_rows) -> None:
-    for row in mix_rows.values():
-        if row.ok:
-            assert row.label == int(row.probability >= run.decision_threshold)
+def test_labels_follow_the_decision_threshold(run, mix_rows, mix: Path) -> None:
+    assert {name for name, row in mix_rows.items() if row.ok} == SYNTH_NAMES
+    for name in sorted(SYNTH_NAMES):
+        row = mix_rows[name]
+        expected = _probability_of(run, mix / name)
+        assert row.probability == pytest.approx(expected, abs=1e-6)
+        assert row.label == int(row.probability >= run.decision_threshold)
 
 
 def test_file_score_equals_the_score_of_the_training_pipeline(run, cohort: Path) -> None:
@@ -132,7 +159,7 @@ def test_inputs_that_yield_nothing_are_reported(tmp_path: Path, make, error: str
     assert expand_inputs([path]) == [(str(path), error)]
 
 
-def test_cli_writes_csv_with_every_column(run_dir: Path, mix: Path, tmp_path: Path, capsys) -> None:
+def test_cli_writes_csv_with_every_column(run, run_dir: Path, mix: Path, mix_rows, tmp_path: Path, capsys) -> None:
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run_dir), str(mix), "--out", str(out), "--no-progress"]) == 0
     with out.open(newline="") as fh:
@@ -144,7 +171,13 @@ def test_cli_writes_csv_with_every_column(run_dir: Path, mix: Path, tmp_path: Pa
     assert (
         by_name["notes.dcm"]["error"].startswith("unreadable") and by_name["notes.dcm"]["probability"] == ""
     )
-    assert 0 <= float(by_name["synth_0.dcm"]["probability"]) <= 1
+    for name in sorted(SYNTH_NAMES):  # the CSV holds the rows' values (6 significant digits)
+        assert float(by_name[name]["probability"]) == pytest.approx(mix_rows[name].probability, abs=1e-6)
+        assert int(by_name[name]["label"]) == mix_rows[name].label
+        assert by_name[name]["error"] == "" and by_name[name]["predicted_cac"] == ""
+    assert float(by_name["synth_0.dcm"]["probability"]) == pytest.approx(
+        _probability_of(run, mix / "synth_0.dcm"), abs=1e-6
+    )
     assert "scored 3 of 5 inputs, 2 failed" in capsys.readouterr().err
 
 
@@ -157,17 +190,21 @@ def test_cli_prints_a_table_without_out_and_no_identifying_header(run_dir: Path,
     ds = pydicom.dcmread(mix / "synth_0.dcm", stop_before_pixels=True)
     for keyword in ("PatientName", "PatientBirthDate"):
         value = str(ds.get(keyword, "") or "")
-        if value:
-            assert value not in printed
+        assert value, f"the synthetic header has no {keyword}: nothing to check"
+        assert value not in printed
 
 
 def test_regression_run_gives_cac_and_band(tmp_path_factory: pytest.TempPathFactory, cohort: Path) -> None:
     reg = load_run(tiny_run(tmp_path_factory, "regression"))
-    rows = score_paths(reg, _synth_files(cohort, 3), progress=False)
-    for row in rows:
-        assert row.ok and 0.0 <= row.probability <= 1.0  # the calibrated P(CAC > threshold)
-        assert row.predicted_cac >= 0
-        assert row.agatston_band in AGATSTON_BANDS
+    files = _synth_files(cohort, 3)
+    rows = score_paths(reg, files, progress=False)
+    assert len(rows) == 3
+    for path, row in zip(files, rows, strict=True):
+        scores = _scores_of(reg, path)
+        assert row.ok and row.probability == pytest.approx(float(scores.probability[0]), abs=1e-6)  # calibrated
+        expected_cac = float(target_to_cac(scores.log_cac)[0])  # exp(log CAC) - 0.001, clipped at 0
+        assert row.predicted_cac == pytest.approx(expected_cac, rel=1e-5, abs=1e-6)
+        assert row.agatston_band == AGATSTON_BANDS[int(agatston_band(expected_cac))]
         # The run's operating point decides on the calibrated probability, as for classification.
         assert reg.decision_on == "probability"
         assert row.label == int(row.probability >= reg.decision_threshold)

@@ -69,8 +69,20 @@ def _expected(case: dict) -> float:
 
 
 def test_predict_reports_a_calibrated_probability(case: dict) -> None:
+    from cacxr.core import target_to_cac
+    from cacxr.imaging import read_image
+    from cacxr.pixels import preprocess_read
+
     row, run = case["row"], case["run"]
-    assert 0.0 <= row.probability <= 1.0
+    # The scores computed here from the file: read, preprocess, the run's scores with the header's age and sex.
+    result = read_image(case["image"])
+    image = preprocess_read(result, run.profile, run.image_size)
+    expected = run.scores(image[None], clinical=[(result.meta.age, result.meta.sex)])
+    assert row.probability == pytest.approx(float(expected.probability[0]), abs=1e-6)
+    if run.task == "regression":
+        assert row.predicted_cac == pytest.approx(float(target_to_cac(expected.log_cac)[0]), rel=1e-5, abs=1e-6)
+    else:
+        assert row.predicted_cac is None and expected.log_cac is None
     assert row.label == int(run.predict_label(run.scores(*_prepared(case)))[0])
     if case["kind"] == "clinical+final":
         assert run.scorer.takes_covariates and "age unknown" not in row.warning  # the header's age was used
