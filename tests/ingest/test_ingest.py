@@ -215,7 +215,7 @@ def _excluded_by_path(out: Path) -> dict[str, str]:
 def test_hand_built_tree(cohort: Path, tmp_path: Path, site: str, column: int) -> None:
     before = tree_checksum(cohort)
     out = tmp_path / f"out_{site}"
-    summary = ingest(cohort, out, site=site, workers=1, progress=False)
+    summary = ingest(cohort, out, site=site, workers=1, progress=False, gate=False)
     assert tree_checksum(cohort) == before
 
     manifest = {row.patient_id: row for row in read_manifest(out / "manifest.csv")}
@@ -283,7 +283,7 @@ def test_hand_built_tree(cohort: Path, tmp_path: Path, site: str, column: int) -
 
 
 def test_no_decode_check_keeps_undecodable_file(cohort: Path, tmp_path: Path) -> None:
-    summary = ingest(cohort, tmp_path / "out", workers=1, decode_check=False, progress=False)
+    summary = ingest(cohort, tmp_path / "out", workers=1, decode_check=False, progress=False, gate=False)
     manifest = {row.patient_id: row for row in read_manifest(tmp_path / "out" / "manifest.csv")}
     assert manifest["CAC_007"].path.endswith("broken_jpeg.dcm")
     assert summary["decode_check"] is False
@@ -291,7 +291,7 @@ def test_no_decode_check_keeps_undecodable_file(cohort: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("name", ["broken_jpeg.dcm", "truncated.dcm"])
 def test_undecodable_detail(cohort: Path, tmp_path: Path, name: str) -> None:
-    ingest(cohort, tmp_path / "out", workers=1, progress=False)
+    ingest(cohort, tmp_path / "out", workers=1, progress=False, gate=False)
     rows = [r for r in read_excluded(tmp_path / "out" / "excluded.csv") if r.path.endswith(name)]
     assert [r.reason for r in rows] == ["unreadable"]
     assert rows[0].detail.startswith("pixel data cannot be decoded")
@@ -300,7 +300,7 @@ def test_undecodable_detail(cohort: Path, tmp_path: Path, name: str) -> None:
 def test_stats_on_ingest_output(cohort: Path, tmp_path: Path) -> None:
     from cacxr.ingest import cohort_stats
 
-    ingest(cohort, tmp_path / "out", workers=1, progress=False)
+    ingest(cohort, tmp_path / "out", workers=1, progress=False, gate=False)
     result = cohort_stats(tmp_path / "out", tmp_path / "stats")
     assert result["kind"] == "manifest"
     assert result["groups"]["all"]["n_patients"] == 6
@@ -308,8 +308,8 @@ def test_stats_on_ingest_output(cohort: Path, tmp_path: Path) -> None:
 
 
 def test_parallel_equals_serial(cohort: Path, tmp_path: Path) -> None:
-    ingest(cohort, tmp_path / "serial", workers=1, progress=False)
-    ingest(cohort, tmp_path / "pool", workers=2, progress=False)
+    ingest(cohort, tmp_path / "serial", workers=1, progress=False, gate=False)
+    ingest(cohort, tmp_path / "pool", workers=2, progress=False, gate=False)
     for name in ("manifest.csv", "excluded.csv"):
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes()
 
@@ -336,7 +336,7 @@ def test_no_identifying_value_in_outputs(
 def test_labels_csv_option(cohort: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id,cac_score,sex,age\nCAC_001,7,F,55\nCAC_2,0,M,60\n")
-    summary = ingest(cohort, tmp_path / "out", labels=labels, workers=1, progress=False)
+    summary = ingest(cohort, tmp_path / "out", labels=labels, workers=1, progress=False, gate=False)
     manifest = {
         r.patient_id: (r.cac_score, r.sex, r.age) for r in read_manifest(tmp_path / "out" / "manifest.csv")
     }
@@ -376,7 +376,7 @@ def _bad_data(kind: str, tmp_path: Path) -> Path:
 def test_bad_data(tmp_path: Path, kind: str, message: str) -> None:
     data = _bad_data(kind, tmp_path)
     with pytest.raises(CacxrError, match=message) as info:
-        ingest(data, tmp_path / "out", workers=1, progress=False)
+        ingest(data, tmp_path / "out", workers=1, progress=False, gate=False)
     assert str(data) in str(info.value)
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
@@ -396,7 +396,7 @@ def test_bad_labels(tmp_path: Path, labels: str, message: str) -> None:
     if labels == "no_score.csv":
         label_path.write_text("patient_id,agatston\nCAC_001,3\n")
     with pytest.raises(CacxrError) as info:
-        ingest(data, tmp_path / "out", labels=label_path, workers=1, progress=False)
+        ingest(data, tmp_path / "out", labels=label_path, workers=1, progress=False, gate=False)
     assert message in str(info.value)
 
 
@@ -404,7 +404,7 @@ def test_bad_labels(tmp_path: Path, labels: str, message: str) -> None:
 def test_refuses_output_inside_data(cohort: Path, tmp_path: Path, inside: str) -> None:
     before = tree_checksum(cohort)
     with pytest.raises(CacxrError, match="may not be inside DATA"):
-        ingest(cohort, tmp_path / inside, workers=1, progress=False)
+        ingest(cohort, tmp_path / inside, workers=1, progress=False, gate=False)
     assert tree_checksum(cohort) == before
 
 
@@ -415,7 +415,7 @@ def test_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_excluded_csv_is_readable_by_csv(cohort: Path, tmp_path: Path) -> None:
-    ingest(cohort, tmp_path / "out", workers=1, progress=False)
+    ingest(cohort, tmp_path / "out", workers=1, progress=False, gate=False)
     with (tmp_path / "out" / "excluded.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {row["reason"] for row in rows} <= set(EXCLUSION_REASONS)
@@ -441,7 +441,7 @@ def test_synth_cohort_matches_truth(synth_cohort, tmp_path: Path, site: str) -> 
     data, truth = synth_cohort
     assert {fault for p in truth.patient_truth for fault in p.faults} == set(FAULTS)  # every fault present
     before = tree_checksum(data)
-    summary = ingest(data, tmp_path / "out", site=site, workers=2, progress=False)
+    summary = ingest(data, tmp_path / "out", site=site, workers=2, progress=False, gate=False)
     assert tree_checksum(data) == before
 
     # exact counts per reason (files and label rows together)

@@ -12,7 +12,8 @@ import pytest
 
 from cacxr.core import CacxrError
 from cacxr.ingest import load_labels
-from cacxr.ingest.labels import label_key, normalise_sex, parse_birth, parse_date
+from cacxr.ingest.dates import parse_birth, parse_date
+from cacxr.ingest.labels import label_key, normalise_sex
 
 TODAY = dt.date(2025, 6, 1)
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "file_kind": "safepaths",
     "refuse_inside": "safepaths",
     "refuse_overwrite": "safepaths",
+    "is_safetensors": "tensorfiles",
+    "read_safetensors": "tensorfiles",
     "AGATSTON_BANDS": "task",
     "TASKS": "task",
     "agatston_band": "task",

@@ -148,6 +148,7 @@ def dicom_meta(ds: Any, path: str, patient_id: str, has_pixels: bool) -> ImageMe
         age=age,
         header_id_matches=_ids_match(header_id, patient_id),
         has_pixel_data=has_pixels,
+        study_date=radiograph_date(ds),
     )
 
 
@@ -250,4 +251,19 @@ def view_hint(ds: Any) -> str:
         lateral, frontal = bool(words & LATERAL_WORDS), bool(words & FRONTAL_WORDS)
         if lateral != frontal:  # both (e.g. "PA + LAT") or neither: this field does not decide
             return "lateral" if lateral else "frontal"
+    return ""
+
+
+# The radiograph's own date for pairing it with the CT (first valid one), in the order the DICOM model ranks them.
+RADIOGRAPH_DATE_TAGS = ("StudyDate", "AcquisitionDate", "ContentDate")
+
+
+def radiograph_date(ds: Any) -> str:
+    """The first valid date of :data:`RADIOGRAPH_DATE_TAGS` as ISO ``YYYY-MM-DD``, else ""."""
+    for keyword in RADIOGRAPH_DATE_TAGS:
+        text = header_text(ds, keyword)[:8]
+        try:
+            return dt.datetime.strptime(text, "%Y%m%d").date().isoformat()
+        except ValueError:
+            continue
     return ""

@@ -59,6 +59,8 @@ class ImageMeta:
         header_id_matches: whether the header PatientID equals ``patient_id`` ignoring case and the zero
             padding of numbers; None when either is empty.
         has_pixel_data: whether the file holds pixel data.
+        study_date: the radiograph's date as ISO ``YYYY-MM-DD`` from StudyDate, else AcquisitionDate, else
+            ContentDate ("" when none is a valid date, and for PNG/JPEG, whose date comes from a label table).
     """
 
     path: str
@@ -81,6 +83,7 @@ class ImageMeta:
     age: float
     header_id_matches: bool | None
     has_pixel_data: bool
+    study_date: str = ""
 
 
 @dataclass(frozen=True)

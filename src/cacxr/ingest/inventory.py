@@ -11,6 +11,7 @@ written atomically into the output folder, which may not lie inside DATA.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from cacxr import __version__
 from cacxr.core import CacxrError, file_kind, refuse_overwrite, write_json
-from cacxr.ingest.labels import LabelRow, LabelTable, load_labels
+from cacxr.ingest.labels import LabelRow, LabelTable, label_key, load_labels
 from cacxr.ingest.manifest import (
     EXCLUDED_FILE,
     EXCLUSION_REASONS,
@@ -38,14 +39,21 @@ from cacxr.ingest.manifest import (
 )
 from cacxr.ingest.rules import (
     IGNORED_EXTENSIONS,
+    INVERTED_CORRECTED,
     RULES,
     VIEW_ASSUMED_FRONTAL,
+    VIEW_CONTRADICTS_IMAGE,
+    VIEW_FROM_IMAGE,
     FileRecord,
+    apply_ct_window,
+    apply_gate,
+    apply_table_view,
     decode_file,
     inspect_file,
     label_exclusions,
     manifest_row,
     select_images,
+    site_of,
 )
 
 __all__ = ["ingest", "SITES", "DEFAULT_LABELS"]
@@ -64,7 +72,7 @@ def _inspect_chunk(items: list[tuple[str, str, bool]]) -> list[FileRecord]:
     return [inspect_file(*item) for item in items]
 
 
-def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple[str, tuple[str, str]]]:
+def _decode_chunk(items: list[tuple[str, str, bool]]) -> list[tuple[str, tuple[str, str], Any]]:
     return [decode_file(*item) for item in items]
 
 
@@ -119,6 +127,41 @@ def _check_paths(data: Path, out: Path, overwrite: bool) -> None:
         refuse_overwrite(out / name, overwrite)
 
 
+def _listed(data: Path, table: LabelTable) -> tuple[list[tuple[str, str, bool]], list[ExcludedRow]]:
+    """A path table's candidates ``(path, patient_id, False)`` and its rows that name no usable file."""
+    root = data.resolve()
+    candidates: list[tuple[str, str, bool]] = []
+    problems: list[ExcludedRow] = []
+    for image in table.images:
+        where = table.where(image)
+        path = data / image.path
+        if not image.path or not path.resolve().is_relative_to(root):
+            reason = "outside_data"
+            detail = f"{where}: path {image.path!r} leads out of {data}" if image.path else f"{where}: empty path"
+            problems.append(ExcludedRow(path=image.path, patient_id=image.patient_id, reason=reason, detail=detail))
+        elif not path.exists() and not path.is_symlink():
+            problems.append(
+                ExcludedRow(
+                    path=str(path.absolute()), patient_id=image.patient_id, reason="missing_file",
+                    detail=f"{where}: no such file",
+                )
+            )  # fmt: skip
+        else:
+            candidates.append((str(path.absolute()), image.patient_id, False))
+    return sorted(set(candidates)), problems
+
+
+def _site_rule(table: LabelTable, patient_ids: Iterable[str], site: str) -> tuple[str, Callable[[str], str]]:
+    """How sites are assigned (for ingest.json) and the site of a patient id (its label row's, when listed)."""
+    if "site" in table.columns:
+        by_key = {row.key: row.site for row in table.usable}
+        return "the label table's site column", lambda pid: by_key.get(label_key(pid), "")
+    if any("CAC" in pid.upper() for pid in patient_ids):
+        return "folder name: internal when it contains CAC, else external", site_of
+    one_site = site if site in ("internal", "external") else "internal"
+    return f"one site: no site column and no folder name with CAC, every patient is {one_site}", lambda _: one_site
+
+
 def _walk(data: Path) -> tuple[list[tuple[str, str, bool]], int]:
     """DICOM candidates ``(path, patient_id, in_ct_folder)`` in path order, and the count of ignored files."""
     candidates: list[tuple[str, str, bool]] = []
@@ -162,19 +205,26 @@ def ingest(
     decode_check: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    max_days: int | None = None,
+    gate: bool = True,
 ) -> dict[str, Any]:
-    """Inventory and clean a DICOM tree into ``out``/manifest.csv, excluded.csv and ingest.json.
+    """Inventory and clean an archive into ``out``/manifest.csv, excluded.csv and ingest.json.
 
     Args:
-        data: the cohort folder (``DATA/<patient>/rx/*.dcm``, usually with ``DATA/site.db``).
+        data: the cohort folder: patient folders of DICOM, PNG or JPEG files (``DATA/<patient>/...``,
+            usually with ``DATA/site.db``), or any layout a path table lists.
         out: the output folder (created; may not be inside ``data``).
         labels: the label table (site.db or CSV); default ``data/site.db``.
-        site: ``internal`` (folder names containing CAC), ``external`` or ``all``.
+        site: ``internal`` (folder names containing CAC), ``external``, ``all``, or a value of the label
+            table's ``site`` column.
         workers: processes reading files in parallel (default: the CPU count; 1 = no pool).
         decode_check: decode the pixels of the files that reach rule 8, so that an undecodable file
             never reaches the manifest.
         progress: show tqdm progress bars.
         overwrite: replace the outputs of an earlier ingest in ``out`` (default: refuse).
+        max_days: keep only radiographs taken within this many days of the patient's ``ct_date``, the
+            closest first (None: no window; dates are then only reported).
+        gate: run the view gate on the pixels of every candidate (rule 8b).
 
     Returns:
         The content of ingest.json: counts per reason, patients used per site, id fixes, rules, ...
@@ -185,45 +235,76 @@ def ingest(
     """
     started = time.perf_counter()
     data, out = Path(data), Path(out)
-    if site not in SITES:
-        raise CacxrError(f"unknown site {site!r}: choose one of {', '.join(SITES)}")
+    if max_days is not None and max_days < 0:
+        raise CacxrError(f"--max-days must be 0 or more (got {max_days})")
     _check_paths(data, out, overwrite)
-    candidates, ignored = _walk(data)
-    if not candidates:
-        raise CacxrError(f"{data}: no DICOM files found ({ignored} non-DICOM files)")
     label_path = _resolve_labels(data, labels)
     table = load_labels(label_path)
+    listed: list[ExcludedRow] = []
+    if table.images:
+        candidates, listed = _listed(data, table)
+        ignored = 0
+    else:
+        candidates, ignored = _walk(data)
+    if not candidates and not listed:
+        raise CacxrError(f"{data}: no image files found ({ignored} other files)")
+    table_sites = {row.site for row in table.usable if row.site} if "site" in table.columns else set()
+    if site not in SITES and site not in table_sites:
+        known = ", ".join([*SITES, *sorted(table_sites)])
+        raise CacxrError(f"unknown site {site!r}: choose one of {known}")
+    site_rule, site_of_patient = _site_rule(table, (c[1] for c in candidates), site)
     workers = max(1, int(workers or os.cpu_count() or 1))
-    logger.info("%s: %d DICOM candidate files, %d workers", data, len(candidates), workers)
+    logger.info("%s: %d candidate files, %d workers", data, len(candidates), workers)
 
     # Rules 1-5 from the headers (parallel), then 6-7 from the site and the label table.
     records = _run_chunks(_inspect_chunk, candidates, workers, progress, "ingest: headers")
     records.sort(key=lambda r: r.path)
+    listing = {str((data / image.path).absolute()): image for image in table.images}
     label_of, padding_fixes = table.match({r.patient_id for r in records if r.patient_id})
-    selected_sites = {"internal", "external"} if site == "all" else {site}
     for record in records:
+        record.site = site_of_patient(record.patient_id) if record.patient_id else ""
+        image = listing.get(record.path)
+        if image is not None:
+            apply_table_view(record, image.view)
+            if image.study_date is not None:
+                record.study_date = image.study_date.isoformat()
+            elif image.note:
+                record.detail = image.note
         if record.reason:
             continue
         if not record.patient_id:
             record.reason, record.detail = "no_label", "file is not inside a patient folder"
-        elif record.site not in selected_sites:
+        elif site != "all" and record.site != site and not site_rule.startswith("one site"):
             record.reason, record.detail = "other_site", f"site {record.site}, --site {site}"
         elif record.patient_id not in label_of:
             record.reason, record.detail = "no_label", "no label row for this patient"
 
-    # Rule 8: decode what is still a candidate.
-    if decode_check:
-        todo = [(r.path, r.patient_id) for r in records if not r.reason]
-        problems = dict(_run_chunks(_decode_chunk, todo, workers, progress, "ingest: decoding"))
+    # Rules 8 and 8b: decode what is still a candidate, and let the view gate read its pixels.
+    if decode_check or gate:
+        todo = [(r.path, r.patient_id, gate) for r in records if not r.reason]
+        decoded = {path: (problem, verdict) for path, problem, verdict in
+                   _run_chunks(_decode_chunk, todo, workers, progress, "ingest: decoding")}  # fmt: skip
         for record in records:
-            reason, detail = problems.get(record.path, ("", ""))
+            (reason, detail), verdict = decoded.get(record.path, (("", ""), None))
             if reason:
                 record.reason, record.detail = reason, detail
+            elif verdict is not None:
+                apply_gate(record, verdict)
+
+    # Rule 8c: the CT window.
+    for record in records:
+        if record.reason or not record.patient_id or record.patient_id not in label_of:
+            continue
+        ct_date = label_of[record.patient_id].ct_date
+        if max_days is not None:
+            apply_ct_window(record, ct_date, max_days)
+        elif ct_date is not None and record.study_date:
+            record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
 
     # Rules 9-10: one image per patient.
     kept = select_images([r for r in records if not r.reason])
     manifest_rows = [manifest_row(record, label_of[pid]) for pid, record in kept.items()]
-    excluded_rows = [
+    excluded_rows = listed + [
         ExcludedRow(path=r.path, patient_id=r.patient_id, reason=r.reason, detail=r.detail)
         for r in records
         if r.reason
@@ -248,6 +329,9 @@ def ingest(
         excluded_rows=excluded_rows,
         label_of=label_of,
         padding_fixes=padding_fixes,
+        site_rule=site_rule,
+        max_days=max_days,
+        gate=gate,
     )
     summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json(out / SUMMARY_FILE, summary)
@@ -281,6 +365,9 @@ def _summary(
     excluded_rows: list[ExcludedRow],
     label_of: dict[str, LabelRow],
     padding_fixes: list[dict[str, Any]],
+    site_rule: str,
+    max_days: int | None,
+    gate: bool,
 ) -> dict[str, Any]:
     """The content of ingest.json."""
     counts = Counter(r.reason for r in excluded_rows)
@@ -307,7 +394,7 @@ def _summary(
             "age_source": "label table" if table.has_age else "DICOM header",
         },
         "n_files": n_candidates + ignored,
-        "n_dicom_candidates": n_candidates,
+        "n_candidates": n_candidates,
         "ignored_files": ignored,
         "n_manifest": len(manifest_rows),
         "n_excluded": len(excluded_rows),
@@ -320,5 +407,71 @@ def _summary(
         "views_kept": _count(r.view or "assumed" for r in manifest_rows),
         "header_id_mismatch": sum(mismatch.values()),
         "id_fixes": corr_fixes + padding_fixes + header_fixes,
+        "layout": "path table" if table.images else "patient folders",
+        "site_rule": site_rule,
+        "formats": {
+            "candidates": _count(r.source_format or "unknown" for r in records),
+            "kept": _count(r.source_format or "unknown" for r in manifest_rows),
+        },
+        "view_gate": _gate_summary(gate, records, manifest_rows),
+        "ct_window": _window_summary(max_days, records, manifest_rows, label_of),
         "rules": list(RULES),
     }
+
+
+def _gate_summary(gate: bool, records: list[FileRecord], manifest_rows: list[ManifestRow]) -> dict[str, Any]:
+    """ingest.json ``view_gate``: its version and what it decided."""
+    if not gate:
+        return {"ran": False}
+    from cacxr.imaging.viewgate import gate_version
+
+    judged = [r for r in records if r.gate]
+    return {
+        "ran": True,
+        "version": gate_version(),
+        "images_judged": len(judged),
+        "verdicts": _count(r.gate.split(" ")[0] for r in judged),
+        "not_radiograph": sum(r.reason == "not_radiograph" and r.detail.startswith("image:") for r in records),
+        "lateral_from_image": sum(r.reason == "lateral_view" and r.detail.startswith("image:") for r in records),
+        "frontal_from_image": sum(VIEW_FROM_IMAGE in r.view_flag for r in manifest_rows),
+        "header_view_contradicts_image": sum(r.view_flag == VIEW_CONTRADICTS_IMAGE for r in judged),
+        "inverted_corrected": sum(INVERTED_CORRECTED in r.view_flag for r in manifest_rows),
+    }
+
+
+def _window_summary(
+    max_days: int | None, records: list[FileRecord], manifest_rows: list[ManifestRow], label_of: dict[str, LabelRow]
+) -> dict[str, Any]:
+    """ingest.json ``ct_window``: the window, and the distribution of the kept images' gaps to the CT."""
+    gaps = [row.ct_gap_days for row in manifest_rows if not math.isnan(row.ct_gap_days)]
+    dated = sum(bool(r.study_date) for r in records)
+    out: dict[str, Any] = {
+        "max_days": max_days,
+        "patients_with_ct_date": sum(row.ct_date is not None for row in label_of.values()),
+        "images_with_date": dated,
+        "kept_gap_days": _distribution(gaps),
+    }
+    if max_days is None and dated and out["patients_with_ct_date"]:
+        out["note"] = (
+            "radiograph and CT dates exist but no window was set: every image was eligible whatever its distance "
+            "to the CT (use --max-days N to keep radiographs within N days of the CT, the closest first)"
+        )
+    return out
+
+
+def _distribution(values: list[float]) -> dict[str, Any]:
+    """n, min, quartiles, max and the count per |gap| band of a list of day gaps."""
+    if not values:
+        return {"n": 0}
+    import numpy as np
+
+    q = np.percentile(values, [0, 25, 50, 75, 100])
+    bands = ((0, 7), (8, 30), (31, 90), (91, 365), (366, None))
+    return {
+        "n": len(values),
+        "min": float(q[0]), "q1": float(q[1]), "median": float(q[2]), "q3": float(q[3]), "max": float(q[4]),
+        "abs_days": {
+            (f"{lo}-{hi}" if hi else f">{lo - 1}"): sum(lo <= abs(v) and (hi is None or abs(v) <= hi) for v in values)
+            for lo, hi in bands
+        },
+    }  # fmt: skip

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from cacxr.core import CacxrError, age_in_years
+from cacxr.ingest.dates import parse_birth, parse_date
+from cacxr.ingest.listing import ListedImage, split_listing
 
 __all__ = [
     "LabelRow",
@@ -40,8 +42,6 @@ __all__ = [
     "load_labels",
     "label_key",
     "normalise_sex",
-    "parse_date",
-    "parse_birth",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,8 @@ SEX_CODES: dict[str, str] = {
 }
 
 CORR_SUFFIX = "_corr"
-ADULT_AGE = 18  # a two-digit birth year that would make the patient younger than this is 19yy
 
 _ID_RE = re.compile(r"^(.*?)(\d+)$")
-_ISO_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
-_COMPACT_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_DMY_RE = re.compile(r"^(\d{1,2})[./-](\d{1,2})[./-](\d{4}|\d{2})$")
 
 
 @dataclass
@@ -83,6 +79,8 @@ class LabelRow:
         corrected: True for a ``<id>_corr`` row.
         reason: ``""`` for a usable row, else ``superseded_label``, ``duplicate_label`` or ``invalid_label``.
         detail: why the row was rejected, or a note (e.g. a date that was not understood).
+        site: the ``site`` column as written ("" without one).
+        ct_date: the date of the CT that gave the score (``ct_date`` column), or None.
     """
 
     patient_id: str
@@ -94,6 +92,8 @@ class LabelRow:
     corrected: bool = False
     reason: str = ""
     detail: str = ""
+    site: str = ""
+    ct_date: dt.date | None = None
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -115,6 +115,8 @@ class LabelTable:
         fixes: one dict per ``_corr`` replacement (``{"fix": "corr", "label_id", "replaces", "line"}``,
             ``line`` being where the replaced row is).
         has_age: whether the source had an age, directly or from birth and rx_date.
+        images: the images a path table lists (:mod:`cacxr.ingest.listing`); empty for a patient table.
+        columns: the source's columns (``id`` for ``patient_id``).
     """
 
     source: str
@@ -122,6 +124,8 @@ class LabelTable:
     rows: list[LabelRow] = field(default_factory=list)
     fixes: list[dict[str, Any]] = field(default_factory=list)
     has_age: bool = False
+    images: list[ListedImage] = field(default_factory=list)
+    columns: frozenset[str] = frozenset()
 
     @property
     def usable(self) -> list[LabelRow]:
@@ -142,7 +146,7 @@ class LabelTable:
     def __getitem__(self, index: int) -> LabelRow:
         return self.usable[index]
 
-    def where(self, row: LabelRow) -> str:
+    def where(self, row: LabelRow | ListedImage) -> str:
         """Where ``row`` is in the source, for messages: ``line 5 of labels.csv`` / ``row 5 of site.db``."""
         unit = "line" if self.format == "csv" else "row"
         return f"{unit} {row.line} of {Path(self.source).name}"
@@ -198,87 +202,6 @@ def normalise_sex(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return SEX_CODES.get(str(value).strip().upper(), "")
-
-
-def _resolve_two_digit(yy: int, not_after: dt.date) -> int:
-    """20yy when that year is not after ``not_after``'s year, else 19yy."""
-    return 2000 + yy if 2000 + yy <= not_after.year else 1900 + yy
-
-
-def _split_date(value: Any) -> tuple[int, int, int, bool] | None:
-    """(year, month, day, two_digit_year) of a date string, or None when it is not a date."""
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        value = value.date()
-    if isinstance(value, dt.date):
-        return value.year, value.month, value.day, False
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    # "2019-03-04 00:00:00" / "2019-03-04T10:00" from spreadsheets and databases: keep the date
-    text = re.split(r"[ T]", text, maxsplit=1)[0] if text else text
-    if found := _ISO_RE.match(text) or _COMPACT_RE.match(text):
-        year, month, day = (int(g) for g in found.groups())
-        return year, month, day, False
-    if found := _DMY_RE.match(text):
-        day, month, year_text = found.groups()
-        return int(year_text), int(month), int(day), len(year_text) == 2
-    return None
-
-
-def _make_date(year: int, month: int, day: int) -> dt.date | None:
-    try:
-        return dt.date(year, month, day)
-    except ValueError:
-        return None
-
-
-def parse_date(value: Any, today: dt.date | None = None) -> dt.date | None:
-    """Parse a radiograph date (``rx_date``).
-
-    Args:
-        value: ISO ``2019-03-04``, ``DD.MM.YYYY``, ``DD/MM/YYYY``, ``YYYYMMDD``, or those with a two-digit
-            year; a ``date`` passes through.
-        today: the reference for two-digit years (default: today): yy is 20yy when that is not after
-            today's year, else 19yy.
-
-    Returns:
-        The date, or None when the value is empty or not a date.
-    """
-    parts = _split_date(value)
-    if parts is None:
-        return None
-    year, month, day, two_digit = parts
-    if two_digit:
-        year = _resolve_two_digit(year, today or dt.date.today())
-    return _make_date(year, month, day)
-
-
-
-def parse_birth(value: Any, rx_date: dt.date | None, today: dt.date | None = None) -> dt.date | None:
-    """Parse a birth date; a two-digit year is 19yy when 20yy would make the patient a minor.
-
-    Args:
-        value: the birth date in one of the forms ``parse_date`` reads.
-        rx_date: the radiograph date the age is computed at (today when unknown).
-        today: the reference for "not after the current year" (default: today).
-
-    Returns:
-        The birth date, or None when the value is empty or not a date.
-    """
-    parts = _split_date(value)
-    if parts is None:
-        return None
-    year, month, day, two_digit = parts
-    if two_digit:
-        today = today or dt.date.today()
-        year = _resolve_two_digit(year, today)
-        if year >= 2000:
-            born = _make_date(year, month, day)
-            if born is not None and age_in_years(born, rx_date or today) < ADULT_AGE:
-                year -= 100
-    return _make_date(year, month, day)
 
 
 def _parse_score(value: Any) -> tuple[float, str]:
@@ -337,6 +260,10 @@ def _build_table(
         patient_id = raw_id[: -len(CORR_SUFFIX)] if corrected else raw_id
         score, problem = _parse_score(record.get("cac_score"))
         age, note = _row_age(record, today)
+        ct_text = "" if record.get("ct_date") is None else str(record["ct_date"]).strip()
+        ct_date = parse_date(ct_text, today) if ct_text else None
+        if ct_text and ct_date is None:
+            note = "; ".join(filter(None, [note, f"ct_date {ct_text[:20]!r} is not a date"]))
         row = LabelRow(
             patient_id=patient_id,
             raw_id=raw_id,
@@ -346,6 +273,8 @@ def _build_table(
             line=line,
             corrected=corrected,
             detail=note,
+            site=str(record.get("site") or "").strip(),
+            ct_date=ct_date,
         )
         if not patient_id:
             row.reason, row.detail = "invalid_label", "patient id is empty"
@@ -396,7 +325,7 @@ def _read_sqlite(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], set[str]
         missing = [c for c in ("id", "cac_score") if c not in columns]
         if missing:
             raise CacxrError(f"{path}: table 'patient' lacks the column(s) {', '.join(missing)}")
-        wanted = [c for c in ("id", "cac_score", "sex", "age", "birth", "rx_date") if c in columns]
+        wanted = [c for c in ("id", "cac_score", "sex", "age", "birth", "rx_date", "site", "ct_date") if c in columns]
         cursor = con.execute(f"SELECT {', '.join(wanted)} FROM patient ORDER BY rowid")
         records = [(i, dict(zip(wanted, values, strict=True))) for i, values in enumerate(cursor, start=1)]
     finally:
@@ -427,7 +356,8 @@ def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], set[str]]:
     if missing:
         raise CacxrError(
             f"{path}: the labels CSV lacks the column(s) {', '.join(missing)} "
-            f"(found: {', '.join(header) or 'none'}; expected patient_id, cac_score[, sex, age, birth, rx_date])"
+            f"(found: {', '.join(header) or 'none'}; expected patient_id, cac_score[, sex, age, birth, rx_date, "
+            "site, ct_date; a path table adds path[, view, study_date]])"
         )
     records = []
     for line, values in enumerate(reader, start=2):
@@ -444,7 +374,8 @@ def load_labels(path: str | os.PathLike[str], today: dt.date | None = None) -> L
     Args:
         path: ``site.db`` (SQLite, table ``patient(id, cac_score, sex, birth, rx_date, ...)``; any suffix
             other than ``.csv`` is read as SQLite) or a CSV with ``patient_id, cac_score`` and optional
-            ``sex``, ``age``, ``birth``, ``rx_date`` (``,``, ``;`` or tab separated).
+            ``sex``, ``age``, ``birth``, ``rx_date``, ``site``, ``ct_date`` (``,``, ``;`` or tab separated).
+            A CSV with a ``path`` column is a path table: one row per image (:mod:`cacxr.ingest.listing`).
         today: reference date for two-digit years (default: today).
 
     Returns:
@@ -465,7 +396,11 @@ def load_labels(path: str | os.PathLike[str], today: dt.date | None = None) -> L
         fmt = "sqlite"
         records, columns = _read_sqlite(path)
     age_known = "age" in columns or {"birth", "rx_date"} <= columns
+    images: list[ListedImage] = []
+    if "path" in columns:  # a path table: one row per image
+        records, images = split_listing(path, records, today)
     table = _build_table(path, fmt, records, age_known, today or dt.date.today())
+    table.images, table.columns = images, frozenset(columns)
     logger.debug(
         "%s: %d label rows, %d usable, %d rejected",
         path,

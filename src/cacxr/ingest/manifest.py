@@ -38,13 +38,13 @@ EXCLUDED_FILE = "excluded.csv"
 SUMMARY_FILE = "ingest.json"
 # Fixed reason codes for excluded.csv (documented in the README; tests check exact counts).
 EXCLUSION_REASONS: dict[str, str] = {
-    "unreadable": "not a DICOM file pydicom can parse, or its pixel data cannot be decoded",
+    "unreadable": "not a DICOM, PNG or JPEG file cacxr can parse, or its pixels cannot be decoded",
     "no_pixel_data": "a DICOM object without pixel data (metadata/DICOMDIR/SR files)",
-    "not_radiograph": "an image that is not a projection radiograph (CT, MR, ... or a ct/ folder)",
+    "not_radiograph": "not a chest radiograph: a CT/MR/... modality, a ct/ folder, or the view gate reading the pixels",
     "multi_frame": "more than one frame in one file",
     "too_large": "more pixels than the limit (declared by the header or by the compressed codestream)",
     "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
-    "lateral_view": "ViewPosition says lateral (LL, RL, LAT, LATERAL, LATERALE, ...)",
+    "lateral_view": "lateral: ViewPosition (LL, RL, LAT, ...), the path table's view, or the view gate on the pixels",
     "unknown_view": "no usable ViewPosition and the rule for unknown views did not keep it",
     "extra_frontal": "the patient already has a frontal image that was kept (see ingest.json for the rule)",
     "no_label": "an image of a patient without a label row",
@@ -53,6 +53,10 @@ EXCLUSION_REASONS: dict[str, str] = {
     "superseded_label": "a label row replaced by its _corr row",
     "duplicate_label": "a second label row for the same patient id",
     "invalid_label": "a label row whose CAC score is missing or not a number >= 0",
+    "outside_ct_window": "a radiograph taken more than --max-days from its patient's CT",
+    "no_date": "a radiograph without a date (header or study_date), or whose patient has no ct_date, under --max-days",
+    "missing_file": "a path table lists a file that does not exist",
+    "outside_data": "a path table lists a path that leads out of DATA (never opened)",
 }
 
 
@@ -72,6 +76,10 @@ class ManifestRow:
     photometric: str = ""
     rows: int = 0
     cols: int = 0
+    source_format: str = ""  # dicom | png | jpeg
+    study_date: str = ""  # the radiograph's date (ISO), from the header or the table's study_date
+    ct_gap_days: float = math.nan  # study_date - the patient's ct_date, in days (NaN when either is unknown)
+    gate: str = ""  # the view gate's verdict on the pixels, e.g. "frontal (p 0.97)" ("" when it did not run)
 
 
 @dataclass

@@ -5,10 +5,12 @@ in ``RULES``; :mod:`cacxr.ingest.inventory` applies them to a whole archive.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cacxr.ingest.labels import LabelRow, LabelTable
 from cacxr.ingest.manifest import ExcludedRow, ManifestRow
@@ -17,6 +19,14 @@ __all__ = [
     "IGNORED_EXTENSIONS",
     "VIEW_PREFERENCE",
     "ASSUMED_FRONTAL_RANK",
+    "IMAGE_FRONTAL_RANK",
+    "VIEW_FROM_IMAGE",
+    "VIEW_CONTRADICTS_IMAGE",
+    "INVERTED_CORRECTED",
+    "TABLE_FRONTAL_VIEWS",
+    "apply_table_view",
+    "apply_gate",
+    "apply_ct_window",
     "VIEW_ASSUMED_FRONTAL",
     "RULES",
     "FileRecord",
@@ -32,25 +42,41 @@ __all__ = [
 IGNORED_EXTENSIONS: tuple[str, ...] = (".db", ".sqlite", ".csv", ".json", ".txt", ".md", ".xlsx", ".log")
 # Rank of a kept candidate's view: lower wins (then more pixels, then the path in sort order).
 VIEW_PREFERENCE: dict[str, int] = {"PA": 0, "AP": 1, "NN": 2, "FRONTAL": 2}
-ASSUMED_FRONTAL_RANK = 3
+IMAGE_FRONTAL_RANK = 3  # a frontal the gate read from the pixels comes after every recorded one
+ASSUMED_FRONTAL_RANK = 4
 VIEW_ASSUMED_FRONTAL = "view_assumed_frontal"
+VIEW_FROM_IMAGE = "view_from_image"  # no view in the header or table: the gate read it from the pixels
+VIEW_CONTRADICTS_IMAGE = "header_view_contradicts_image"  # the recorded view wins; flagged for review
+INVERTED_CORRECTED = "inverted_corrected"  # an export with bone dark: inverted back before preprocessing
+# Views a path table's ``view`` column may give (upper-cased), beside the DICOM ViewPosition values.
+TABLE_FRONTAL_VIEWS = frozenset({"PA", "AP", "NN", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR"})
 RULES: tuple[str, ...] = (
-    f"files with extension {', '.join(IGNORED_EXTENSIONS)} are not DICOM candidates (counted in ignored_files)",
-    "patient id = first folder under DATA; site = internal when that name contains CAC, else external",
+    f"files with extension {', '.join(IGNORED_EXTENSIONS)} are not image candidates (counted in ignored_files)",
+    "a path table (a labels CSV with a path column) lists the candidates instead: a path leading out of DATA "
+    "-> outside_data, a listed file that does not exist -> missing_file",
+    "patient id = first folder under DATA (path table: its patient_id); site = the table's site column; without "
+    "one, internal when the folder name contains CAC, else external; an archive with neither is one site",
     "a header PatientID that differs from the folder name never wins (counted in header_id_mismatch)",
     "0 not a regular file (FIFO, socket, device, broken link or a link to one) -> not_regular_file, never opened",
-    "1 not parseable as DICOM -> unreadable",
+    "1 not parseable as DICOM, PNG or JPEG -> unreadable",
     "2 no PixelData -> no_pixel_data",
     "3 Modality not in CR, DX, DR, RG, PX, OT, '' or a ct folder on the path -> not_radiograph",
     "4 NumberOfFrames > 1 -> multi_frame; more pixels than the limit (header or codestream) -> too_large",
-    "5 lateral ViewPosition (or empty ViewPosition and a description saying LAT) -> lateral_view",
+    "5 lateral ViewPosition (or empty ViewPosition and a description saying LAT), or a lateral view in the path "
+    "table -> lateral_view",
     "6 patient of a site not selected by --site -> other_site",
     "7 no label row for the patient -> no_label",
-    "8 pixel data cannot be decoded -> unreadable, or too_large from the codestream (only with --decode-check)",
-    "9 unknown-view candidates -> unknown_view when the patient has a frontal candidate, "
-    "else kept as frontal and flagged view_assumed_frontal",
-    "10 one image per patient: PA > AP > NN/FRONTAL > assumed frontal, then most pixels, "
-    "then path order; the others -> extra_frontal",
+    "8 pixel data cannot be decoded -> unreadable, or too_large from the codestream (with --decode-check or the "
+    "gate)",
+    "8b the view gate on the pixels (with --gate): not a chest radiograph -> not_radiograph (the pixels decide the "
+    "content); lateral -> lateral_view when neither header nor table gives a view (a recorded view wins and a "
+    "contradiction is flagged); an export whose grey scale is inverted is corrected and flagged",
+    "8c with --max-days N: no radiograph date or no ct_date -> no_date; more than N days from the CT -> "
+    "outside_ct_window",
+    "9 unknown-view candidates -> unknown_view when the patient has a frontal candidate (recorded or from the "
+    "gate), else kept as frontal and flagged view_assumed_frontal",
+    "10 one image per patient: with --max-days the closest to the CT first; then PA > AP > NN/FRONTAL > frontal "
+    "from the gate > assumed frontal, then most pixels, then path order; the others -> extra_frontal",
     "labels: ids matched ignoring zero padding and case; <id>_corr replaces <id> (superseded_label); "
     "a second row for an id -> duplicate_label (first wins); cac_score missing, negative or not a "
     "number -> invalid_label; a usable row whose patient has no kept image -> label_without_image",
@@ -77,6 +103,11 @@ class FileRecord:
     age: float = math.nan
     header_id_matches: bool | None = None
     view_flag: str = ""
+    source_format: str = ""
+    study_date: str = ""  # ISO; the path table's study_date wins over the header's
+    gap_days: int | None = None  # study_date - ct_date
+    gate: str = ""  # the gate's verdict, described
+    inverted: bool = False  # an export the gate found inverted: preprocessing inverts it back
 
     @property
     def pixels(self) -> int:
@@ -99,10 +130,9 @@ def inspect_file(path: str, patient_id: str, in_ct_folder: bool) -> FileRecord:
         record.reason, record.detail = "unreadable", f"{type(exc).__name__}: {exc}"
         return record
     meta = result.meta
-    if meta is not None and meta.source_format != "dicom":  # the reader also opens PNG/JPEG: rule 1
-        record.reason, record.detail = "unreadable", f"not a DICOM file (a {meta.source_format} image)"
-        return record
     if meta is not None:
+        record.source_format = meta.source_format
+        record.study_date = meta.study_date
         record.modality = meta.modality or ""
         record.view = (meta.view or "").upper()
         record.photometric = meta.photometric or ""
@@ -122,29 +152,81 @@ def inspect_file(path: str, patient_id: str, in_ct_folder: bool) -> FileRecord:
     record.frontal = bool(is_frontal(meta)) and not record.lateral
     if record.lateral:
         record.reason = "lateral_view"
-        record.detail = f"ViewPosition {meta.view!r}" if meta.view else "description says lateral"
+        record.detail = f"header: ViewPosition {meta.view!r}" if meta.view else "header: description says lateral"
     return record
 
 
-def decode_file(path: str, patient_id: str) -> tuple[str, tuple[str, str]]:
-    """Rule 8: ``(path, (reason, detail))``; reason is ``""`` when the pixels decode.
+def apply_table_view(record: FileRecord, view: str) -> None:
+    """A path table's ``view`` for an image whose header gives none (an export never has one)."""
+    if not view or record.reason or record.view:
+        return
+    record.view = view
+    if view in TABLE_FRONTAL_VIEWS:
+        record.frontal = True
+    else:
+        from cacxr.imaging import LATERAL_VIEWS
+
+        if view in LATERAL_VIEWS:
+            record.lateral = True
+            record.reason, record.detail = "lateral_view", f"path table: view {view!r}"
+
+
+def apply_gate(record: FileRecord, verdict: Any) -> None:
+    """Rule 8b: the view gate's verdict (``cacxr.imaging.viewgate.GateVerdict``) on the record's pixels."""
+    record.gate = verdict.describe()
+    if verdict.content == "not_radiograph":
+        record.reason = "not_radiograph"
+        record.detail = f"image: not a chest radiograph by the view gate ({record.gate}, {verdict.version})"
+        return
+    recorded = record.frontal or record.lateral  # a view from the header or the path table
+    if recorded and (verdict.content == "lateral") == record.frontal:
+        record.view_flag = VIEW_CONTRADICTS_IMAGE
+    elif not recorded and verdict.content == "lateral":
+        record.lateral, record.reason = True, "lateral_view"
+        record.detail = f"image: lateral by the view gate ({record.gate}, {verdict.version})"
+        return
+    elif not recorded:
+        record.frontal, record.view_flag = True, VIEW_FROM_IMAGE
+    if verdict.inverted and record.source_format != "dicom":  # a DICOM's PhotometricInterpretation decides
+        record.inverted = True
+
+
+def apply_ct_window(record: FileRecord, ct_date: dt.date | None, max_days: int) -> None:
+    """Rule 8c: keep radiographs within ``max_days`` of the patient's CT."""
+    if ct_date is None or not record.study_date:
+        record.reason = "no_date"
+        record.detail = "the patient has no ct_date" if ct_date is None else "no radiograph date (header or table)"
+        return
+    record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
+    if abs(record.gap_days) > max_days:
+        record.reason = "outside_ct_window"
+        record.detail = f"taken {record.gap_days:+d} days from the CT (--max-days {max_days})"
+
+
+def decode_file(path: str, patient_id: str, gate: bool = False) -> tuple[str, tuple[str, str], Any]:
+    """Rules 8 and 8b's input: ``(path, (reason, detail), verdict)``; reason is ``""`` when the pixels decode.
 
     The reason is ``unreadable``, or ``too_large`` when the codestream declares more pixels than the limit.
+    ``verdict`` is the view gate's on the decoded image (with ``gate``), else None.
     """
     from cacxr.imaging import read_image
 
     try:
         result = read_image(path, patient_id=patient_id)
     except Exception as exc:  # a decoder crash on one file must not stop the batch
-        return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}")
+        return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"), None
     if result.reason == "too_large":
-        return path, ("too_large", result.detail.removeprefix(f"{path}: "))
+        return path, ("too_large", result.detail.removeprefix(f"{path}: ")), None
     if result.reason or result.image is None:
         detail = result.detail.removeprefix(f"{path}: ") or result.reason or "no image"
         if not detail.startswith("pixel data cannot be decoded"):
             detail = f"pixel data cannot be decoded: {detail}"
-        return path, ("unreadable", detail)
-    return path, ("", "")
+        return path, ("unreadable", detail), None
+    if not gate:
+        return path, ("", ""), None
+    from cacxr.imaging.viewgate import classify
+
+    return path, ("", ""), classify(result.image)
 
 
 def select_images(records: list[FileRecord]) -> dict[str, FileRecord]:
@@ -154,10 +236,11 @@ def select_images(records: list[FileRecord]) -> dict[str, FileRecord]:
         by_patient.setdefault(record.patient_id, []).append(record)
     kept: dict[str, FileRecord] = {}
     for patient_id, files in by_patient.items():
-        has_frontal = any(f.frontal for f in files)
+        # a frontal recorded in the header or the path table (not one the gate read from the pixels)
+        has_frontal = any(f.frontal and f.view_flag != VIEW_FROM_IMAGE for f in files)
         pool = []
         for f in files:
-            if f.frontal:
+            if f.frontal and (f.view_flag != VIEW_FROM_IMAGE or not has_frontal):
                 pool.append(f)
             elif has_frontal:
                 f.reason = "unknown_view"
@@ -167,15 +250,24 @@ def select_images(records: list[FileRecord]) -> dict[str, FileRecord]:
                 f.view_flag = VIEW_ASSUMED_FRONTAL
                 pool.append(f)
 
-        def rank(f: FileRecord) -> tuple[int, int, str]:
-            view_rank = VIEW_PREFERENCE.get(f.view, 2) if f.frontal else ASSUMED_FRONTAL_RANK
-            return view_rank, -f.pixels, f.path
+        def rank(f: FileRecord) -> tuple[int, int, int, str]:
+            gap = abs(f.gap_days) if f.gap_days is not None else 0  # set for every candidate under --max-days
+            if not f.frontal:
+                view_rank = ASSUMED_FRONTAL_RANK
+            elif f.view_flag == VIEW_FROM_IMAGE:
+                view_rank = IMAGE_FRONTAL_RANK
+            else:
+                view_rank = VIEW_PREFERENCE.get(f.view, 2)
+            return gap, view_rank, -f.pixels, f.path
 
         pool.sort(key=rank)
         kept[patient_id] = pool[0]
         for f in pool[1:]:
             f.reason = "extra_frontal"
-            f.detail = f"{Path(pool[0].path).name} kept (view {pool[0].view or 'assumed frontal'})"
+            winner = pool[0]
+            view = winner.view or ("from the image" if winner.frontal else "assumed frontal")
+            gap = "" if winner.gap_days is None else f", {winner.gap_days:+d} days from the CT"
+            f.detail = f"{Path(winner.path).name} kept (view {view}{gap})"
             f.view_flag = ""
     return kept
 
@@ -190,11 +282,15 @@ def manifest_row(record: FileRecord, label: LabelRow) -> ManifestRow:
         sex=label.sex or record.sex,
         age=label.age if not math.isnan(label.age) else record.age,
         view=record.view if record.frontal else "",
-        view_flag=record.view_flag,
+        view_flag=";".join(filter(None, [record.view_flag, INVERTED_CORRECTED if record.inverted else ""])),
         modality=record.modality,
         photometric=record.photometric,
         rows=record.rows,
         cols=record.cols,
+        source_format=record.source_format,
+        study_date=record.study_date,
+        ct_gap_days=math.nan if record.gap_days is None else float(record.gap_days),
+        gate=record.gate,
     )
 
 

@@ -25,18 +25,16 @@ import logging
 import os
 import pickle
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from cacxr.core import CacxrError, atomic_path
+from cacxr.core import CacxrError, atomic_path, is_safetensors, read_safetensors
 from cacxr.model.networks import HEAD_HIDDEN, CACNet, build_model
 from cacxr.model.registry import WEIGHT_SOURCES, XRV_FILE, XRV_NAME, WeightSource, resolve_source
 from cacxr.model.weightcache import weights_path
@@ -90,16 +88,6 @@ class LoadReport:
 # ---- reading files ---------------------------------------------------------------------------------------
 
 
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte little-endian header length, then a JSON header."""
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
-
-
 def _tensor_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The state dict inside a torch.load result: the dict itself or the one under 'model'/'state_dict'."""
     if not isinstance(obj, dict):
@@ -133,13 +121,8 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
     path = Path(path)
     if not path.is_file():
         raise CacxrError(f"{path}: no such weights file")
-    if _is_safetensors(path):
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = dict(fh.metadata() or {})
-                return {k: fh.get_tensor(k) for k in fh.keys()}, metadata  # noqa: SIM118 (not a dict)
-        except SafetensorError as exc:
-            raise CacxrError(f"{path}: not a readable safetensors file ({exc})") from None
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
@@ -335,7 +318,7 @@ def _xrv_candidates() -> tuple[Path, ...]:
 
 def _xrv_state(found: Path) -> tuple[dict[str, Tensor], str]:
     """torchxrayvision's DenseNet121 weights from a verified local file."""
-    if _is_safetensors(found):
+    if is_safetensors(found):
         return load_model_file(found)[0], str(found)
     if importlib.util.find_spec("torchxrayvision") is None:
         raise CacxrError(
