@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 
 # name -> one-line help; the module is cacxr.commands.<name with '-' as '_'>
 COMMANDS: dict[str, str] = {
-    "synth": "generate a synthetic cohort in the seed layout (site.db + CAC_xxx/rx/*.dcm)",
+    "synth": "generate a synthetic cohort in the seed layout (site.db + CAC_xxx/rx/*.dcm) or as a PNG/JPEG export",
     "ingest": "inventory and clean a DICOM tree into manifest.csv + excluded.csv (read-only on DATA)",
     "preprocess": "build or update the cached uint8 image store for a manifest",
     "stats": "describe a cohort: patients, sex, age, CAC distribution, with plots",

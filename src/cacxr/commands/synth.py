@@ -1,4 +1,4 @@
-"""`cacxr synth OUT --patients N`: write a synthetic cohort in the seed layout."""
+"""`cacxr synth OUT --patients N [--format dicom|png|jpeg]`: write a synthetic cohort (seed layout or image export)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``cacxr synth``."""
-    parser.add_argument("out", metavar="OUT", help="new or empty folder for site.db and <patient>/rx/*.dcm")
+    parser.add_argument(
+        "out",
+        metavar="OUT",
+        help="new or empty folder for site.db and <patient>/rx/*.dcm (png/jpeg: labels.csv and <patient>/*.png|jpg)",
+    )
     parser.add_argument(
         "--patients", type=int, required=True, metavar="N", help="internal patients (CAC_001...)"
     )
@@ -24,7 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--faults",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="add the real archive's faults (laterals, CT folders, id padding, ...; default on)",
+        help="add the real archive's faults (laterals, CT folders, id padding, ...; default on; "
+        "DICOM layout only: png/jpeg exports ignore it)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("dicom", "png", "jpeg"),
+        default="dicom",
+        help="dicom: the seed layout (default); png/jpeg: an image export like MIMIC-CXR-JPG / CheXpert "
+        "(OUT/<patient>/<name>.png|jpg, OUT/labels.csv with study and CT dates, views on half the rows)",
     )
     parser.add_argument(
         "--signal",
@@ -60,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         workers=args.workers,
         plaque_scale=args.plaque_scale,
+        image_format=args.format,
     )
     print(f"cacxr synth: {args.out}: {summary(truth)}")
     return 0

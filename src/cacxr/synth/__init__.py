@@ -1,4 +1,4 @@
-"""Layer 1: synthetic cohorts in the seed layout, with a learnable calcium signal, the archive's faults and their ground truth."""
+"""Layer 1: synthetic cohorts in the seed layout or as image exports, with a learnable calcium signal, the archive's faults and their ground truth."""
 
 from cacxr.core import lazy_face
 
@@ -9,6 +9,12 @@ _EXPORTS = {
     "CohortPlan": "plan",
     "FAULTS": "plan",
     "plan_cohort": "plan",
+    "ExportImage": "export_truth",
+    "ExportPatient": "export_truth",
+    "ExportTruth": "export_truth",
+    "LABELS_FILE": "export_truth",
+    "expected_kept": "export_truth",
+    "read_export_truth": "export_truth",
     "FileTruth": "truth",
     "LabelTruth": "truth",
     "PatientTruth": "truth",

@@ -1,7 +1,9 @@
 """A synthetic cohort in the seed layout: site.db, CAC_xxx/rx/*.dcm, with the archive's faults.
 
 :func:`make_cohort` renders and writes the plan of :func:`cacxr.synth.plan.plan_cohort`, one patient per
-task (in worker threads), and writes synth_truth.json with what ingest must make of it.
+task (in worker threads), and writes synth_truth.json with what ingest must make of it. With
+``image_format="png"`` or ``"jpeg"`` it writes the clean plan as an image export instead
+(:func:`cacxr.synth.exports.write_export`: ``<patient>/<name>.png|jpg`` and labels.csv).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from cacxr.synth.encoding import (
     stable_uid,
     write_dataset,
 )
+from cacxr.synth.export_truth import EXPORT_FORMATS, ExportTruth
+from cacxr.synth.exports import export_summary, write_export
 from cacxr.synth.phantom import (
     render_ct_slice,
     render_frontal,
@@ -41,7 +45,9 @@ from cacxr.synth.truth import (
     SynthTruth,
 )
 
-__all__ = ["make_cohort", "summary"]
+__all__ = ["COHORT_FORMATS", "make_cohort", "summary"]
+
+COHORT_FORMATS = ("dicom", *EXPORT_FORMATS)
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +152,13 @@ def make_cohort(
     progress: bool = True,
     workers: int | None = None,
     plaque_scale: float = 1.0,
-) -> SynthTruth:
+    image_format: str = "dicom",
+) -> SynthTruth | ExportTruth:
     """Write a synthetic cohort: ``out/site.db``, ``out/<patient>/rx/*.dcm``, synth_truth.json.
+
+    With ``image_format`` ``"png"`` or ``"jpeg"``: the same patients (as with ``faults=False``) exported as
+    images, ``out/<patient>/<name>.png|jpg``, ``out/labels.csv`` and synth_truth.json (an
+    :class:`~cacxr.synth.export_truth.ExportTruth`); ``faults`` is ignored (faults are DICOM-layout only).
 
     Args:
         out: a new or empty folder.
@@ -162,12 +173,13 @@ def make_cohort(
         workers: threads to draw with (None: automatic; results do not depend on it).
         plaque_scale: plaque length and width relative to the standard cohort (1); the demo draws larger
             plaques so that a small CNN sees them at a low resolution. The labels do not change.
+        image_format: ``"dicom"`` (the seed layout), ``"png"`` or ``"jpeg"`` (an image export).
 
     Returns:
         The truth, also written to ``out/synth_truth.json``.
 
     Raises:
-        CacxrError: bad counts or size, or ``out`` exists and is not an empty folder.
+        CacxrError: bad counts, size or format, or ``out`` exists and is not an empty folder.
     """
     if patients < 0 or external < 0 or patients + external < 1:
         raise CacxrError(
@@ -179,8 +191,13 @@ def make_cohort(
         raise CacxrError(f"--seed {seed}: must be 0 or more")
     if not 0 < plaque_scale <= 10:
         raise CacxrError(f"--plaque-scale {plaque_scale}: must be in (0, 10]")
+    if image_format not in COHORT_FORMATS:
+        raise CacxrError(f"--format {image_format}: must be one of {', '.join(COHORT_FORMATS)}")
     out = Path(out)
     _check_out(out)
+    if image_format != "dicom":
+        clean = plan_cohort(patients, external, seed, size, faults=False)
+        return write_export(out, clean, image_format, signal, progress, workers, plaque_scale)
     plan = plan_cohort(patients, external, seed, size, faults)
     out.mkdir(parents=True, exist_ok=True)
     _write_site_db(out / "site.db", plan.labels)
@@ -213,8 +230,10 @@ def make_cohort(
     return truth
 
 
-def summary(truth: SynthTruth) -> str:
+def summary(truth: SynthTruth | ExportTruth) -> str:
     """One line describing a cohort (for the command line)."""
+    if isinstance(truth, ExportTruth):
+        return export_summary(truth)
     cac = [p.cac_score for p in truth.patient_truth if p.cac_score is not None]
     zero = sum(1 for c in cac if c == 0)
     kept = len(truth.manifest("internal"))

@@ -189,13 +189,19 @@ def read_truth(path: str | os.PathLike[str]) -> SynthTruth:
     """Read synth_truth.json (give the file or the cohort folder).
 
     Raises:
-        CacxrError: the file is missing or not a truth file.
+        CacxrError: the file is missing, not a truth file, or the truth of an image export.
     """
     path = Path(path)
     if path.is_dir():
         path = path / TRUTH_FILE
     try:
-        return SynthTruth.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("format", "dicom") != "dicom":
+            raise CacxrError(
+                f"{path}: the truth of a {data['format']} image export, not of a DICOM cohort "
+                "(read it with read_export_truth)"
+            )
+        return SynthTruth.from_dict(data)
     except FileNotFoundError as exc:
         raise CacxrError(f"{path}: no such file (was the cohort written by 'cacxr synth'?)") from exc
     except (ValueError, KeyError, TypeError) as exc:
