@@ -63,10 +63,10 @@ def real_rows(run, mix: Path, real_cxr_dir: Path) -> dict[str, object]:
 # (file, expected warning substring or "" for none); every one of these must be scored.
 REAL_FILES = [
     ("highdicom_dx_image_CANINE_lateral_thorax.dcm", "small image (169x211"),
-    ("nhsx_nih-cxr14_google_DX.dcm", "unknown view (no ViewPosition"),
+    ("nhsx_nih-cxr14_google_DX.dcm", "no ViewPosition: frontal view read from the image"),
     ("panimg_cxr_CR-MONO1-10-chest.dcm", "small image (440x440"),
     ("pydicomdata_RG1_J2KI.dcm", ""),
-    ("txv_nih_00000001_000.png", "PNG: view unknown"),
+    ("txv_nih_00000001_000.png", "PNG export: frontal view read from the image"),
     ("txv_siim_chest_pa.dcm", ""),
 ]
 

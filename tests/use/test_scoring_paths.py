@@ -92,7 +92,7 @@ def test_predict_reports_a_calibrated_probability(case: dict) -> None:
 def _prepared(case: dict) -> tuple[np.ndarray, list[tuple[float, str]]]:
     from cacxr.use.predict import clinical_values, prepare_input
 
-    image, meta, _, error = prepare_input(case["run"], case["image"])
+    image, meta, _, _, error = prepare_input(case["run"], case["image"])
     assert not error
     values, _ = clinical_values(case["run"], meta)
     return image[None], [values]

@@ -16,6 +16,16 @@ _EXPORTS = {
     "LATERAL_VIEWS": "views",
     "is_frontal": "views",
     "is_lateral": "views",
+    "classify": "viewgate",
+    "classify_many": "viewgate",
+    "gate_version": "viewgate",
+    "load_gate": "viewgate",
+    "HEADER_CONTRADICTS_IMAGE": "viewrule",
+    "PROJECTION_MODALITIES": "viewrule",
+    "VIEW_FROM_IMAGE": "viewrule",
+    "GateDecision": "viewrule",
+    "GateVerdict": "viewrule",
+    "decide": "viewrule",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,13 +27,13 @@ import torch
 from torch import nn
 
 from cacxr.core import CacxrError, read_safetensors
+from cacxr.imaging.viewrule import GateVerdict
 
 __all__ = [
     "CONTENTS",
     "INPUT_SIZE",
     "DEFAULT_WEIGHTS",
     "GateNet",
-    "GateVerdict",
     "ViewGate",
     "classify",
     "classify_many",
@@ -95,30 +94,6 @@ def preprocess(image: np.ndarray) -> tuple[np.ndarray, float]:
     small = np.clip(cv2.resize(img, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA), 0.0, 1.0)
     small = (small - float(small.mean())) / max(float(small.std()), 1e-3)
     return small.astype(np.float32), float(np.log(h / w))
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    """What the gate says of one image.
-
-    Attributes:
-        content: one of :data:`CONTENTS`.
-        inverted: the grey scale looks inverted (bone dark).
-        probabilities: per content class (they sum to 1).
-        inverted_probability: the inverted flag's probability.
-        version: the gate that decided (``viewgate-1+<hash of weights and rule>``).
-    """
-
-    content: str
-    inverted: bool
-    probabilities: dict[str, float]
-    inverted_probability: float
-    version: str
-
-    def describe(self) -> str:
-        """``frontal (p 0.98)``, ``lateral (p 0.91), inverted``: for messages and CSV cells."""
-        text = f"{self.content} (p {self.probabilities[self.content]:.2f})"
-        return text + (", inverted" if self.inverted else "")
 
 
 class ViewGate:
@@ -214,3 +189,4 @@ def classify_many(images: Iterable[np.ndarray]) -> list[GateVerdict]:
 def gate_version() -> str:
     """The shipped gate's version (``viewgate-1+<hash>``), recorded in ingest.json and run outputs."""
     return load_gate().version
+

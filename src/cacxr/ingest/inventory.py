@@ -38,11 +38,11 @@ from cacxr.ingest.manifest import (
     write_manifest,
 )
 from cacxr.ingest.rules import (
+    HEADER_CONTRADICTS_IMAGE,
     IGNORED_EXTENSIONS,
     INVERTED_CORRECTED,
     RULES,
     VIEW_ASSUMED_FRONTAL,
-    VIEW_CONTRADICTS_IMAGE,
     VIEW_FROM_IMAGE,
     FileRecord,
     apply_ct_window,
@@ -162,6 +162,14 @@ def _site_rule(table: LabelTable, patient_ids: Iterable[str], site: str) -> tupl
     return f"one site: no site column and no folder name with CAC, every patient is {one_site}", lambda _: one_site
 
 
+def _refuse_empty(data: Path) -> None:
+    """Raise when no file under ``data`` is an image candidate (stops at the first one)."""
+    for _, _, files in os.walk(data):
+        if any(Path(name).suffix.lower() not in IGNORED_EXTENSIONS for name in files):
+            return
+    raise CacxrError(f"{data}: no image files found (DICOM, PNG or JPEG)")
+
+
 def _walk(data: Path) -> tuple[list[tuple[str, str, bool]], int]:
     """DICOM candidates ``(path, patient_id, in_ct_folder)`` in path order, and the count of ignored files."""
     candidates: list[tuple[str, str, bool]] = []
@@ -238,7 +246,11 @@ def ingest(
     if max_days is not None and max_days < 0:
         raise CacxrError(f"--max-days must be 0 or more (got {max_days})")
     _check_paths(data, out, overwrite)
-    label_path = _resolve_labels(data, labels)
+    try:
+        label_path = _resolve_labels(data, labels)
+    except CacxrError:
+        _refuse_empty(data)  # no images at all is the first thing to say
+        raise
     table = load_labels(label_path)
     listed: list[ExcludedRow] = []
     if table.images:
@@ -423,7 +435,7 @@ def _gate_summary(gate: bool, records: list[FileRecord], manifest_rows: list[Man
     """ingest.json ``view_gate``: its version and what it decided."""
     if not gate:
         return {"ran": False}
-    from cacxr.imaging.viewgate import gate_version
+    from cacxr.imaging import gate_version
 
     judged = [r for r in records if r.gate]
     return {
@@ -434,7 +446,7 @@ def _gate_summary(gate: bool, records: list[FileRecord], manifest_rows: list[Man
         "not_radiograph": sum(r.reason == "not_radiograph" and r.detail.startswith("image:") for r in records),
         "lateral_from_image": sum(r.reason == "lateral_view" and r.detail.startswith("image:") for r in records),
         "frontal_from_image": sum(VIEW_FROM_IMAGE in r.view_flag for r in manifest_rows),
-        "header_view_contradicts_image": sum(r.view_flag == VIEW_CONTRADICTS_IMAGE for r in judged),
+        "header_view_contradicts_image": sum(r.view_flag == HEADER_CONTRADICTS_IMAGE for r in judged),
         "inverted_corrected": sum(INVERTED_CORRECTED in r.view_flag for r in manifest_rows),
     }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cacxr.imaging import HEADER_CONTRADICTS_IMAGE, VIEW_FROM_IMAGE, GateVerdict, decide
 from cacxr.ingest.labels import LabelRow, LabelTable
 from cacxr.ingest.manifest import ExcludedRow, ManifestRow
 
@@ -21,7 +22,7 @@ __all__ = [
     "ASSUMED_FRONTAL_RANK",
     "IMAGE_FRONTAL_RANK",
     "VIEW_FROM_IMAGE",
-    "VIEW_CONTRADICTS_IMAGE",
+    "HEADER_CONTRADICTS_IMAGE",
     "INVERTED_CORRECTED",
     "TABLE_FRONTAL_VIEWS",
     "apply_table_view",
@@ -45,8 +46,6 @@ VIEW_PREFERENCE: dict[str, int] = {"PA": 0, "AP": 1, "NN": 2, "FRONTAL": 2}
 IMAGE_FRONTAL_RANK = 3  # a frontal the gate read from the pixels comes after every recorded one
 ASSUMED_FRONTAL_RANK = 4
 VIEW_ASSUMED_FRONTAL = "view_assumed_frontal"
-VIEW_FROM_IMAGE = "view_from_image"  # no view in the header or table: the gate read it from the pixels
-VIEW_CONTRADICTS_IMAGE = "header_view_contradicts_image"  # the recorded view wins; flagged for review
 INVERTED_CORRECTED = "inverted_corrected"  # an export with bone dark: inverted back before preprocessing
 # Views a path table's ``view`` column may give (upper-cased), beside the DICOM ViewPosition values.
 TABLE_FRONTAL_VIEWS = frozenset({"PA", "AP", "NN", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR"})
@@ -171,24 +170,16 @@ def apply_table_view(record: FileRecord, view: str) -> None:
             record.reason, record.detail = "lateral_view", f"path table: view {view!r}"
 
 
-def apply_gate(record: FileRecord, verdict: Any) -> None:
-    """Rule 8b: the view gate's verdict (``cacxr.imaging.viewgate.GateVerdict``) on the record's pixels."""
+def apply_gate(record: FileRecord, verdict: GateVerdict) -> None:
+    """Rule 8b: the view gate's verdict on the record's pixels, through the one rule of ``cacxr.imaging.decide``."""
+    recorded = "frontal" if record.frontal else ("lateral" if record.lateral else "")
+    decision = decide(verdict, recorded, record.source_format, record.modality)
     record.gate = verdict.describe()
-    if verdict.content == "not_radiograph":
-        record.reason = "not_radiograph"
-        record.detail = f"image: not a chest radiograph by the view gate ({record.gate}, {verdict.version})"
+    if decision.reason:
+        record.reason, record.detail = decision.reason, decision.detail
         return
-    recorded = record.frontal or record.lateral  # a view from the header or the path table
-    if recorded and (verdict.content == "lateral") == record.frontal:
-        record.view_flag = VIEW_CONTRADICTS_IMAGE
-    elif not recorded and verdict.content == "lateral":
-        record.lateral, record.reason = True, "lateral_view"
-        record.detail = f"image: lateral by the view gate ({record.gate}, {verdict.version})"
-        return
-    elif not recorded:
-        record.frontal, record.view_flag = True, VIEW_FROM_IMAGE
-    if verdict.inverted and record.source_format != "dicom":  # a DICOM's PhotometricInterpretation decides
-        record.inverted = True
+    record.frontal, record.inverted = decision.frontal, decision.invert
+    record.view_flag = decision.flag or record.view_flag
 
 
 def apply_ct_window(record: FileRecord, ct_date: dt.date | None, max_days: int) -> None:
@@ -224,7 +215,7 @@ def decode_file(path: str, patient_id: str, gate: bool = False) -> tuple[str, tu
         return path, ("unreadable", detail), None
     if not gate:
         return path, ("", ""), None
-    from cacxr.imaging.viewgate import classify
+    from cacxr.imaging import classify
 
     return path, ("", ""), classify(result.image)
 

@@ -49,7 +49,7 @@ from cacxr.core import CacxrError
 if TYPE_CHECKING:
     import torch
 
-    from cacxr.imaging import ImageMeta, ReadResult
+    from cacxr.imaging import GateVerdict, ImageMeta, ReadResult
 
 __all__ = [
     "Profile",
@@ -235,13 +235,19 @@ def per_level_for(meta: ImageMeta | None) -> bool:
     return meta is not None and meta.voi in PER_LEVEL_VOI
 
 
-def preprocess_read(result: ReadResult, profile: str | Profile, image_size: int) -> np.ndarray:
+def preprocess_read(
+    result: ReadResult, profile: str | Profile, image_size: int, verdict: GateVerdict | None = None
+) -> np.ndarray:
     """Apply a profile to what ``imaging.read_image`` returned: the one way to preprocess a file.
+
+    An image export (PNG/JPEG) whose grey scale the view gate finds inverted (bone dark) is inverted back
+    first (``cacxr.imaging.decide``), here, so the store, predict and serve see the same pixels.
 
     Args:
         result: a usable ``ReadResult`` (image and meta present).
         profile: a profile name or ``Profile``.
         image_size: the output side ``S``.
+        verdict: the gate's verdict on ``result.image`` when the caller has it (exports only; else computed).
 
     Returns:
         A new C-contiguous uint8 array of shape (S, S).
@@ -252,7 +258,13 @@ def preprocess_read(result: ReadResult, profile: str | Profile, image_size: int)
     if result.image is None or not result.ok:
         where = result.meta.path if result.meta is not None else "image"
         raise CacxrError(result.detail or f"{where}: no decoded image to preprocess")
-    return preprocess_image(result.image, profile, image_size, per_level=per_level_for(result.meta))
+    image = result.image
+    if result.meta is not None and result.meta.source_format != "dicom":
+        from cacxr.imaging import classify
+
+        if (verdict or classify(image)).inverted:
+            image = 1.0 - image
+    return preprocess_image(image, profile, image_size, per_level=per_level_for(result.meta))
 
 
 def normalise(batch: np.ndarray | torch.Tensor, profile: str | Profile) -> torch.Tensor:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 _FOLD_COLUMNS = ("patient_id", "fold", "cac_score", "label", "score")
-_OPTIONAL_COLUMNS = ("site", "log_cac", "probability", "score_compare", "predicted_label_compare")
+_OPTIONAL_COLUMNS = ("site", "log_cac", "probability", "score_compare", "predicted_label_compare", "gate")
 
 
 
@@ -95,7 +95,7 @@ def write_run_predictions(
     Columns: patient_id, fold, [site,] cac_score, label, score (probability, or predicted CAC),
     predicted_label; regression adds log_cac (predicted, unclipped) and probability (calibrated
     P(CAC > T)) when the rows have them, and cac_band and predicted_band (Agatston bands); an evaluation
-    with a compared run adds score_compare and predicted_label_compare.
+    with a compared run adds score_compare and predicted_label_compare; an evaluation adds the view gate's verdict (gate).
 
     Args:
         path: the CSV file.
@@ -111,7 +111,7 @@ def write_run_predictions(
     columns += [c for c in ("log_cac", "probability") if c in present]
     if task == "regression":
         columns += ["cac_band", "predicted_band"]
-    columns += [c for c in ("score_compare", "predicted_label_compare") if c in present]
+    columns += [c for c in ("score_compare", "predicted_label_compare", "gate") if c in present]
     out = []
     for row in sorted(rows, key=lambda r: r["patient_id"]):
         record = {

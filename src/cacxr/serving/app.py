@@ -105,7 +105,8 @@ class Prediction(BaseModel):
     label: int = Field(description="1 when the score is above the decision threshold, else 0")
     predicted_cac: float | None = Field(description="predicted CAC score (regression runs)")
     agatston_band: str | None = Field(description="Agatston band of the predicted CAC (regression runs)")
-    warnings: list[str] = Field(description="reasons to be careful: lateral/unknown view, small image")
+    warnings: list[str] = Field(description="reasons to be careful: view read from the image, small image, ...")
+    gate: str = Field(description="the view gate's verdict on the pixels, e.g. 'frontal (p 0.97)'")
     seconds: float = Field(description="server time spent decoding and scoring")
     model: ModelInfo
 
@@ -169,11 +170,13 @@ class _Decoded:
     meta: ImageMeta
     fmt: str
     warnings: list[str]
+    gate: str
 
 
 def _decode(upload: Upload, max_pixels: int) -> _Decoded:
-    """Sniff, check the dimensions, decode: every failure is an :class:`UploadError` (never a 500)."""
-    from cacxr.imaging import read_image
+    """Sniff, check the dimensions, decode, let the view gate read the pixels: every failure is an
+    :class:`UploadError` (never a 500); a lateral or a non-radiograph is refused as ingest excludes it."""
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image
     from cacxr.use import image_warnings
 
     fmt = sniff_format(upload.path, upload.name)
@@ -181,7 +184,13 @@ def _decode(upload: Upload, max_pixels: int) -> _Decoded:
     result = read_image(upload.path, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
-    return _Decoded(result.image, result.meta, fmt, image_warnings(result.meta))
+    meta, verdict = result.meta, classify(result.image)
+    recorded = "lateral" if is_lateral(meta) else ("frontal" if is_frontal(meta) else "")
+    decision = decide(verdict, recorded, meta.source_format, meta.modality)
+    if decision.reason:
+        raise refusal(upload.name, upload.path, decision.reason, decision.detail)
+    image = 1.0 - result.image if decision.invert else result.image
+    return _Decoded(image, meta, fmt, image_warnings(meta, decision), verdict.describe())
 
 
 def build_app(model: ServedModel, limits: Limits) -> FastAPI:
@@ -234,6 +243,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
             predicted_cac=scores.get("predicted_cac") if regression else None,
             agatston_band=scores.get("agatston_band") if regression else None,
             warnings=decoded.warnings + ([scores["warning"]] if scores.get("warning") else []),
+            gate=decoded.gate,
             seconds=round(seconds, 4),
             model=info,
         )

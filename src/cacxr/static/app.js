@@ -85,6 +85,7 @@ function showPrediction(p) {
   }
   fact(facts, "File", p.file);
   fact(facts, "Image", `${p.format.toUpperCase()}, ${p.cols} × ${p.rows} px${p.view ? `, view ${p.view}` : ""}`);
+  fact(facts, "View gate", p.gate);
   fact(facts, "Decision threshold", p.model.decision_threshold.toPrecision(3));
   fact(facts, "Model", `${p.model.arch} ${p.model.task}, run ${p.model.run_name}`);
   fact(facts, "Time", `${p.seconds.toFixed(2)} s`);

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cacxr import __version__
-from cacxr.core import CacxrError, write_json
+from cacxr.core import CacxrError, true_label, write_json
 from cacxr.ingest import MANIFEST_FILE, SUMMARY_FILE, ManifestRow, labelled_rows, read_manifest
 from cacxr.runs import folder as runfolder
 
@@ -326,8 +326,9 @@ def _write_predictions(path: Path, rows: list[ManifestRow], runs: list[_Scored],
             "patient_id": row.patient_id,
             "fold": PSEUDO_FOLD,
             "site": row.site,
+            "gate": row.gate,
             "cac_score": row.cac_score,
-            "label": int(row.cac_score > run.threshold),
+            "label": int(true_label(row.cac_score, run.threshold)),
             "score": runs[0].scores[row.patient_id],
             "predicted_label": runs[0].labels[row.patient_id],
             **runs[0].extra.get(row.patient_id, {}),

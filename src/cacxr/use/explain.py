@@ -356,7 +356,7 @@ def explain_paths(
         rows.append(row)
         if error:
             continue
-        image, meta, notes, row.error = prepare_input(run, path)
+        image, meta, _, notes, row.error = prepare_input(run, path)
         if image is None:
             continue
         values, unknown = clinical_values(run, meta)  # the covariates predict uses for the same file

@@ -101,30 +101,32 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[str, s
     return out
 
 
-def image_warnings(meta: Any) -> list[str]:
-    """Reasons to be careful with a readable image (view and size), from its ``ImageMeta``.
+def image_warnings(meta: Any, decision: Any = None) -> list[str]:
+    """Reasons to be careful with a readable image (view, grey scale and size), from its ``ImageMeta``.
 
     Args:
         meta: the ``cacxr.imaging.ImageMeta`` of a decoded file.
+        decision: the view gate's ``cacxr.imaging.GateDecision`` on it, when the gate ran.
 
     Returns:
-        Short notes ("lateral view ...", "unknown view ...", "small image ...", "PNG: view unknown ...").
+        Short notes ("frontal view read from the image ...", "header view contradicts the image ...",
+        "grey scale inverted back ...", "unknown view ...", "small image ...").
     """
-    from cacxr.imaging import is_frontal, is_lateral
+    from cacxr.imaging import HEADER_CONTRADICTS_IMAGE, VIEW_FROM_IMAGE, is_frontal
 
     notes: list[str] = []
-    if meta.source_format != "dicom":
-        notes.append(f"{meta.source_format.upper()}: view unknown (assumed frontal)")
-    elif is_lateral(meta):
-        notes.append("lateral view (the model was trained on frontal radiographs)")
-    elif not is_frontal(meta):
-        if meta.view:
-            view = f"ViewPosition {meta.view!r}"
-        else:
-            view = "no ViewPosition" + (
-                "; the description says frontal" if meta.view_hint == "frontal" else ""
-            )
+    flag = getattr(decision, "flag", None)
+    if flag == VIEW_FROM_IMAGE:
+        what = f"{meta.source_format.upper()} export" if meta.source_format != "dicom" else "no ViewPosition"
+        notes.append(f"{what}: frontal view read from the image")
+    elif flag == HEADER_CONTRADICTS_IMAGE:
+        notes.append(f"the view gate disagrees with the header ({meta.modality or 'no modality'}, view "
+                     f"{meta.view or 'none'}): the header is kept")  # fmt: skip
+    if not getattr(decision, "frontal", True) or (decision is None and not is_frontal(meta)):
+        view = f"ViewPosition {meta.view!r}" if meta.view else f"no view ({meta.source_format.upper()})"
         notes.append(f"unknown view ({view}; assumed frontal)")
+    if getattr(decision, "invert", False):
+        notes.append("grey scale inverted (bone dark): inverted back")
     if 0 < min(meta.rows, meta.cols) < SMALL_IMAGE_PX:
         notes.append(f"small image ({meta.rows}x{meta.cols} px, under {SMALL_IMAGE_PX} px)")
     return notes
@@ -141,28 +143,41 @@ def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray
         ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
         error ("" when the image is usable).
     """
-    image, _, notes, error = prepare_input(run, path)
+    image, _, _, notes, error = prepare_input(run, path)
     return image, notes, error
 
 
-def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
-    """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs).
+def prepare_input(
+    run: LoadedRun, path: str | os.PathLike[str]
+) -> tuple[np.ndarray | None, Any, str, list[str], str]:
+    """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs) and the
+    view gate's verdict.
 
     Returns:
-        ``(image, meta, warnings, error)``.
+        ``(image, meta, gate, warnings, error)``: ``gate`` is the verdict described ("" when the file could
+        not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
+        error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import read_image
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image
     from cacxr.pixels import preprocess_read
 
     try:
         result = read_image(path)
         if not result.ok or result.image is None:
-            return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
-        image = preprocess_read(result, run.profile, run.image_size)
+            return None, None, "", [], f"{result.reason}: {result.detail}" if result.detail else result.reason
+        # The rule ingest follows (cacxr.imaging.decide): what it would exclude is refused, not scored.
+        verdict = classify(result.image)
+        meta = result.meta
+        recorded = "lateral" if is_lateral(meta) else ("frontal" if is_frontal(meta) else "")
+        decision = decide(verdict, recorded, meta.source_format, meta.modality)
+        notes = image_warnings(meta, decision)
+        if decision.reason:
+            return None, meta, verdict.describe(), notes, f"{decision.reason}: {path}: {decision.detail}"
+        image = preprocess_read(result, run.profile, run.image_size, verdict)
     except Exception as exc:  # a batch goes on whatever one file does; the reason is kept in the row
         logger.debug("cannot prepare %s", path, exc_info=True)
-        return None, None, [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
-    return image, result.meta, image_warnings(result.meta), ""
+        return None, None, "", [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
+    return image, meta, verdict.describe(), notes, ""
 
 
 def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[str]]:

@@ -52,7 +52,9 @@ class PredictionRow:
         predicted_cac: the predicted CAC score (regression runs).
         agatston_band: the Agatston band of ``predicted_cac`` (regression runs).
         warning: reasons to be careful with this score, separated by ``"; "`` ("" when none).
-        error: why the input could not be scored ("" when it was).
+        error: why the input could not be scored ("" when it was): a lateral or a non-radiograph is
+            refused (``lateral_view`` / ``not_radiograph``), as ingest excludes it.
+        gate: the view gate's verdict on the pixels, e.g. ``frontal (p 0.97)`` ("" when not decoded).
     """
 
     input: str
@@ -62,6 +64,7 @@ class PredictionRow:
     agatston_band: str = ""
     warning: str = ""
     error: str = ""
+    gate: str = ""
 
     @property
     def ok(self) -> bool:
@@ -112,7 +115,7 @@ def score_paths(
             ready: list[tuple[PredictionRow, np.ndarray]] = []
             covariates: list[tuple[float, str]] = []
             for row in todo[start : start + batch_size]:
-                image, meta, notes, error = prepare_input(run, row.input)
+                image, meta, row.gate, notes, error = prepare_input(run, row.input)
                 if image is not None:
                     values, unknown = clinical_values(run, meta)
                     notes = [*notes, *unknown]
