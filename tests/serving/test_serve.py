@@ -202,10 +202,10 @@ def test_bad_uploads_get_a_4xx_naming_the_file_and_the_reason(
 REAL_FILES = [
     ("pydicomdata_RG1_J2KI.dcm", "dicom", ""),
     ("txv_siim_chest_pa.dcm", "dicom", ""),
-    ("nhsx_nih-cxr14_google_DX.dcm", "dicom", "unknown view (no ViewPosition"),
+    ("nhsx_nih-cxr14_google_DX.dcm", "dicom", "no ViewPosition: frontal view read from the image"),
     ("panimg_cxr_CR-MONO1-10-chest.dcm", "dicom", "small image (440x440"),
     ("highdicom_dx_image_CANINE_lateral_thorax.dcm", "dicom", "small image (169x211"),
-    ("txv_nih_00000001_000.png", "png", "PNG: view unknown"),
+    ("txv_nih_00000001_000.png", "png", "PNG export: frontal view read from the image"),
 ]
 
 
@@ -229,13 +229,29 @@ def test_predict_scores_real_radiographs_as_cacxr_predict_does(
         assert body["warnings"] == []
     assert body["model"]["run_name"] == run_dir.name
     assert body["model"]["arch"] == "resnet18"
+    assert body["gate"] == row.gate and body["gate"].split(" ")[0] in ("frontal", "lateral", "not_radiograph")
 
 
-def test_predict_warns_about_a_lateral_view(client) -> None:
+def test_predict_refuses_a_lateral_view_as_ingest_excludes_it(client) -> None:
     answer = client.post("/predict", files=_upload(_dicom(rows=600, cols=600, ViewPosition="LL")))
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["view"] == "LL"
-    assert any("lateral view" in note for note in answer.json()["warnings"])
+    assert answer.status_code == 422, answer.text
+    assert "upload.dcm: lateral_view: recorded view: lateral" in answer.json()["detail"]
+
+
+def test_predict_refuses_an_image_that_is_not_a_chest_radiograph(client) -> None:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (600, 800), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(40, 760, 22):
+        draw.text((40, row), "Patient report - findings - impression " * 2, fill=0)
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    answer = client.post("/predict", files=_upload(buffer.getvalue(), "report.png"))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"].startswith("report.png: not_radiograph: image: not a chest radiograph by the view gate")
 
 
 def test_regression_run_answers_predicted_cac_and_agatston_band(tmp_path_factory, real_cxr_dir) -> None:

@@ -16,7 +16,7 @@ from cacxr.core import AGATSTON_BANDS, agatston_band, target_to_cac
 from cacxr.imaging import read_image
 from cacxr.pixels import preprocess_read
 from cacxr.use import load_run, score_image, score_paths
-from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs
+from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs, write_predictions_csv
 
 SYNTH_NAMES = {"synth_0.dcm", "synth_1.dcm", "synth_2.dcm"}
 
@@ -235,3 +235,28 @@ def test_nothing_scored_is_an_error(run_dir: Path, mix: Path, capsys) -> None:
         == 2
     )
     assert "none of the 2 inputs could be scored" in capsys.readouterr().err
+
+
+def test_the_view_gate_verdict_is_a_column_and_refusals_follow_ingest(run, tmp_path: Path, real_cxr_dir: Path) -> None:
+    """What ingest would exclude (a document, a lateral) is refused with its reason; the verdict is a column."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (600, 800), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(40, 760, 22):
+        draw.text((40, row), "Patient report - findings - impression " * 2, fill=0)
+    page.save(tmp_path / "report.png")
+    lateral = tmp_path / "lateral.dcm"
+    ds = pydicom.dcmread(real_cxr_dir / "txv_siim_chest_pa.dcm")
+    ds.ViewPosition = "LL"
+    ds.save_as(lateral)
+    frontal = real_cxr_dir / "txv_nih_00000001_000.png"
+    rows = {Path(r.input).name: r for r in score_paths(run, [tmp_path / "report.png", lateral, frontal], progress=False)}
+    assert rows["report.png"].error.startswith("not_radiograph: ") and rows["report.png"].gate.startswith("not_radiograph")
+    assert rows["lateral.dcm"].error.startswith("lateral_view: ") and "recorded view: lateral" in rows["lateral.dcm"].error
+    assert rows[frontal.name].ok and rows[frontal.name].gate.startswith("frontal (p ")
+    out = tmp_path / "predictions.csv"
+    write_predictions_csv(list(rows.values()), out)
+    with out.open(newline="") as fh:
+        written = {Path(r["input"]).name: r for r in csv.DictReader(fh)}
+    assert written[frontal.name]["gate"] == rows[frontal.name].gate

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, write_bytes, write_json, write_text
-from cacxr.ingest.inventory import DEFAULT_LABELS
+from cacxr.ingest.inventory import DEFAULT_LABELS, distribution
 from cacxr.ingest.labels import load_labels
 from cacxr.ingest.manifest import read_manifest
 from cacxr.ingest.rules import site_of
@@ -68,7 +69,7 @@ def _is_manifest_csv(path: Path) -> bool:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         header = next(csv.reader(fh), [])
     names = {h.strip().lower() for h in header}
-    return {"patient_id", "path"} <= names
+    return {"patient_id", "path", "view_flag"} <= names  # a path table has patient_id and path too
 
 
 def load_cohort(source: str | os.PathLike[str]) -> tuple[str, str, list[CohortPatient]]:
@@ -234,6 +235,7 @@ def cohort_stats(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     kind, description, patients = load_cohort(source)
     if not patients:
         raise CacxrError(f"{source}: no patients to describe")
+    images = _image_origins(source) if kind == "manifest" else None
     out = Path(out)
     sites = sorted({p.site for p in patients})
     members = {"all": patients}
@@ -259,7 +261,16 @@ def cohort_stats(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
         "years",
         bins=20,
     )
-    write_text(out / "stats.md", _markdown(description, groups))
+    markdown = _markdown(description, groups)
+    if images is not None:
+        gaps = images["ct_gap_days"]
+        markdown += (
+            "\n## Images\n\n"
+            + "".join(f"- {fmt}: {n}\n" for fmt, n in images["formats"].items())
+            + (f"- days from the CT: n {gaps['n']}, median {gaps['median']:g}, IQR {gaps['q1']:g} to {gaps['q3']:g}, "
+               f"range {gaps['min']:g} to {gaps['max']:g}\n" if gaps["n"] else "- days from the CT: no dates\n")
+        )  # fmt: skip
+    write_text(out / "stats.md", markdown)
     write_text(out / "stats.csv", _csv(groups))
     files = ["stats.md", "stats.csv", "stats.json", "cac_hist.png", "log_cac_hist.png", "age_hist.png"]
     result = {
@@ -268,8 +279,20 @@ def cohort_stats(source: str | os.PathLike[str], out: str | os.PathLike[str]) ->
         "description": description,
         "bands": list(AGATSTON_BANDS),
         "groups": groups,
+        **({"images": images} if images is not None else {}),
         "files": [str((out / f).absolute()) for f in files],
     }
     write_json(out / "stats.json", result)
     logger.info("stats: %d patients described into %s", len(patients), out)
     return result
+
+
+def _image_origins(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The kept images' formats and their distances to the CT (manifest columns source_format, ct_gap_days)."""
+    path = Path(source)
+    rows = read_manifest(path / "manifest.csv" if path.is_dir() else path)
+    gaps = [row.ct_gap_days for row in rows if math.isfinite(row.ct_gap_days)]
+    return {
+        "formats": dict(sorted(Counter(row.source_format or "unknown" for row in rows).items())),
+        "ct_gap_days": distribution(gaps),
+    }

@@ -56,7 +56,7 @@ from cacxr.ingest.rules import (
     site_of,
 )
 
-__all__ = ["ingest", "SITES", "DEFAULT_LABELS"]
+__all__ = ["ingest", "SITES", "DEFAULT_LABELS", "distribution"]
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def ingest(
             record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
 
     # Rules 9-10: one image per patient.
-    kept = select_images([r for r in records if not r.reason])
+    kept = select_images([r for r in records if not r.reason], closest_first=max_days is not None)
     manifest_rows = [manifest_row(record, label_of[pid]) for pid, record in kept.items()]
     excluded_rows = listed + [
         ExcludedRow(path=r.path, patient_id=r.patient_id, reason=r.reason, detail=r.detail)
@@ -461,7 +461,7 @@ def _window_summary(
         "max_days": max_days,
         "patients_with_ct_date": sum(row.ct_date is not None for row in label_of.values()),
         "images_with_date": dated,
-        "kept_gap_days": _distribution(gaps),
+        "kept_gap_days": distribution(gaps),
     }
     if max_days is None and dated and out["patients_with_ct_date"]:
         out["note"] = (
@@ -471,8 +471,8 @@ def _window_summary(
     return out
 
 
-def _distribution(values: list[float]) -> dict[str, Any]:
-    """n, min, quartiles, max and the count per |gap| band of a list of day gaps."""
+def distribution(values: list[float]) -> dict[str, Any]:
+    """n, min, quartiles, max and the count per |gap| band of a list of day gaps (ingest.json, cacxr stats)."""
     if not values:
         return {"n": 0}
     import numpy as np

@@ -220,8 +220,11 @@ def decode_file(path: str, patient_id: str, gate: bool = False) -> tuple[str, tu
     return path, ("", ""), classify(result.image)
 
 
-def select_images(records: list[FileRecord]) -> dict[str, FileRecord]:
-    """Rules 9-10 on the remaining candidates: the kept image of each patient; the others get a reason."""
+def select_images(records: list[FileRecord], closest_first: bool = False) -> dict[str, FileRecord]:
+    """Rules 9-10 on the remaining candidates: the kept image of each patient; the others get a reason.
+
+    ``closest_first`` (under ``--max-days``) ranks by the distance to the CT before the view.
+    """
     by_patient: dict[str, list[FileRecord]] = {}
     for record in records:
         by_patient.setdefault(record.patient_id, []).append(record)
@@ -242,7 +245,7 @@ def select_images(records: list[FileRecord]) -> dict[str, FileRecord]:
                 pool.append(f)
 
         def rank(f: FileRecord) -> tuple[int, int, int, str]:
-            gap = abs(f.gap_days) if f.gap_days is not None else 0  # set for every candidate under --max-days
+            gap = abs(f.gap_days) if closest_first and f.gap_days is not None else 0
             if not f.frontal:
                 view_rank = ASSUMED_FRONTAL_RANK
             elif f.view_flag == VIEW_FROM_IMAGE:

@@ -18,7 +18,7 @@ from typing import Any
 
 from cacxr import __version__
 from cacxr.core import AGATSTON_BANDS, CacxrError, read_json_object, write_text
-from cacxr.ingest import SUMMARY_FILE
+from cacxr.ingest import SUMMARY_FILE, read_manifest
 from cacxr.runs.report_sections import (
     baseline_note,
     calibration_section,
@@ -120,7 +120,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     ingest = config.get("ingest") if isinstance(config.get("ingest"), dict) else None
     if ingest is None:
         path = run / runfolder.INGEST_DIR / SUMMARY_FILE
-        ingest = read_json_object(path) if path.is_file() else None
+        ingest = read_json_object(path) if path.is_file() else _manifest_formats(config)
     plots_dir = run / runfolder.PLOTS_DIR
     plots = (
         sorted(plots_dir.rglob("*.png"), key=lambda p: _plot_rank(p, plots_dir)) if plots_dir.is_dir() else []
@@ -423,3 +423,12 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
+def _manifest_formats(config: dict) -> dict | None:
+    """For a run trained on a manifest (no ingest.json of its own): how many images came from each format."""
+    from collections import Counter
+
+    try:
+        rows = read_manifest(config["manifest"])
+    except (KeyError, TypeError, CacxrError):
+        return None
+    return {"formats": {"kept": dict(sorted(Counter(row.source_format or "unknown" for row in rows).items()))}}
