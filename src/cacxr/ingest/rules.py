@@ -302,6 +302,7 @@ def label_exclusions(
     ]
     folder_of = {id(row): folder for folder, row in label_of.items()}
     reasons_of: dict[str, Counter[str]] = {}
+    site_of_folder = {record.patient_id: record.site for record in records}
     for record in records:
         reasons_of.setdefault(record.patient_id, Counter())[record.reason or "kept"] += 1
     for label in table.usable:
@@ -313,8 +314,8 @@ def label_exclusions(
         else:
             found = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons_of[folder].items()))
             detail = f"folder {folder}: {found}"
-            if site != "all" and site_of(folder) != site:
-                detail += f" (site {site_of(folder)} not selected)"
+            if site != "all" and site_of_folder.get(folder, site) != site:
+                detail += f" (site {site_of_folder[folder]} not selected)"
         rows.append(
             ExcludedRow(
                 path="",
