@@ -14,6 +14,7 @@ _EXPORTS = {
     "lazy_face": "faces",
     "MOVED": "moved",
     "install_old_paths": "moved",
+    "worker_context": "processes",
     "data_roots": "safepaths",
     "file_kind": "safepaths",
     "refuse_inside": "safepaths",

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from cacxr import __version__
-from cacxr.core import CacxrError, file_kind, refuse_overwrite, write_json
+from cacxr.core import CacxrError, file_kind, refuse_overwrite, worker_context, write_json
 from cacxr.ingest.labels import LabelRow, LabelTable, label_key, load_labels
 from cacxr.ingest.manifest import (
     EXCLUDED_FILE,
@@ -98,7 +98,8 @@ def _run_chunks(
         # several chunks per worker keep all busy when files differ in size
         size = max(1, min(64, math.ceil(len(items) / (workers * 4))))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # never fork: workers run torch (the view gate), which a fork of a torch-using parent can deadlock
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=worker_context()) as pool:
             futures = {pool.submit(func, chunk): len(chunk) for chunk in chunks}
             for future in as_completed(futures):
                 results.extend(future.result())

@@ -8,7 +8,6 @@ entries; concurrent builds of one store take turns through the lock file.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, write_json
+from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, worker_context, write_json
 from cacxr.ingest import ManifestRow, read_manifest
 from cacxr.pixels.profiles import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
 from cacxr.pixels.store import (
@@ -268,12 +267,9 @@ def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool) -> Itera
 
 def _run_pool(tasks: list[_Task], processes: int, bar: tqdm) -> Iterator[tuple[_Task, dict]]:
     """``_run_tasks`` with ``processes`` worker processes besides this one."""
-    # forkserver/spawn rather than fork: the caller may hold threads (torch) that fork would copy
-    # in a locked state.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     pool = ProcessPoolExecutor(
         max_workers=max(1, processes),
-        mp_context=multiprocessing.get_context(method),
+        mp_context=worker_context(),  # never fork: the caller may hold torch's threads
         initializer=_init_worker,
     )
     try:
