@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, write_bytes, write_json, write_text
-from cacxr.ingest.inventory import DEFAULT_LABELS, distribution
+from cacxr.ingest.inventory import DEFAULT_LABELS
 from cacxr.ingest.labels import load_labels
 from cacxr.ingest.manifest import read_manifest
 from cacxr.ingest.rules import site_of
+from cacxr.ingest.summary import distribution
 
 __all__ = ["cohort_stats", "CohortPatient", "load_cohort", "describe", "MEASURES", "CAC_PLOT_CLIP"]
 

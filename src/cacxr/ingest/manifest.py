@@ -21,6 +21,7 @@ __all__ = [
     "MANIFEST_FILE",
     "EXCLUDED_FILE",
     "SUMMARY_FILE",
+    "OUTPUTS",
     "ManifestRow",
     "ExcludedRow",
     "read_manifest",
@@ -36,6 +37,7 @@ __all__ = [
 MANIFEST_FILE = "manifest.csv"
 EXCLUDED_FILE = "excluded.csv"
 SUMMARY_FILE = "ingest.json"
+OUTPUTS = (MANIFEST_FILE, EXCLUDED_FILE, SUMMARY_FILE)
 # Fixed reason codes for excluded.csv (documented in the README; tests check exact counts).
 EXCLUSION_REASONS: dict[str, str] = {
     "unreadable": "not a DICOM, PNG or JPEG file cacxr can parse, or its pixels cannot be decoded",
