@@ -4,9 +4,10 @@ Inputs are files or folders. Folders are searched recursively for DICOM files (`
 extension-less files whose content parses as DICOM) and PNG/JPEG images. A file given explicitly is always
 tried, whatever its name, so that a bad file gets a row with its error instead of vanishing.
 
-Each image goes through exactly the steps of training: ``cacxr.imaging.read_image`` (float32 [0, 1], bone
-bright) -> ``cacxr.pixels.profiles.preprocess_read`` with the run's profile and image size (uint8 S x S;
-the equalisation follows the file's grey-level mapping, as in the image store). Inputs that can be scored
+Each image goes through exactly the steps of training: ``cacxr.pixels.read_for_profile`` (``read_image``:
+float32 [0, 1], bone bright; JPEG 2000 and 8-bit JPEG decoded only as large as the run's profile and image
+size need, as in the image store) -> ``cacxr.pixels.profiles.preprocess_read`` with the run's profile and
+image size (uint8 S x S; the equalisation follows the file's grey-level mapping, as in the image store). Inputs that can be scored
 but deserve caution get warnings (lateral or unknown view, small image, PNG/JPEG without view information).
 """
 
@@ -130,32 +131,36 @@ def image_warnings(meta: Any) -> list[str]:
     return notes
 
 
-def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, list[str], str]:
+def load_input(
+    run: LoadedRun, path: str | os.PathLike[str], *, full_decode: bool = False
+) -> tuple[np.ndarray | None, list[str], str]:
     """Read and preprocess one file for ``run``.
 
     Args:
         run: the loaded run (its profile and image size are used).
         path: a DICOM, PNG or JPEG file.
+        full_decode: decode the file in full instead of only as large as the profile needs.
 
     Returns:
         ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
         error ("" when the image is usable).
     """
-    image, _, notes, error = prepare_input(run, path)
+    image, _, notes, error = prepare_input(run, path, full_decode=full_decode)
     return image, notes, error
 
 
-def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, Any, list[str], str]:
+def prepare_input(
+    run: LoadedRun, path: str | os.PathLike[str], *, full_decode: bool = False
+) -> tuple[np.ndarray | None, Any, list[str], str]:
     """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs).
 
     Returns:
         ``(image, meta, warnings, error)``.
     """
-    from cacxr.imaging import read_image
-    from cacxr.pixels import preprocess_read
+    from cacxr.pixels import preprocess_read, read_for_profile
 
     try:
-        result = read_image(path)
+        result = read_for_profile(path, run.profile, run.image_size, full_decode=full_decode)
         if not result.ok or result.image is None:
             return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         image = preprocess_read(result, run.profile, run.image_size)
