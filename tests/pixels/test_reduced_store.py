@@ -117,3 +117,19 @@ def test_store_from_before_the_decode_mode_is_rebuilt(tmp_path: Path) -> None:
     again = build_store([_row("A", path)], out, "seed", 64, workers=1, progress=False, full_decode=False)
     assert again.summary["changed"] == 1 and again.decode == "reduced"
     shutil.rmtree(out)
+
+
+def test_cli_full_decode_flag(tmp_path: Path, capsys) -> None:
+    from cacxr.cli import main
+    from cacxr.ingest.manifest import write_manifest
+
+    path = write_coded_dicom(tmp_path / "x.dcm", radiograph_like(300, 280), JPEG2000Lossless, BitsStored=12)
+    write_manifest([_row("A", path)], tmp_path / "manifest.csv")
+    argv = ["preprocess", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "store"), "--image-size", "64"]
+    argv += ["--workers", "1", "--no-progress"]
+    assert main([*argv, "--full-decode"]) == 0
+    assert "full decode; built 1" in capsys.readouterr().out
+    assert main(argv) == 0  # the store keeps its mode
+    assert "full decode; built 0" in capsys.readouterr().out
+    assert main([*argv, "--no-full-decode"]) == 0
+    assert "reduced decode; built 1 (1 changed)" in capsys.readouterr().out
