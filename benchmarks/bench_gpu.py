@@ -221,6 +221,8 @@ def store_rates(n: int, source_size: int, sizes: list[int], workers: int | None)
     rates = []
     try:
         rows = make_data(scratch / "data", n, source_size, "mixed")
+        # untimed warm-up: the first build pays the decoders' imports and the pool's start-up
+        build_store(rows, scratch / "warm-up", image_size=sizes[0], workers=workers, progress=False)
         for size in sizes:
             for decode in ("reduced", "full"):
                 start = time.perf_counter()
