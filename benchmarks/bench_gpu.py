@@ -10,10 +10,16 @@ fraction of the card's measured matrix-multiply peak that the model achieves (ru
 3. Images/s: training steps (AdamW, cross-entropy) and inference batches (eval, ``inference_mode``) on
    random images, after warm-up steps, with the fast path's memory format (cacxr.training.accel) and autocast to
    bfloat16 for the bf16 rows. Achieved TFLOP/s = FLOPs per image x images/s; fraction = that / peak.
+4. With ``--store N``: the input side. ``N`` synthetic ``--store-size`` px DICOMs in a mixed-codec archive
+   (uncompressed, RLE, JPEG-LS, JPEG 2000, as ``bench_preprocess.py --archive mixed``) go through the image
+   store build at each size, with reduced decoding (the default: JPEG 2000 / 8-bit JPEG decoded only as large
+   as the profile needs) and with ``full_decode=True``, on every core: images/s of each, to set against the
+   GPU's images/s (a first epoch cannot run faster than the store is built).
 
 Usage::
 
     python benchmarks/bench_gpu.py --device cuda --sizes 1024 --batch 8 [--compile] [--json out.json]
+    python benchmarks/bench_gpu.py --device cuda --sizes 512 1024 --store 32   # + the store build's images/s
     python benchmarks/bench_gpu.py --device cpu --sizes 64      # a quick check that it runs
 """
 
@@ -201,6 +207,36 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def store_rates(n: int, source_size: int, sizes: list[int], workers: int | None) -> list[dict]:
+    """Images/s of the image store build on a mixed-codec archive, reduced against full decoding, per size."""
+    import shutil
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_preprocess import make_data
+    from cacxr.pixels import build_store
+
+    scratch = Path(tempfile.mkdtemp(prefix="cacxr-gpu-store-"))
+    rates = []
+    try:
+        rows = make_data(scratch / "data", n, source_size, "mixed")
+        # untimed warm-up: the first build pays the decoders' imports and the pool's start-up
+        build_store(rows, scratch / "warm-up", image_size=sizes[0], workers=workers, progress=False)
+        for size in sizes:
+            for decode in ("reduced", "full"):
+                start = time.perf_counter()
+                store = build_store(
+                    rows, scratch / f"{decode}-{size}", image_size=size, workers=workers, progress=False,
+                    full_decode=decode == "full",
+                )  # fmt: skip
+                elapsed = time.perf_counter() - start
+                rates.append({"size": size, "decode": decode, "images": len(store), "images_per_s": n / elapsed})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rates
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "OOM" if value is None else format(value, spec)
 
@@ -233,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--store", type=int, default=0, metavar="N", help="also time the store build on N files")
+    parser.add_argument("--store-size", type=int, default=2048, help="side of the store benchmark's DICOMs")
+    parser.add_argument("--store-workers", type=int, help="store build processes (default: every core)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -243,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     peaks = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in results["peak_tflops"].items())
     print(f"device: {results['device']}; matmul peak ({results['matmul_size']}^2): {peaks}")
+    if args.store:
+        results["store"] = store_rates(args.store, args.store_size, args.sizes, args.store_workers)
+        print(f"image store build, mixed-codec archive of {args.store} x {args.store_size} px DICOMs:")
+        by = {(r["size"], r["decode"]): r["images_per_s"] for r in results["store"]}
+        for size in args.sizes:
+            reduced, full = by[(size, "reduced")], by[(size, "full")]
+            print(f"  S={size}: reduced decode {reduced:.1f} im/s, full decode {full:.1f} im/s ({reduced / full:.2f}x)")
     if args.json:
         write_json(args.json, results)
     return 0

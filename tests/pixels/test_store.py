@@ -108,11 +108,11 @@ def test_resume_after_a_kill_builds_only_the_missing_entries(cohort, tmp_path, m
     calls = []
     real_read = cacxr.imaging.read_image
 
-    def dies_on_the_third_image(path, patient_id=""):
+    def dies_on_the_third_image(path, patient_id="", **kwargs):
         calls.append(patient_id)
         if len(calls) == 3:
             raise KeyboardInterrupt  # as Ctrl-C or a kill would interrupt the build
-        return real_read(path, patient_id)
+        return real_read(path, patient_id, **kwargs)
 
     monkeypatch.setattr(cacxr.imaging, "read_image", dies_on_the_third_image)
     with pytest.raises(KeyboardInterrupt):
@@ -310,7 +310,7 @@ def test_cli_builds_then_reuses(cohort, tmp_path, capsys):
     argv = ["preprocess", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "store")]
     argv += ["--image-size", str(SIZE), "--workers", "1", "--no-progress", "--profile", "xrv"]
     assert cli_main(argv) == 0
-    assert "4 images, profile xrv v1, 32 px; built 4 (4 new), reused 0, failed 0" in capsys.readouterr().out
+    assert "4 images, profile xrv v1, 32 px, reduced decode; built 4 (4 new), reused 0, failed 0" in capsys.readouterr().out
     assert cli_main(argv) == 0
     assert "built 0, reused 4, failed 0" in capsys.readouterr().out
     assert ImageStore.open(tmp_path / "store").profile == "xrv"

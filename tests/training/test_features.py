@@ -17,7 +17,7 @@ from cacxr.core import CacxrError
 from cacxr.ingest import ManifestRow
 from cacxr.model import build_model
 from cacxr.pixels import normalise
-from cacxr.training.features import FeatureCache, trunk_key
+from cacxr.training.features import ONNX_MIN_PIXELS, TRUNK_TOLERANCE, FeatureCache, trunk_key
 
 SIZE = 64
 
@@ -226,3 +226,44 @@ def test_trunk_outputs_that_underflow_float16_are_refused_not_cached_as_zeros(tm
     with pytest.raises(CacxrError, match=r"underflow float16: \d+% of the non-zero values.*--no-feature-cache"):
         FeatureCache.build(model, store, store.ids, tmp_path, progress=False)
     assert not list(tmp_path.rglob("CAC_*.npy"))
+
+
+def _eager_maps(model, store) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        x = normalise(np.stack([store.get(i) for i in store.ids]), store.profile).unsqueeze(1)
+        return model.trunk_features(x).numpy()
+
+
+@pytest.mark.parametrize("engine", ["onnx", "channels_last"])
+def test_trunk_engines_within_the_cache_tolerance_of_fp32_eager(tmp_path, engine):
+    """ONNX Runtime (exported once into the cache folder) and channels_last give the fp32 eager maps."""
+    if engine == "onnx":
+        pytest.importorskip("onnxruntime")
+    store, model = MemoryStore(n=3), _model()
+    reference = _eager_maps(model, store)
+    cache = FeatureCache.build(model, store, store.ids, tmp_path, batch_size=2, progress=False, engine=engine)
+    got = cache.get(store.ids).numpy()
+    # the cached maps are float16: compare with the reference rounded the same way, within the tolerance
+    half = reference.astype(np.float16).astype(np.float32)
+    scale = float(np.abs(reference).max())
+    assert np.abs(got - half).max() <= TRUNK_TOLERANCE * scale + float(np.spacing(np.float16(scale)))
+    assert (cache.dir / "trunk.onnx").is_file() == (engine == "onnx")
+    assert next(model.parameters()).is_contiguous()  # channels_last undone on the caller's model
+    if engine == "onnx":  # the raw fp32 trunk pass, before the float16 cache
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(cache.dir / "trunk.onnx"), providers=["CPUExecutionProvider"])
+        x = normalise(np.stack([store.get(i) for i in store.ids]), "seed").unsqueeze(1).numpy()
+        raw = session.run(None, {"x": x})[0]
+        assert np.abs(raw - reference).max() <= TRUNK_TOLERANCE * scale
+        print(f"onnx vs eager fp32: max abs {np.abs(raw - reference).max():.2e}, max |ref| {scale:.2f}")
+
+
+def test_auto_engine_keeps_small_builds_on_the_plain_eager_trunk(tmp_path):
+    store, model = MemoryStore(n=2), _model()
+    cache = FeatureCache.build(model, store, store.ids, tmp_path, progress=False)
+    assert not (cache.dir / "trunk.onnx").exists()  # 2 x 64 x 64 px is far below ONNX_MIN_PIXELS
+    assert 2 * SIZE * SIZE < ONNX_MIN_PIXELS
+    with pytest.raises(CacxrError, match="unknown trunk engine"):
+        FeatureCache.build(model, MemoryStore(n=1, seed=9), ["CAC_000"], tmp_path / "x", engine="bf16", progress=False)

@@ -14,8 +14,9 @@ from _tiny_run import IMAGE_SIZE, tiny_run
 from cacxr.cli import main
 from cacxr.core import AGATSTON_BANDS, agatston_band, target_to_cac
 from cacxr.imaging import read_image
-from cacxr.pixels import preprocess_read
+from cacxr.pixels import preprocess_read, read_for_profile
 from cacxr.use import load_run, score_image, score_paths
+from cacxr.use.inputs import load_input
 from cacxr.use.predict import PREDICTION_COLUMNS, expand_inputs, write_predictions_csv
 
 SYNTH_NAMES = {"synth_0.dcm", "synth_1.dcm", "synth_2.dcm"}
@@ -27,8 +28,19 @@ def _synth_files(cohort: Path, n: int) -> list[Path]:
 
 
 def _scores_of(run, path: Path):
-    """The run's scores of one file, computed here: read_image, preprocess_read, run.scores (image-only run)."""
-    return run.scores(preprocess_read(read_image(path), run.profile, run.image_size)[None])
+    """The run's scores of one file, computed here: read_for_profile (read_image decoding no larger than the
+    profile needs, as predict reads), preprocess_read, run.scores (image-only run)."""
+    return run.scores(preprocess_read(read_for_profile(path, run.profile, run.image_size), run.profile, run.image_size)[None])
+
+
+def test_full_decode_reads_as_read_image(run, real_cxr_dir: Path) -> None:
+    """load_input(full_decode=True) is read_image + preprocess_read; the default decodes JPEG 2000 reduced."""
+    path = real_cxr_dir / "pydicomdata_RG1_J2KI.dcm"
+    full = preprocess_read(read_image(path), run.profile, run.image_size)
+    image, _, error = load_input(run, path, full_decode=True)
+    assert error == "" and np.array_equal(image, full)
+    reduced, _, _ = load_input(run, path)
+    assert np.abs(reduced.astype(np.int16) - full).mean() <= 1.5  # README: "Reduced decoding"
 
 
 def _probability_of(run, path: Path) -> float:

@@ -29,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, metavar="N", help="worker processes (default: every available core)"
     )
     parser.add_argument(
+        "--full-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode every file in full; by default JPEG 2000 and 8-bit JPEG files are decoded only as large "
+        "as the profile needs (reduced resolution). An existing store keeps its mode unless this is given; "
+        "changing it rebuilds the entries",
+    )
+    parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
     )
 
@@ -47,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         workers=args.workers,
         progress=args.progress,
+        full_decode=args.full_decode,
     )
     # Each image that could not be stored was already logged (file and reason) by build_store.
     summary = store.summary or {}
@@ -55,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{store.root}: {len(store)} images, profile {store.profile} v{store.profile_version}, "
-        f"{store.image_size} px; built {summary.get('built', 0)}"
+        f"{store.image_size} px, {store.decode} decode; built {summary.get('built', 0)}"
         + (f" ({causes})" if causes else "")
         + f", reused {summary.get('reused', 0)}, failed {len(store.failed)} "
         f"in {summary.get('seconds', 0):.1f} s"

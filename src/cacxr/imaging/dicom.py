@@ -24,12 +24,13 @@ from cacxr.imaging.header import (
     scrub,
 )
 from cacxr.imaging.meta import ImageMeta, Refusal, describe, refusal_for
+from cacxr.imaging.reduced import decode_dicom_reduced, reduced_shape
 
 __all__ = ["read_dicom"]
 
 
 def read_dicom(
-    path: str, patient_id: str, decode: bool, max_pixels: int
+    path: str, patient_id: str, decode: bool, max_pixels: int, min_short_side: int = 0
 ) -> tuple[ImageMeta, np.ndarray | None]:
     import pydicom
 
@@ -77,11 +78,13 @@ def read_dicom(
         # The fastest installed decoder for the syntax (cacxr.imaging.decoders), not pydicom's first plugin.
         plugin = decoding_plugin(meta.transfer_syntax)
         ds.pixel_array_options(correct_unused_bits=False, **({"decoding_plugin": plugin} if plugin else {}))
-        image, voi = to_display(ds.pixel_array, ds, meta.voi, path)
+        # A caller that only needs min_short_side px gets a smaller decode where the codestream allows it.
+        reduced = decode_dicom_reduced(ds, min_short_side, max_pixels=max_pixels) if min_short_side else None
+        image, voi = to_display(ds.pixel_array if reduced is None else reduced[0], ds, meta.voi, path)
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
         detail = scrub(f"{path}: pixel data cannot be decoded: {describe(exc)}", ds)
         raise Refusal("unreadable", detail, meta) from exc
-    if image.shape != (meta.rows, meta.cols):
+    if image.shape != (reduced_shape(meta.rows, meta.cols, reduced[1]) if reduced else (meta.rows, meta.cols)):
         detail = f"{path}: decoded shape {image.shape} does not match Rows x Columns"
         raise Refusal("unreadable", detail, meta)
     return replace(meta, voi=voi), image

@@ -14,6 +14,7 @@ from cacxr.imaging.codestream import (
 )
 from cacxr.imaging.greylevels import minmax
 from cacxr.imaging.meta import ImageMeta, Refusal, describe, refusal_for
+from cacxr.imaging.reduced import draft_jpeg
 
 __all__ = ["raster_format", "read_raster"]
 
@@ -37,7 +38,7 @@ def raster_format(path: str) -> str:
 
 
 def read_raster(
-    path: str, patient_id: str, decode: bool, max_pixels: int
+    path: str, patient_id: str, decode: bool, max_pixels: int, min_short_side: int = 0
 ) -> tuple[ImageMeta, np.ndarray | None]:
     from PIL import Image
 
@@ -78,6 +79,8 @@ def read_raster(
         if not decode:
             return meta, None
         try:
+            if min_short_side:  # JPEG: DCT scaling to the smallest size still >= min_short_side
+                draft_jpeg(img, min_short_side)
             if wide:
                 return meta, minmax(np.asarray(img))
             if mode != "L":

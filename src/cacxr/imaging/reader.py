@@ -53,7 +53,11 @@ def read_header(
 
 
 def read_image(
-    path: str | os.PathLike[str], patient_id: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike[str],
+    patient_id: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    min_short_side: int = 0,
 ) -> ReadResult:
     """Read a file's metadata and decode its image to float32 in [0, 1], bone bright.
 
@@ -67,15 +71,24 @@ def read_image(
         patient_id: the cohort's pseudonymous id for the file (its folder name).
         max_pixels: the largest accepted rows x columns (x frames): too_large above it, never a
             MemoryError.
+        min_short_side: 0 (default) decodes the full image. A positive value says the caller only needs
+            an image whose short side is at least this many pixels (it will shrink it anyway): JPEG 2000
+            and 8-bit JPEG (DICOM or plain files) are then decoded at the largest power-of-two reduction
+            that keeps the short side at least this long (``cacxr.imaging.reduced``); other formats, and
+            files too small for any reduction, are decoded in full. ``meta.rows`` / ``meta.cols`` stay the
+            declared size.
 
     Returns:
-        A :class:`ReadResult`; ``image`` is a float32 (rows, cols) array when ``reason`` is "", else
-        None with the reason code (unreadable with the decoder's message when decoding fails).
+        A :class:`ReadResult`; ``image`` is a float32 (rows, cols) array (smaller with ``min_short_side``)
+        when ``reason`` is "", else None with the reason code (unreadable with the decoder's message when
+        decoding fails).
     """
-    return _read(path, patient_id, decode=True, max_pixels=max_pixels)
+    return _read(path, patient_id, decode=True, max_pixels=max_pixels, min_short_side=min_short_side)
 
 
-def _read(path: str | os.PathLike[str], patient_id: str, decode: bool, max_pixels: int) -> ReadResult:
+def _read(
+    path: str | os.PathLike[str], patient_id: str, decode: bool, max_pixels: int, min_short_side: int = 0
+) -> ReadResult:
     """Dispatch on the file's format and turn every failure into a reason (the module's boundary)."""
     name = os.fspath(path)
     kind = file_kind(name)
@@ -85,7 +98,7 @@ def _read(path: str | os.PathLike[str], patient_id: str, decode: bool, max_pixel
         )
     try:
         reader = read_raster if raster_format(name) else read_dicom
-        meta, image = reader(name, patient_id, decode, max_pixels)
+        meta, image = reader(name, patient_id, decode, max_pixels, min_short_side=max(0, int(min_short_side)))
         return ReadResult(image=image, meta=meta, reason="", detail="")
     except Refusal as refusal:
         return ReadResult(image=None, meta=refusal.meta, reason=refusal.reason, detail=refusal.detail)

@@ -12,6 +12,8 @@ _EXPORTS = {
     "per_level_for": "profiles",
     "preprocess_image": "profiles",
     "preprocess_read": "profiles",
+    "decode_side": "profiles",
+    "read_for_profile": "profiles",
     "ImageStore": "store",
     "build_store": "build",
     "default_workers": "build",

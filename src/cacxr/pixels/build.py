@@ -25,8 +25,17 @@ from tqdm import tqdm
 
 from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, worker_context, write_json
 from cacxr.ingest import ManifestRow, read_manifest
-from cacxr.pixels.profiles import DEFAULT_PROFILE, Profile, check_image_size, get_profile, preprocess_read
+from cacxr.pixels.profiles import (
+    DEFAULT_PROFILE,
+    Profile,
+    check_image_size,
+    get_profile,
+    preprocess_read,
+    read_for_profile,
+)
 from cacxr.pixels.store import (
+    DECODE_FULL,
+    DECODE_REDUCED,
     ENTRIES_DIR,
     FORMAT_VERSION,
     INDEX_FILE,
@@ -60,6 +69,7 @@ class _Task:
     profile: Profile
     image_size: int
     key: dict[str, Any]
+    full_decode: bool = False
 
 
 def default_workers() -> int:
@@ -77,6 +87,7 @@ def build_store(
     image_size: int = 1024,
     workers: int | None = None,
     progress: bool = True,
+    full_decode: bool | None = None,
 ) -> ImageStore:
     """Build or update the image store of a manifest.
 
@@ -88,6 +99,11 @@ def build_store(
         image_size: side ``S`` of the stored images.
         workers: worker processes; ``None`` uses every available core, 1 builds in this process.
         progress: show a progress bar.
+        full_decode: True decodes every file in full; False decodes JPEG 2000 and 8-bit JPEG files only as
+            large as the profile needs (``pixels.read_for_profile``); None (default) keeps the decode mode
+            of an existing store at ``out`` (so a store built with ``cacxr preprocess --full-decode`` stays
+            so when training reuses it) and is False for a new one. The mode is part of every entry's key:
+            entries built in another mode (or before reduced decoding existed) are rebuilt, never mixed.
 
     Returns:
         The store; its ``summary`` counts ``rows``, ``reused``, ``built``, ``failed`` and why
@@ -111,6 +127,10 @@ def build_store(
         raise CacxrError(
             f"{root / INDEX_FILE}: exists but is not a cacxr image store index; choose another --out"
         )
+    if full_decode is None:
+        previous = read_index(root) if (root / INDEX_FILE).exists() else None
+        full_decode = (previous or {}).get("decode") == DECODE_FULL
+    decode = DECODE_FULL if full_decode else DECODE_REDUCED
     entries_dir = root / ENTRIES_DIR
     entries_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = dict.fromkeys(("reused", "built", "new", "changed", "corrupt", "retried"), 0)
@@ -133,6 +153,7 @@ def build_store(
                 "profile": spec.name,
                 "profile_version": spec.version,
                 "image_size": image_size,
+                "decode": decode,
             }
             stem = entry_stem(row.patient_id)
             sidecar = read_json(entries_dir / f"{stem}.json")
@@ -147,7 +168,7 @@ def build_store(
                 entries[row.patient_id] = index_entry(stem, sidecar)
             else:
                 tasks.append(
-                    _Task(row.patient_id, str(source), stem, str(entries_dir), spec, image_size, key)
+                    _Task(row.patient_id, str(source), stem, str(entries_dir), spec, image_size, key, full_decode)
                 )
             summary[cause or "reused"] += 1
 
@@ -167,6 +188,7 @@ def build_store(
             "profile": spec.name,
             "profile_version": spec.version,
             "image_size": image_size,
+            "decode": decode,
             "entries": dict(sorted(entries.items())),
             "failed": dict(sorted(failed.items())),
         }
@@ -321,12 +343,12 @@ def _init_worker() -> None:
 
 def _build_entry(task: _Task) -> dict[str, Any]:
     """Read, preprocess and write one entry (in a worker process); returns its sidecar content."""
-    from cacxr.imaging import read_image
-
     entries_dir = Path(task.entries_dir)
     sidecar: dict[str, Any] = {"patient_id": task.patient_id, "key": task.key}
     try:
-        result = read_image(task.source, task.patient_id)
+        result = read_for_profile(
+            task.source, task.profile, task.image_size, patient_id=task.patient_id, full_decode=task.full_decode
+        )
         if result.image is None:
             sidecar.update(status="failed", reason=result.reason or "unreadable", detail=result.detail)
         else:

@@ -34,6 +34,13 @@ inference see identical pixels.
 
 A profile's ``version`` is part of the image store's key: change a recipe, bump its version, and
 stores built with the old one are rebuilt.
+
+Reduced decoding. Every profile shrinks the radiograph to ``round(oversize * S)`` (after the square crop for
+``xrv``), so a file is decoded only as large as that (:func:`decode_side`): :func:`read_for_profile` asks
+``read_image(..., min_short_side=decode_side(profile, S))``, and JPEG 2000 / 8-bit JPEG files with a short
+side of at least twice that are decoded at a power-of-two reduction (``cacxr.imaging.reduced``). The store
+entry then differs from full decode + profile by a fraction of a grey level on average (README, "Reduced
+decoding"); ``full_decode=True`` (``cacxr preprocess --full-decode``) decodes every file in full.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import numpy as np
 from cacxr.core import CacxrError
 
 if TYPE_CHECKING:
+    import os
+
     import torch
 
     from cacxr.imaging import GateVerdict, ImageMeta, ReadResult
@@ -62,6 +71,8 @@ __all__ = [
     "PER_LEVEL_VOI",
     "normalise",
     "check_image_size",
+    "decode_side",
+    "read_for_profile",
 ]
 
 # Fine quantisation of the [min, max] range used by the equalisations: 2**16 levels, so that the
@@ -265,6 +276,56 @@ def preprocess_read(
         if (verdict or classify(image)).inverted:
             image = 1.0 - image
     return preprocess_image(image, profile, image_size, per_level=per_level_for(result.meta))
+
+
+def decode_side(profile: str | Profile, image_size: int) -> int:
+    """The smallest short side a file needs to be decoded at for ``profile`` at ``image_size``.
+
+    The profile resizes the image (its square crop for ``xrv``) to ``round(oversize * S)`` on each side, so a
+    decode whose short side is at least that is never upsampled: 1248 for ``seed`` at S = 1024, 624 at 512.
+
+    Args:
+        profile: a profile name or ``Profile``.
+        image_size: the output side ``S``.
+
+    Returns:
+        The side in pixels.
+    """
+    spec = get_profile(profile)
+    check_image_size(image_size)
+    return spec.crop_geometry(image_size)[0]
+
+
+def read_for_profile(
+    path: str | os.PathLike[str],
+    profile: str | Profile,
+    image_size: int,
+    *,
+    patient_id: str = "",
+    full_decode: bool = False,
+    max_pixels: int | None = None,
+) -> ReadResult:
+    """Read a file for ``profile`` at ``image_size``: decoded no larger than the profile needs.
+
+    Follow with :func:`preprocess_read`. The image store, predict, serve and evaluate read files this way.
+
+    Args:
+        path: a DICOM, PNG or JPEG file.
+        profile: a profile name or ``Profile``.
+        image_size: the output side ``S``.
+        patient_id: the cohort's pseudonymous id for the file.
+        full_decode: decode every file in full (as before reduced decoding; to compare).
+        max_pixels: the reader's size limit (None: its default).
+
+    Returns:
+        ``cacxr.imaging.read_image``'s ``ReadResult``; its image is smaller than Rows x Columns when the file
+        was decoded reduced.
+    """
+    from cacxr.imaging import read_image
+
+    side = 0 if full_decode else decode_side(profile, image_size)
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return read_image(path, patient_id, min_short_side=side, **limit)
 
 
 def normalise(batch: np.ndarray | torch.Tensor, profile: str | Profile) -> torch.Tensor:

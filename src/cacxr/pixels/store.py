@@ -7,7 +7,7 @@ map of S x S bytes.
 Layout of a store folder ``OUT`` (nothing is ever written outside it)::
 
     OUT/index.json             what ImageStore.open reads: format, profile (name, version), image
-                               size, and per patient id the entry file, its size in bytes and CRC32,
+                               size, decode mode, and per patient id the entry file, its size in bytes and CRC32,
                                plus the failed ids with their message. Written atomically at the end
                                of every build; removed while a build that changes entries runs.
     OUT/.build.lock            an empty file locked (flock) while a build runs, so that concurrent
@@ -15,7 +15,7 @@ Layout of a store folder ``OUT`` (nothing is ever written outside it)::
     OUT/entries/<id>-<h>.npy   one image: a NumPy .npy file holding uint8 (S, S), memory-mapped on
                                read (S * S bytes + a 128-byte header: 1.0001 MiB at S = 1024).
     OUT/entries/<id>-<h>.json  its sidecar: the build key (source path, size, mtime_ns, profile
-                               name + version, image size), CRC32 and byte size of the .npy, or the
+                               name + version, image size, decode mode), CRC32 and byte size of the .npy, or the
                                failure (reason code and detail) when the image could not be read.
 
 ``<h>`` is 8 hex digits of the SHA-1 of the patient id, so ids that differ only in case or in
@@ -25,7 +25,11 @@ Resuming and updating: entries and sidecars are written atomically, the .npy bef
 so an interrupted build (Ctrl-C, kill, power loss) leaves only complete entries. The next build
 keeps every entry whose sidecar key matches (same source file size and mtime, profile and size)
 and whose file has the recorded size and CRC32, and rebuilds the rest: new ids, changed sources,
-another profile or size, and corrupt or truncated files. ``ImageStore.get`` checks the size and
+another profile, size or decode mode, and corrupt or truncated files.
+
+Decode mode (``decode`` in the key and the index): ``reduced`` (the default since issue 22: JPEG 2000 and
+8-bit JPEG decoded only as large as the profile needs, ``pixels.read_for_profile``) or ``full``. Entries of
+stores built before the mode existed have no ``decode`` in their key and are rebuilt. ``ImageStore.get`` checks the size and
 CRC32 again on every read, so a damaged entry raises an error instead of reaching a model.
 """
 
@@ -44,7 +48,7 @@ import numpy as np
 
 from cacxr.core import CacxrError
 
-__all__ = ["ImageStore", "STORE_FORMAT", "FORMAT_VERSION", "INDEX_FILE", "LOCK_FILE", "ENTRIES_DIR", "entry_stem", "index_entry", "open_entry", "read_index", "read_json"]
+__all__ = ["ImageStore", "STORE_FORMAT", "DECODE_FULL", "DECODE_REDUCED", "FORMAT_VERSION", "INDEX_FILE", "LOCK_FILE", "ENTRIES_DIR", "entry_stem", "index_entry", "open_entry", "read_index", "read_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 LOCK_FILE = ".build.lock"
 ENTRIES_DIR = "entries"
+DECODE_REDUCED = "reduced"
+DECODE_FULL = "full"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -64,6 +70,8 @@ class ImageStore:
         profile: the preprocessing profile's name (``seed``, ``clahe``, ``xrv``).
         profile_version: that profile's version when the store was built.
         image_size: side ``S`` of every stored image.
+        decode: ``reduced`` or ``full`` (how the files were decoded; ``full`` for stores older than the
+            setting).
         ids: patient ids with a stored image, sorted.
         failed: patient id -> message (file and reason) for images that could not be stored.
         summary: counts of the build that returned this object (``None`` after ``open``).
@@ -74,6 +82,7 @@ class ImageStore:
         self.profile: str = index["profile"]
         self.profile_version: int = int(index["profile_version"])
         self.image_size: int = int(index["image_size"])
+        self.decode: str = str(index.get("decode", DECODE_FULL))
         self._entries: dict[str, dict[str, Any]] = index["entries"]
         self.ids: list[str] = sorted(self._entries)
         self.failed: dict[str, str] = dict(index["failed"])
@@ -110,7 +119,7 @@ class ImageStore:
     def __repr__(self) -> str:
         return (
             f"ImageStore({str(self.root)!r}, profile={self.profile!r} v{self.profile_version}, "
-            f"image_size={self.image_size}, images={len(self)}, failed={len(self.failed)})"
+            f"image_size={self.image_size}, decode={self.decode}, images={len(self)}, failed={len(self.failed)})"
         )
 
     def entry_path(self, patient_id: str) -> Path:

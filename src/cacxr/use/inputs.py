@@ -4,9 +4,10 @@ Inputs are files or folders. Folders are searched recursively for DICOM files (`
 extension-less files whose content parses as DICOM) and PNG/JPEG images. A file given explicitly is always
 tried, whatever its name, so that a bad file gets a row with its error instead of vanishing.
 
-Each image goes through exactly the steps of training: ``cacxr.imaging.read_image`` (float32 [0, 1], bone
-bright) -> ``cacxr.pixels.profiles.preprocess_read`` with the run's profile and image size (uint8 S x S;
-the equalisation follows the file's grey-level mapping, as in the image store). Inputs that can be scored
+Each image goes through exactly the steps of training: ``cacxr.pixels.read_for_profile`` (``read_image``:
+float32 [0, 1], bone bright; JPEG 2000 and 8-bit JPEG decoded only as large as the run's profile and image
+size need, as in the image store) -> ``cacxr.pixels.profiles.preprocess_read`` with the run's profile and
+image size (uint8 S x S; the equalisation follows the file's grey-level mapping, as in the image store). Inputs that can be scored
 but deserve caution get warnings (lateral or unknown view, small image, PNG/JPEG without view information).
 """
 
@@ -132,37 +133,40 @@ def image_warnings(meta: Any, decision: Any = None) -> list[str]:
     return notes
 
 
-def load_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndarray | None, list[str], str]:
+def load_input(
+    run: LoadedRun, path: str | os.PathLike[str], *, full_decode: bool = False
+) -> tuple[np.ndarray | None, list[str], str]:
     """Read and preprocess one file for ``run``.
 
     Args:
         run: the loaded run (its profile and image size are used).
         path: a DICOM, PNG or JPEG file.
+        full_decode: decode the file in full instead of only as large as the profile needs.
 
     Returns:
         ``(image, warnings, error)``: the uint8 (S, S) model input or ``None``, the warnings, and the
         error ("" when the image is usable).
     """
-    image, _, _, notes, error = prepare_input(run, path)
+    image, _, _, notes, error = prepare_input(run, path, full_decode=full_decode)
     return image, notes, error
 
 
 def prepare_input(
-    run: LoadedRun, path: str | os.PathLike[str]
+    run: LoadedRun, path: str | os.PathLike[str], *, full_decode: bool = False
 ) -> tuple[np.ndarray | None, Any, str, list[str], str]:
     """:func:`load_input` plus the file's ``ImageMeta`` (its age and sex feed ``--clinical`` runs) and the
-    view gate's verdict.
+    view gate's verdict (on the image as decoded for the run's size).
 
     Returns:
         ``(image, meta, gate, warnings, error)``: ``gate`` is the verdict described ("" when the file could
         not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
         error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image
-    from cacxr.pixels import preprocess_read
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral
+    from cacxr.pixels import preprocess_read, read_for_profile
 
     try:
-        result = read_image(path)
+        result = read_for_profile(path, run.profile, run.image_size, full_decode=full_decode)
         if not result.ok or result.image is None:
             return None, None, "", [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         # The rule ingest follows (cacxr.imaging.decide): what it would exclude is refused, not scored.
