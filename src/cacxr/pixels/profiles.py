@@ -41,6 +41,9 @@ Reduced decoding. Every profile shrinks the radiograph to ``round(oversize * S)`
 side of at least twice that are decoded at a power-of-two reduction (``cacxr.imaging.reduced``). The store
 entry then differs from full decode + profile by a fraction of a grey level on average (README, "Reduced
 decoding"); ``full_decode=True`` (``cacxr preprocess --full-decode``) decodes every file in full.
+
+Why one module of ~430 lines: the profiles' steps and the one way a file reaches them (read at the size the
+profile needs, then preprocess_read, the export inversion included) are one contract and change together.
 """
 
 from __future__ import annotations

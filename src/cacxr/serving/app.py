@@ -173,15 +173,17 @@ class _Decoded:
     gate: str
 
 
-def _decode(upload: Upload, max_pixels: int) -> _Decoded:
+def _decode(upload: Upload, max_pixels: int, info: ModelInfo) -> _Decoded:
     """Sniff, check the dimensions, decode, let the view gate read the pixels: every failure is an
     :class:`UploadError` (never a 500); a lateral or a non-radiograph is refused as ingest excludes it."""
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral
+    from cacxr.pixels import read_for_profile
     from cacxr.use import image_warnings
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)
-    result = read_image(upload.path, max_pixels=max_pixels)
+    # decoded no larger than the run needs, as predict and the image store decode it
+    result = read_for_profile(upload.path, info.profile, info.image_size, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
     meta, verdict = result.meta, classify(result.image)
@@ -224,7 +226,7 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
 
     def predict_upload(upload: Upload) -> Prediction:
         start = time.perf_counter()
-        decoded = _decode(upload, limits.max_image_pixels)
+        decoded = _decode(upload, limits.max_image_pixels, info)
         scores = model.predict(decoded.image, decoded.meta)
         seconds = time.perf_counter() - start
         logger.info(
@@ -249,12 +251,12 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
         )
 
     def preview_upload(upload: Upload) -> bytes:
-        decoded = _decode(upload, limits.max_image_pixels)
+        decoded = _decode(upload, limits.max_image_pixels, info)
         return png_bytes(model.prepare(decoded.image, decoded.meta))
 
     def explain_upload(upload: Upload, method: str, steps: int) -> tuple[bytes, float]:
         start = time.perf_counter()
-        decoded = _decode(upload, limits.max_image_pixels)
+        decoded = _decode(upload, limits.max_image_pixels, info)
         png, score = model.explain(decoded.image, method, steps, decoded.meta)
         logger.info("explain: %s (%s) in %.2f s", decoded.fmt, method, time.perf_counter() - start)
         return png, score
