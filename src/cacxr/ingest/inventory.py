@@ -144,15 +144,22 @@ def _listed(data: Path, table: LabelTable) -> tuple[list[tuple[str, str, bool]],
     return sorted(set(candidates)), problems
 
 
-def _site_rule(table: LabelTable, patient_ids: Iterable[str], site: str) -> tuple[str, Callable[[str], str]]:
-    """How sites are assigned (for ingest.json) and the site of a patient id (its label row's, when listed)."""
+def _site_rule(
+    table: LabelTable, patient_ids: Iterable[str], site: str
+) -> tuple[str, Callable[[str], str], bool]:
+    """How sites are assigned (for ingest.json), the site of a patient id, and whether ``--site`` selects.
+
+    An archive that says nothing of its sites (no site column, no folder name with CAC) is one site: every
+    patient gets the asked-for site and ``--site`` selects nobody out.
+    """
     if "site" in table.columns:
         by_key = {row.key: row.site for row in table.usable}
-        return "the label table's site column", lambda pid: by_key.get(label_key(pid), "")
+        return "the label table's site column", lambda pid: by_key.get(label_key(pid), ""), True
     if any("CAC" in pid.upper() for pid in patient_ids):
-        return "folder name: internal when it contains CAC, else external", site_of
+        return "folder name: internal when it contains CAC, else external", site_of, True
     one_site = site if site in ("internal", "external") else "internal"
-    return f"one site: no site column and no folder name with CAC, every patient is {one_site}", lambda _: one_site
+    described = f"one site: no site column and no folder name with CAC, every patient is {one_site}"
+    return described, lambda _: one_site, False
 
 
 def _refuse_empty(data: Path) -> None:
@@ -257,7 +264,7 @@ def ingest(
     if site not in SITES and site not in table_sites:
         known = ", ".join([*SITES, *sorted(table_sites)])
         raise CacxrError(f"unknown site {site!r}: choose one of {known}")
-    site_rule, site_of_patient = _site_rule(table, (c[1] for c in candidates), site)
+    site_rule, site_of_patient, sites_select = _site_rule(table, (c[1] for c in candidates), site)
     workers = max(1, int(workers or os.cpu_count() or 1))
     logger.info("%s: %d candidate files, %d workers", data, len(candidates), workers)
 
@@ -279,7 +286,7 @@ def ingest(
             continue
         if not record.patient_id:
             record.reason, record.detail = "no_label", "file is not inside a patient folder"
-        elif site != "all" and record.site != site and not site_rule.startswith("one site"):
+        elif sites_select and site != "all" and record.site != site:
             record.reason, record.detail = "other_site", f"site {record.site}, --site {site}"
         elif record.patient_id not in label_of:
             record.reason, record.detail = "no_label", "no label row for this patient"

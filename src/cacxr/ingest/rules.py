@@ -84,7 +84,7 @@ RULES: tuple[str, ...] = (
 
 @dataclass
 class FileRecord:
-    """What ingest learned about one DICOM candidate file (no identifying header values)."""
+    """What ingest learned about one image candidate file (no identifying header values)."""
 
     path: str
     patient_id: str
