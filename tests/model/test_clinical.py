@@ -197,8 +197,9 @@ def test_clinical_run_trains_with_covariates_from_the_training_part(clinical_run
     assert 0.0 <= metrics["pooled"]["auc"] <= 1.0
 
 
-def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tmp_path: Path) -> None:
-    from PIL import Image
+def test_clinical_run_loads_and_scores_with_header_values(
+    clinical_run: Path, tmp_path: Path, real_cxr_dir: Path
+) -> None:
 
     from cacxr.imaging import read_image
     from cacxr.use import load_run, score_image, score_paths
@@ -217,8 +218,7 @@ def test_clinical_run_loads_and_scores_with_header_values(clinical_run: Path, tm
     dicom = sorted((Path(json.loads((clinical_run / "config.json").read_text())["data"])).glob("CAC_*/rx/*.dcm"))[0]
     meta = read_image(dicom).meta
     assert meta.age is not None and meta.sex in ("M", "F")
-    png = tmp_path / "plain.png"
-    Image.fromarray(images[0]).save(png)
+    png = real_cxr_dir / "txv_nih_00000001_000.png"  # a real export: no age or sex in it
     rows = score_paths(run, [dicom, png], progress=False)
     assert rows[0].error == "" and "unknown" not in rows[0].warning
     assert "age unknown: the training median age was used" in rows[1].warning

@@ -276,7 +276,8 @@ def preprocess_read(
     if result.meta is not None and result.meta.source_format != "dicom":
         from cacxr.imaging import classify
 
-        if (verdict or classify(image)).inverted:
+        verdict = verdict or classify(image)
+        if verdict.inverted and verdict.content != "not_radiograph":  # the flag means nothing on other images
             image = 1.0 - image
     return preprocess_image(image, profile, image_size, per_level=per_level_for(result.meta))
 
