@@ -75,6 +75,7 @@ def test_a_path_table_with_a_ct_window_keeps_the_closest_frontal(table_archive: 
     assert excluded["p2_near.png"].reason == "extra_frontal" and "+5 days from the CT" in excluded["p2_near.png"].detail
     assert excluded["p2_far.png"].reason == "outside_ct_window" and "-366 days" in excluded["p2_far.png"].detail
     assert excluded["p3.png"].reason == "no_date" and excluded["p4.png"].reason == "no_date"
+    assert "study_date '31.02.2020' is not a date" in excluded["p4.png"].detail
     assert excluded["outside.png"].reason == "outside_data" and "line 10 of labels.csv" in excluded["outside.png"].detail
     assert excluded["missing.png"].reason == "missing_file" and "line 11" in excluded["missing.png"].detail
     assert manifest["P5"].source_format == "png" and manifest["P5"].view_flag == "view_assumed_frontal"

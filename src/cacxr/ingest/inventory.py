@@ -11,7 +11,6 @@ written atomically into the output folder, which may not lie inside DATA.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from cacxr.ingest.rules import (
     label_exclusions,
     manifest_row,
     select_images,
+    set_ct_gap,
     site_of,
 )
 from cacxr.ingest.summary import ingest_summary
@@ -308,10 +308,9 @@ def ingest(
         if record.reason or not record.patient_id or record.patient_id not in label_of:
             continue
         ct_date = label_of[record.patient_id].ct_date
+        set_ct_gap(record, ct_date)
         if max_days is not None:
-            apply_ct_window(record, ct_date, max_days)
-        elif ct_date is not None and record.study_date:
-            record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
+            apply_ct_window(record, ct_date is not None, max_days)
 
     # Rules 9-10: one image per patient.
     kept = select_images([r for r in records if not r.reason], closest_first=max_days is not None)

@@ -28,6 +28,7 @@ __all__ = [
     "apply_table_view",
     "apply_gate",
     "apply_ct_window",
+    "set_ct_gap",
     "VIEW_ASSUMED_FRONTAL",
     "RULES",
     "FileRecord",
@@ -182,13 +183,19 @@ def apply_gate(record: FileRecord, verdict: GateVerdict) -> None:
     record.view_flag = decision.flag or record.view_flag
 
 
-def apply_ct_window(record: FileRecord, ct_date: dt.date | None, max_days: int) -> None:
-    """Rule 8c: keep radiographs within ``max_days`` of the patient's CT."""
-    if ct_date is None or not record.study_date:
+def set_ct_gap(record: FileRecord, ct_date: dt.date | None) -> None:
+    """The radiograph's distance to its patient's CT in days (reported with or without a window)."""
+    if ct_date is not None and record.study_date:
+        record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
+
+
+def apply_ct_window(record: FileRecord, has_ct_date: bool, max_days: int) -> None:
+    """Rule 8c: keep radiographs within ``max_days`` of the patient's CT (after :func:`set_ct_gap`)."""
+    if record.gap_days is None:
         record.reason = "no_date"
-        record.detail = "the patient has no ct_date" if ct_date is None else "no radiograph date (header or table)"
+        date_problem = record.detail or "no radiograph date (header or table)"  # e.g. an unreadable study_date
+        record.detail = date_problem if has_ct_date else "the patient has no ct_date"
         return
-    record.gap_days = (dt.date.fromisoformat(record.study_date) - ct_date).days
     if abs(record.gap_days) > max_days:
         record.reason = "outside_ct_window"
         record.detail = f"taken {record.gap_days:+d} days from the CT (--max-days {max_days})"
