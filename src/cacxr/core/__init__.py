@@ -18,6 +18,7 @@ _EXPORTS = {
     "file_kind": "safepaths",
     "refuse_inside": "safepaths",
     "refuse_overwrite": "safepaths",
+    "require_writable": "safepaths",
     "AGATSTON_BANDS": "task",
     "TASKS": "task",
     "agatston_band": "task",
