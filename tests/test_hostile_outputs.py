@@ -96,3 +96,75 @@ def file_kind_of(path: Path) -> str:
     from cacxr.core import file_kind
 
     return file_kind(path)
+
+
+# ---------------------------------------------------------------------------------- 11. CSV injection
+
+FORMULAS = ["=cmd|' calc'!A0", "+SUM(1,1)", "-2+3", "@SUM(1)", "\t=1+1", "\r=1+1", "'=already quoted", "''+x"]
+
+
+@pytest.mark.parametrize("text", FORMULAS)
+def test_formula_cells_are_neutralised_and_read_back_exactly(text: str) -> None:
+    import csv
+    import io
+
+    from cacxr.core import csv_cell, csv_text, csv_uncell, read_csv_rows
+
+    written = csv_cell(text)
+    assert written.startswith("'") and written[1:] == text
+    assert csv_uncell(written) == text
+    table = csv_text(["name", "value"], [{"name": text, "value": -1.5}, {"name": "-1.5", "value": "plain"}])
+    rows = list(read_csv_rows(io.StringIO(table, newline="")))
+    assert [row["name"] for row in rows] == [text, "-1.5"]
+    raw = list(csv.reader(io.StringIO(table, newline="")))
+    assert raw[1][0][:1] == "'" and raw[1][1] == "-1.5" and raw[2][0] == "-1.5"  # numbers stay numbers
+
+
+def test_ingest_csvs_neutralise_a_formula_patient_folder(tmp_path: Path, capsys) -> None:
+    from cacxr.ingest.manifest import read_excluded
+    from cacxr.synth import make_cohort
+
+    data = tmp_path / "DATA"
+    make_cohort(data, 4, external=0, seed=3, size=64, faults=False, progress=False, workers=1)
+    hostile = '=HYPERLINK("x","y")CAC_002'
+    (data / "CAC_002").rename(data / hostile)
+    assert main(["ingest", str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    text = (tmp_path / "out" / "excluded.csv").read_text()
+    cells = [cell for line in text.splitlines() for cell in line.split(",")]
+    assert not any(cell.lstrip('"').startswith("=") for cell in cells), text
+    assert "'=HYPERLINK" in text
+    excluded = read_excluded(tmp_path / "out" / "excluded.csv")
+    assert hostile in [row.patient_id for row in excluded]  # cacxr reads the original back
+
+
+def test_predict_csv_neutralises_formula_file_names(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import csv
+
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    monkeypatch.chdir(tmp_path)
+    names = ["=cmd|' calc'!A0.dcm", "+SUM(1,1).dcm", "@x.dcm"]
+    for name in names:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, generate_uid()
+        ds.Modality, ds.ViewPosition = "DX", "PA"
+        ds.Rows = ds.Columns = 64
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = (np.arange(64 * 64) % 256).astype(np.uint8).tobytes()
+        pydicom.dcmwrite(name, ds, enforce_file_format=True)
+    Path("=broken.png").write_bytes(b"not a png")
+    assert main(["predict", str(run_dir), *names, "=broken.png", "--out", "p.csv", "--no-progress"]) == 0
+    with open("p.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    for row in rows[1:]:
+        for cell in row:
+            assert cell[:1] not in ("=", "+", "@", "\t", "\r"), row
+    assert [row[0] for row in rows[1:]] == ["'" + name for name in [*names, "=broken.png"]]
