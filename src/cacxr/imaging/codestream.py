@@ -16,6 +16,7 @@ data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib 
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "DeclaredSize",
     "check_codestream",
     "check_deflated",
+    "check_element_lengths",
     "check_dicom_pixel_data",
     "declared_size",
     "first_fragment_head",
@@ -239,6 +241,67 @@ def check_deflated(path: str, max_bytes: int) -> None:
         raise CodestreamError(
             "too_large", f"the deflated data set inflates to more than {max_bytes:,} bytes (the limit)"
         )
+
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_PIXEL_DATA = (0x7FE0, 0x0010)
+
+
+def check_element_lengths(path: str, max_elements: int = 1 << 16) -> None:
+    """Refuse a file whose top-level element declares more bytes than the file has left, before pydicom reads it.
+
+    pydicom reads an element's value with one ``read(length)``, which allocates ``length`` bytes up front: a
+    1 KB file declaring a 2 GB element either fails (MemoryError) or silently loses everything after it,
+    depending on the memory available. Walking the element headers (``seek`` past each value, never reading
+    one) gives one reason whatever the memory. Only part-10 files (``DICM``) are walked; the walk stops at
+    the pixel data (its truncation is reported by the reader), at an undefined length (a sequence or
+    encapsulated data) and at a deflated body (:func:`check_deflated`).
+
+    Raises:
+        CodestreamError: ``unreadable``, naming the element and the lengths.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        if fp.read(132)[128:132] != b"DICM":
+            return  # no part-10 header: the encoding would be a guess, leave the file to pydicom
+        pos, explicit, order, in_meta, syntax = 132, True, "<", True, ""
+        for _ in range(max_elements):
+            fp.seek(pos)
+            raw = fp.read(12)
+            if len(raw) < 8:
+                return
+            group, element = struct.unpack_from(order + "HH", raw)
+            if in_meta and group != 0x0002:
+                in_meta = False
+                if syntax == _DEFLATED:
+                    return
+                order = ">" if syntax == _BIG_ENDIAN else "<"
+                # As pydicom does: the first element says whether VRs are written, whatever the syntax says.
+                explicit = raw[4:6].isalpha() and raw[4:6].isupper()
+                group, element = struct.unpack_from(order + "HH", raw)
+            if group == 0xFFFE or (group, element) == _PIXEL_DATA:
+                return
+            if explicit and raw[4:6] in _LONG_VRS:
+                if len(raw) < 12:
+                    return
+                (length,), start = struct.unpack_from(order + "I", raw, 8), pos + 12
+            elif explicit:
+                (length,), start = struct.unpack_from(order + "H", raw, 6), pos + 8
+            else:
+                (length,), start = struct.unpack_from(order + "I", raw, 4), pos + 8
+            if length == 0xFFFFFFFF:
+                return
+            if start + length > size:
+                raise CodestreamError(
+                    "unreadable",
+                    f"element ({group:04X},{element:04X}) declares {length:,} bytes but the file has only "
+                    f"{max(size - start, 0):,} left (truncated or forged)",
+                )
+            if in_meta and (group, element) == (0x0002, 0x0010):
+                fp.seek(start)
+                syntax = fp.read(length).rstrip(b"\x00 ").decode("ascii", "replace")
+            pos = start + length
 
 
 def _after_file_meta(data: bytes) -> bytes | None:

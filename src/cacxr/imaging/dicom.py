@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -11,10 +12,11 @@ from cacxr.imaging.codestream import (
     check_codestream,
     check_deflated,
     check_dicom_pixel_data,
+    check_element_lengths,
     first_fragment_head,
 )
 from cacxr.imaging.decoders import decoding_plugin
-from cacxr.imaging.greylevels import to_display
+from cacxr.imaging.greylevels import GreyLevelError, to_display
 from cacxr.imaging.header import (
     check_parsed,
     dicom_meta,
@@ -28,6 +30,20 @@ from cacxr.imaging.meta import ImageMeta, Refusal, describe, refusal_for
 __all__ = ["read_dicom"]
 
 
+class _OneLinePerFile(logging.Filter):
+    """Drops pydicom's per-plugin "ERROR ... Traceback" when a decoder fails: cacxr reports the failure once,
+    as the file's reason (``unreadable: pixel data cannot be decoded: ...``). ``--verbose`` (the pydicom
+    logger at DEBUG) lets them through for debugging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and logging.getLogger("pydicom").getEffectiveLevel() > logging.DEBUG)
+
+
+_DECODER_LOG = logging.getLogger("pydicom.pixels.decoders.base")
+if not any(isinstance(f, _OneLinePerFile) for f in _DECODER_LOG.filters):
+    _DECODER_LOG.addFilter(_OneLinePerFile())
+
+
 def read_dicom(
     path: str, patient_id: str, decode: bool, max_pixels: int
 ) -> tuple[ImageMeta, np.ndarray | None]:
@@ -35,6 +51,7 @@ def read_dicom(
 
     # pydicom inflates a deflated data set whole, even for a header read: bound it first.
     check_deflated(path, max_pixels * 4 + (1 << 24))
+    check_element_lengths(path)  # a small file declaring a huge element: one reason, whatever the memory
     if decode:
         try:
             ds = pydicom.dcmread(path, force=True)
@@ -70,7 +87,7 @@ def read_dicom(
         check_dicom_pixel_data(ds, max_pixels)  # the codestream's own size, before a decoder allocates
     except CodestreamError as exc:
         what = "" if exc.reason == "too_large" else "pixel data cannot be decoded: "
-        raise Refusal(exc.reason, scrub(f"{path}: {what}{exc}", ds), meta) from exc
+        raise Refusal(exc.reason, f"{path}: {what}" + scrub(str(exc), ds, keep=(str(path),)), meta) from exc
     try:
         # Unused high bits are cleared by keep_stored_bits only when some value needs it (cheaper than
         # pydicom's unconditional pass, and it lets pydicom return a view instead of a copy).
@@ -78,8 +95,10 @@ def read_dicom(
         plugin = decoding_plugin(meta.transfer_syntax)
         ds.pixel_array_options(correct_unused_bits=False, **({"decoding_plugin": plugin} if plugin else {}))
         image, voi = to_display(ds.pixel_array, ds, meta.voi, path)
+    except GreyLevelError as exc:  # decoded, but nothing to score: one reason, naming the values
+        raise Refusal("unreadable", f"{path}: {exc}", meta) from exc
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
-        detail = scrub(f"{path}: pixel data cannot be decoded: {describe(exc)}", ds)
+        detail = f"{path}: pixel data cannot be decoded: " + scrub(describe(exc), ds, keep=(str(path),))
         raise Refusal("unreadable", detail, meta) from exc
     if image.shape != (meta.rows, meta.cols):
         detail = f"{path}: decoded shape {image.shape} does not match Rows x Columns"

@@ -1,0 +1,133 @@
+"""Hostile files of issue 21 (items 7, 8, 12, 13), each a few KB, built into a folder by the tests.
+
+Adapted from the issue's groundwork (hostile_files.py beside NOTES.md): corrupt codestreams whose headers
+pass every check, grey-level values that overflow or flatten the image, and a small file declaring a 2 GB
+element.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def dataset(rows: int = 64, cols: int = 64, syntax: str = ExplicitVRLittleEndian, bits: int = 8,
+            patient_id: str = "") -> Dataset:  # fmt: skip
+    """A minimal DX frontal image data set (no pixel data yet)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = DX
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = DX, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    if patient_id:
+        ds.PatientID = patient_id
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    return ds
+
+
+def save(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def native_dicom(path: Path, rows: int = 64, cols: int = 64, patient_id: str = "") -> Path:
+    """An ordinary, readable 8-bit native DICOM (a gradient): the control file."""
+    ds = dataset(rows, cols, patient_id=patient_id)
+    ds.PixelData = (np.arange(rows * cols) % 251).astype(np.uint8).tobytes()
+    return save(ds, path)
+
+
+def encapsulated(path: Path, syntax: str, fragment: bytes, patient_id: str = "") -> Path:
+    ds = dataset(64, 64, syntax, patient_id=patient_id)
+    ds.PixelData = encapsulate([fragment])
+    ds["PixelData"].VR = "OB"
+    return save(ds, path)
+
+
+# ------------------------------------------------------------------------ 12. corrupt codestreams
+
+
+def corrupt_j2k(folder: Path, patient_id: str = "") -> Path:
+    """A valid 64x64 SIZ (passes every header check) followed by scrambled tile data."""
+    import imagecodecs
+
+    good = bytearray(imagecodecs.jpeg2k_encode((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64),
+                                               level=0, codecformat="J2K"))  # fmt: skip
+    sod = good.find(b"\xff\x93")
+    good[sod + 2 :] = bytes((i * 37 + 11) % 256 for i in range(len(good) - sod - 2))
+    return encapsulated(folder / "corrupt_j2k.dcm", JPEG2000Lossless, bytes(good), patient_id)
+
+
+def corrupt_jpeg_ls(folder: Path) -> Path:
+    """A valid 64x64 SOF55, then a garbage scan."""
+    sof55 = b"\xff\xf7" + struct.pack(">HBHHB", 11, 8, 64, 64, 1) + b"\x01\x11\x00"
+    stream = b"\xff\xd8" + sof55 + b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x00" + bytes(range(256)) * 2 + b"\xff\xd9"
+    return encapsulated(folder / "corrupt_jpegls.dcm", JPEGLSLossless, stream)
+
+
+def corrupt_rle(folder: Path) -> Path:
+    """An RLE segment shorter than Rows x Columns."""
+    frame = struct.pack("<16I", 1, 64, *([0] * 14)) + b"\x7f" + bytes(3)
+    return encapsulated(folder / "corrupt_rle.dcm", RLELossless, frame)
+
+
+# ------------------------------------------------------------------------------------- 7. values
+
+
+def values_dicom(path: Path, **attrs) -> Path:
+    """A 12-bit native image with extra attributes (e.g. RescaleSlope, VOILUTSequence)."""
+    ds = dataset(64, 64, bits=16)
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = ((np.arange(64 * 64) * 7) % 4096).astype(np.uint16).tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return save(ds, path)
+
+
+def slope(folder: Path, text: str) -> Path:
+    """RescaleSlope written as ``text`` (rewritten in the file: pydicom refuses NaN/inf on assignment)."""
+    path = values_dicom(folder / f"slope_{text}.dcm", RescaleSlope="7.777777", RescaleIntercept="0")
+    data = path.read_bytes()
+    assert data.count(b"7.777777") == 1
+    path.write_bytes(data.replace(b"7.777777", text.encode().ljust(8)))
+    return path
+
+
+def voi_lut_huge_first(folder: Path) -> Path:
+    """A VOI LUT whose first entry is 65535 while the others are <= 255: one entry sets the LUT's range."""
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    data = np.arange(4096, dtype=np.uint16) // 16
+    data[0] = 65535
+    lut.LUTData = data.tobytes()
+    lut["LUTData"].VR = "OW"
+    return values_dicom(folder / "voi_lut_huge.dcm", VOILUTSequence=[lut])
+
+
+# --------------------------------------------------------------------------- 8. a 2 GB declaration
+
+
+def declares_2gb(folder: Path, length: int = 0x7FFFFFF0) -> Path:
+    """A ~700-byte file whose private OB element declares ``length`` bytes; the file ends inside it."""
+    ds = dataset()
+    ds.PixelData = bytes(64 * 64)
+    path = save(ds, folder / "declares_2gb.dcm")
+    data = path.read_bytes()
+    at = data.find(struct.pack("<HH", 0x0018, 0x5101))  # ViewPosition: the first element after group 8
+    assert at > 0
+    element = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 4) + b"ACME"
+    element += struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, length) + bytes(200)
+    path.write_bytes(data[:at] + element)
+    return path
