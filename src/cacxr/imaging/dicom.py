@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +23,13 @@ from cacxr.imaging.header import (
     dicom_meta,
     ensure_transfer_syntax,
     has_pixel_value,
+    header_int,
     pixel_data_follows,
     scrub,
 )
 from cacxr.imaging.meta import ImageMeta, Refusal, describe, refusal_for
 
-__all__ = ["read_dicom"]
+__all__ = ["read_dicom", "decoded_size_refusal"]
 
 
 class _OneLinePerFile(logging.Filter):
@@ -42,6 +44,34 @@ class _OneLinePerFile(logging.Filter):
 _DECODER_LOG = logging.getLogger("pydicom.pixels.decoders.base")
 if not any(isinstance(f, _OneLinePerFile) for f in _DECODER_LOG.filters):
     _DECODER_LOG.addFilter(_OneLinePerFile())
+
+
+# Sample depths a radiograph may use; SamplesPerPixel 1 (grey) or 3 (colour).
+_BITS_ALLOCATED = (1, 8, 16, 32)
+_SAMPLES = (1, 3)
+# Decoded bytes allowed per pixel of the pixel limit: a grey 32-bit image at the limit, or 16-bit RGB below it.
+_BYTES_PER_LIMIT_PIXEL = 4
+
+
+def decoded_size_refusal(ds: Any, meta: ImageMeta, max_pixels: int) -> tuple[str, str] | None:
+    """Refuse, from the header, pixel data whose decoded size (not only Rows x Columns) is above the budget.
+
+    The decoders allocate Rows x Columns x frames x SamplesPerPixel x BitsAllocated/8 bytes whatever the
+    file's size: an RLE file of 9 MB can declare 7000 x 7000 x 3 samples x 32 bits (588 MB), which aborts a
+    native decoder on allocation failure. Budget: ``max_pixels * 4`` bytes.
+    """
+    samples = header_int(ds, "SamplesPerPixel", 1)
+    bits = meta.bits_allocated
+    if samples not in _SAMPLES or (bits and bits not in _BITS_ALLOCATED):
+        return "unreadable", f"{meta.path}: SamplesPerPixel {samples}, BitsAllocated {bits}: not a radiograph's pixels"
+    decoded = meta.rows * meta.cols * max(meta.n_frames, 1) * samples * -(-max(bits, 8) // 8)
+    budget = max_pixels * _BYTES_PER_LIMIT_PIXEL
+    if decoded > budget:
+        return "too_large", (
+            f"{meta.path}: the pixel data decodes to {decoded:,} bytes ({meta.cols}x{meta.rows}, {samples} "
+            f"sample(s) of {bits} bits), above the limit of {budget:,} bytes"
+        )
+    return None
 
 
 def read_dicom(
@@ -73,7 +103,7 @@ def read_dicom(
     check_parsed(ds)
     ensure_transfer_syntax(ds)
     meta = dicom_meta(ds, path, patient_id, has_pixels)
-    refusal = refusal_for(meta, max_pixels)
+    refusal = refusal_for(meta, max_pixels) or decoded_size_refusal(ds, meta, max_pixels)
     if refusal:
         raise Refusal(*refusal, meta)
     if not decode:
@@ -99,6 +129,11 @@ def read_dicom(
         raise Refusal("unreadable", f"{path}: {exc}", meta) from exc
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
         detail = f"{path}: pixel data cannot be decoded: " + scrub(describe(exc), ds, keep=(str(path),))
+        raise Refusal("unreadable", detail, meta) from exc
+    except BaseException as exc:  # a native decoder's panic (pyo3 PanicException) is not an Exception
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        detail = f"{path}: pixel data cannot be decoded: decoder crashed: " + scrub(describe(exc), ds, keep=(str(path),))
         raise Refusal("unreadable", detail, meta) from exc
     if image.shape != (meta.rows, meta.cols):
         detail = f"{path}: decoded shape {image.shape} does not match Rows x Columns"

@@ -97,6 +97,10 @@ def _read(path: str | os.PathLike[str], patient_id: str, decode: bool, max_pixel
         )
     except Exception as exc:  # noqa: BLE001 - any failure of a parser is a property of the file
         return ReadResult(image=None, meta=None, reason="unreadable", detail=f"{name}: {describe(exc)}")
+    except BaseException as exc:  # a native library's panic (pyo3 PanicException) is not an Exception
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        return ReadResult(image=None, meta=None, reason="unreadable", detail=f"{name}: crashed: {describe(exc)}")
 
 
 # --------------------------------------------------------------------------------------------- formats
