@@ -131,3 +131,55 @@ def declares_2gb(folder: Path, length: int = 0x7FFFFFF0) -> Path:
     element += struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, length) + bytes(200)
     path.write_bytes(data[:at] + element)
     return path
+
+
+# -------------------------------------------------------------------------------- 4. RLE allocation
+
+
+def rle_bomb_header(folder: Path, size: int = 7000) -> Path:
+    """RLE Lossless declaring size x size x 3 samples x 32 bits (12 segments); the pixel data is a stub."""
+    ds = dataset(size, size, RLELossless, bits=32)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 1
+    header = struct.pack("<16I", 12, *[64 + i for i in range(12)], 0, 0, 0)
+    ds.PixelData = encapsulate([header + bytes([0x81, 0]) * 12])
+    ds["PixelData"].VR = "OB"
+    return save(ds, folder / "rle_bomb.dcm")
+
+
+# --------------------------------------------------------------------- 1. deflate bombs past the cap
+
+
+def deflate_bomb(path: Path, inflated: int, preamble: bool = True, meta_padding: int = 0) -> Path:
+    """A deflated DICOM inflating to ``inflated`` bytes (zero padding), a few hundred times smaller on disk.
+
+    ``meta_padding`` grows FileMetaInformationVersion so the TransferSyntaxUID lies beyond the first 4 KB;
+    without ``preamble`` the file meta group starts at byte 0.
+    """
+    import io
+    import zlib
+
+    import pydicom
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dataset(syntax=DeflatedExplicitVRLittleEndian)
+    ds.PixelData = (np.arange(64 * 64) % 251).astype(np.uint8).tobytes()
+    meta = FileMetaDataset(ds.file_meta)
+    meta.FileMetaInformationVersion = b"\x00\x01" + bytes(meta_padding)
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    head = io.BytesIO()
+    write_file_meta_info(head, meta, enforce_standard=True)
+    body = io.BytesIO()
+    plain = Dataset(ds)
+    plain.file_meta = FileMetaDataset()
+    pydicom.dcmwrite(body, plain, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(body.getvalue())]
+    parts.append(deflater.compress(struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, inflated)))
+    chunk = bytes(1 << 22)
+    for start in range(0, inflated, len(chunk)):
+        parts.append(deflater.compress(chunk[: min(len(chunk), inflated - start)]))
+    parts.append(deflater.flush())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((bytes(128) + b"DICM" if preamble else b"") + head.getvalue() + b"".join(parts))
+    return path

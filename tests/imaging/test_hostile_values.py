@@ -96,3 +96,57 @@ def test_the_element_walk_passes_ordinary_files(tmp_path: Path, real_cxr_dir: Pa
     check_element_lengths(str(hostile.native_dicom(tmp_path / "ok.dcm")))
     for path in sorted(real_cxr_dir.rglob("*.dcm"))[:6]:
         check_element_lengths(str(path))
+
+
+def test_rle_output_is_bounded_from_the_header(tmp_path: Path) -> None:
+    # 7000 x 7000 x 3 samples x 32 bits = 588 MB of output from a tiny RLE file: refused before any decoder.
+    path = hostile.rle_bomb_header(tmp_path)
+    assert path.stat().st_size < 4096
+    for result in (read_header(path), read_image(path)):
+        assert result.reason == "too_large" and "588,000,000 bytes" in result.detail, result.detail
+
+
+def test_a_decoder_panic_costs_one_file(tmp_path: Path, monkeypatch) -> None:
+    import cacxr.imaging.dicom as dicom
+
+    class PanicException(BaseException):  # what pyo3 raises when a Rust decoder panics
+        pass
+
+    def panic(*args, **kwargs):
+        raise PanicException("memory allocation of 588000000 bytes failed")
+
+    monkeypatch.setattr(dicom, "to_display", panic)
+    path = hostile.native_dicom(tmp_path / "ok.dcm")
+    result = read_image(path)
+    assert result.reason == "unreadable" and "decoder crashed: PanicException" in result.detail
+
+
+# Reader cap at max_pixels=1_000_000: 4 MB + 16 MB inflated; the bombs inflate to 40 MB.
+BOMB = 40 * 2**20
+
+
+@pytest.mark.parametrize(("preamble", "padding"), [(True, 5000), (False, 0)], ids=["uid-beyond-4k", "no-preamble"])
+def test_deflate_bombs_past_the_old_window_are_refused(tmp_path: Path, preamble: bool, padding: int) -> None:
+    path = hostile.deflate_bomb(tmp_path / "bomb.dcm", BOMB, preamble=preamble, meta_padding=padding)
+    assert path.stat().st_size < 100_000
+    for reader in (read_header, read_image):
+        result = reader(path, max_pixels=1_000_000)
+        assert result.reason == "too_large" and "inflates to more than" in result.detail, result.detail
+    small = hostile.deflate_bomb(tmp_path / "small.dcm", 16, preamble=preamble, meta_padding=padding)
+    assert read_image(small, max_pixels=1_000_000).ok  # an ordinary deflated file still reads
+
+
+def test_sniffers_never_inflate_a_deflated_file(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from cacxr.serving.uploads import sniff_format
+    from cacxr.use.inputs import expand_inputs
+
+    hostile.deflate_bomb(tmp_path / "in" / "IM0001", BOMB, preamble=False)  # no suffix, no preamble
+    tracemalloc.start()
+    listed = expand_inputs([tmp_path / "in"])
+    fmt = sniff_format(tmp_path / "in" / "IM0001", "IM0001")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [Path(p).name for p, *_ in listed] == ["IM0001"] and fmt == "dicom"
+    assert peak < 4 * 2**20, peak  # pydicom inflated all 40 MB to sniff it

@@ -5,6 +5,7 @@ from cacxr.core import lazy_face
 # public name -> the module that defines it (imported on first use)
 _EXPORTS = {
     "DEFAULT_MAX_PIXELS": "codestream",
+    "is_deflated": "codestream",
     "first_data_tag": "header",
     "ImageMeta": "meta",
     "RADIOGRAPH_MODALITIES": "meta",

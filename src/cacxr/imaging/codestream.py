@@ -11,7 +11,12 @@ a decoder turns into gigabytes. So every codestream is read here first, a few by
 :func:`check_codestream` compares that declared size with a pixel limit (reason ``too_large``) and with
 the size the container declares (DICOM Rows x Columns; a mismatch is ``unreadable``), and
 :func:`check_dicom_pixel_data` applies it to every frame of encapsulated DICOM pixel data. Deflated DICOM
-data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib bomb is refused too.
+data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib bomb is refused too; the
+file meta group is walked here (:func:`file_meta_syntax`) and so are the top-level element lengths
+(:func:`check_element_lengths`: a small file declaring a 2 GB element).
+
+Why one module of ~430 lines: every check that reads what a file *declares* (codestream sizes, deflated
+bodies, element lengths) before pydicom or a decoder allocates for it; they share the byte-level parsers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "check_codestream",
     "check_deflated",
     "check_element_lengths",
+    "file_meta_syntax",
+    "is_deflated",
     "check_dicom_pixel_data",
     "declared_size",
     "first_fragment_head",
@@ -217,16 +224,7 @@ def check_deflated(path: str, max_bytes: int) -> None:
     Raises:
         CodestreamError: ``too_large`` above ``max_bytes``, ``unreadable`` for a broken stream.
     """
-    from pydicom.filereader import read_file_meta_info
-
-    with open(path, "rb") as fp:  # fast path: the UID is in the file meta group, near the start
-        if _DEFLATED.encode() not in fp.read(4096):
-            return
-    try:
-        syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
-    except Exception:  # noqa: BLE001 - no readable file meta group: not a deflated part-10 file
-        return
-    if syntax != _DEFLATED:
+    if not is_deflated(path):
         return
     with open(path, "rb") as fp:
         body = _after_file_meta(fp.read())
@@ -304,6 +302,55 @@ def check_element_lengths(path: str, max_elements: int = 1 << 16) -> None:
             pos = start + length
 
 
+def file_meta_syntax(path: str | os.PathLike[str], max_elements: int = 256) -> str | None:
+    """The TransferSyntaxUID of a file's meta group, read by walking it with seeks (no value but the UID read).
+
+    The group is explicit VR little endian, after the part-10 preamble (``DICM`` at byte 128) or at byte 0
+    (a data set saved without preamble). No window: the UID may follow a long (forged) element, and
+    pydicom's ``read_file_meta_info`` refuses a group at byte 0 that ``dcmread(force=True)`` then reads and
+    inflates whole.
+
+    Returns:
+        The UID, or None when there is no readable file meta group.
+    """
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        pos = 132 if fp.read(132)[128:132] == b"DICM" else 0
+        for _ in range(max_elements):
+            fp.seek(pos)
+            raw = fp.read(12)
+            if len(raw) < 8:
+                return None
+            group, element = struct.unpack_from("<HH", raw)
+            if group != 0x0002:
+                return None
+            if raw[4:6] in _LONG_VRS:
+                if len(raw) < 12:
+                    return None
+                (length,), start = struct.unpack_from("<I", raw, 8), pos + 12
+            else:
+                (length,), start = struct.unpack_from("<H", raw, 6), pos + 8
+            if length == 0xFFFFFFFF or start + length > size:
+                return None
+            if element == 0x0010:
+                fp.seek(start)
+                return fp.read(min(length, 64)).rstrip(b"\x00 ").decode("ascii", "replace")
+            pos = start + length
+    return None
+
+
+def is_deflated(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's meta group declares the Deflated Explicit VR Little Endian syntax.
+
+    Sniffers ask this before any ``dcmread``: pydicom inflates a deflated data set whole, even with
+    ``stop_before_pixels``, so a deflated file is taken as DICOM and left to the reader's bounded inflation.
+    """
+    try:
+        return file_meta_syntax(path) == _DEFLATED
+    except OSError:
+        return False
+
+
 def _after_file_meta(data: bytes) -> bytes | None:
     """The bytes following the part-10 file meta group (explicit VR little endian, group 0002)."""
     pos = 132 if data[128:132] == b"DICM" else 0
@@ -312,7 +359,7 @@ def _after_file_meta(data: bytes) -> bytes | None:
         if group != 0x0002:
             return data[pos:]
         vr = data[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+        if vr in _LONG_VRS:
             (length,) = struct.unpack_from("<I", data, pos + 8)
             pos += 12 + length
         else:

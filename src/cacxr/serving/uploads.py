@@ -274,8 +274,10 @@ def _is_bare_dicom(path: str | os.PathLike[str]) -> bool:
     import pydicom
     from pydicom.datadict import dictionary_has_tag
 
-    from cacxr.imaging import first_data_tag
+    from cacxr.imaging import first_data_tag, is_deflated
 
+    if is_deflated(path):  # pydicom would inflate it whole; the reader inflates it with a bound
+        return True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote header values

@@ -49,8 +49,10 @@ def _looks_like_dicom(path: Path) -> bool:
     import pydicom
     from pydicom.misc import is_dicom
 
+    from cacxr.imaging import is_deflated
+
     try:
-        if is_dicom(path):
+        if is_dicom(path) or is_deflated(path):  # deflated: never inflated here (the reader bounds it)
             return True
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
         return any(keyword in ds for keyword in ("SOPClassUID", "Modality", "Rows"))
