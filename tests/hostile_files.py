@@ -183,3 +183,43 @@ def deflate_bomb(path: Path, inflated: int, preamble: bool = True, meta_padding:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes((bytes(128) + b"DICM" if preamble else b"") + head.getvalue() + b"".join(parts))
     return path
+
+
+# --------------------------------------------------------------- 2. offset tables, 3. tiles x components
+
+
+def j2k_header_only(size: int, tile: int, components: int) -> bytes:
+    """SOC, SIZ (size x size, tile x tile tiles, ``components`` 8-bit components), COD, QCD, one empty
+    tile-part, EOC: a few hundred bytes declaring size**2 * components samples."""
+    siz = struct.pack(">HIIIIIIIIH", 0, size, size, 0, 0, tile, tile, 0, 0, components) + b"\x07\x01\x01" * components
+    siz = b"\xff\x51" + struct.pack(">H", len(siz) + 2) + siz
+    cod_body = bytes([0, 0]) + struct.pack(">H", 1) + bytes([0, 0, 4, 4, 0, 1])
+    cod = b"\xff\x52" + struct.pack(">H", len(cod_body) + 2) + cod_body
+    qcd = b"\xff\x5c" + struct.pack(">H", 4) + bytes([0x40, 0x40])
+    tile_data = bytes(components)
+    sot = b"\xff\x90" + struct.pack(">HHIBB", 10, 0, 12 + 2 + len(tile_data), 0, 1)
+    return b"\xff\x4f" + siz + cod + qcd + sot + b"\xff\x93" + tile_data + b"\xff\xd9"
+
+
+def j2k_components_bomb(folder: Path, size: int = 7000, tile: int = 28, components: int = 64) -> Path:
+    """Rows x Columns agree with the SIZ (7000 x 7000, below 50 MP), but 64 components in 62,500 tiles."""
+    ds = dataset(size, size, JPEG2000Lossless)
+    ds.PixelData = encapsulate([j2k_header_only(size, tile, components)])
+    ds["PixelData"].VR = "OB"
+    return save(ds, folder / "j2k_components.dcm")
+
+
+def extended_offset_table_bypass(folder: Path, huge: int = 30000) -> Path:
+    """Fragment 1 a valid 64x64 J2K; the Extended Offset Table sends the decoder to fragment 2 (huge x huge)."""
+    import imagecodecs
+
+    good = bytes(imagecodecs.jpeg2k_encode((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64),
+                                           level=0, codecformat="J2K"))  # fmt: skip
+    good += b"\x00" * (len(good) % 2)
+    bomb = j2k_header_only(huge, huge, 1)
+    ds = dataset(64, 64, JPEG2000Lossless)
+    ds.PixelData = encapsulate([good, bomb], has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds.ExtendedOffsetTable = struct.pack("<Q", len(good) + 8)
+    ds.ExtendedOffsetTableLengths = struct.pack("<Q", len(bomb))
+    return save(ds, folder / "eot_bypass.dcm")

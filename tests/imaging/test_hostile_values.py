@@ -150,3 +150,16 @@ def test_sniffers_never_inflate_a_deflated_file(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert [Path(p).name for p, *_ in listed] == ["IM0001"] and fmt == "dicom"
     assert peak < 4 * 2**20, peak  # pydicom inflated all 40 MB to sniff it
+
+
+def test_j2k_components_and_tiles_count_toward_the_limit(tmp_path: Path) -> None:
+    path = hostile.j2k_components_bomb(tmp_path)
+    assert path.stat().st_size < 4096
+    for result in (read_header(path), read_image(path)):
+        assert result.reason == "too_large" and "64 components" in result.detail and "62,500 tiles" in result.detail
+
+
+def test_every_fragment_that_starts_a_codestream_is_checked(tmp_path: Path) -> None:
+    # The Extended Offset Table points pydicom at fragment 2 (30000 x 30000); the frame walk saw fragment 1.
+    result = read_image(hostile.extended_offset_table_bypass(tmp_path))
+    assert result.reason == "too_large" and "fragment 2" in result.detail and "30000x30000" in result.detail

@@ -15,7 +15,7 @@ data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib 
 file meta group is walked here (:func:`file_meta_syntax`) and so are the top-level element lengths
 (:func:`check_element_lengths`: a small file declaring a 2 GB element).
 
-Why one module of ~430 lines: every check that reads what a file *declares* (codestream sizes, deflated
+Why one module of ~470 lines: every check that reads what a file *declares* (codestream sizes, deflated
 bodies, element lengths) before pydicom or a decoder allocates for it; they share the byte-level parsers.
 """
 
@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_TILES",
     "CodestreamError",
     "DeclaredSize",
     "check_codestream",
@@ -52,8 +53,12 @@ _J2K_MAGIC = b"\xff\x4f\xff\x51"  # SOC then SIZ
 _SOF_MARKERS = frozenset(
     {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
 )
+_SIGNATURES = (_PNG_MAGIC, b"\xff\xd8", _J2K_MAGIC, _JP2_MAGIC)
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# JPEG 2000: at most RGBA; tiles far above what radiographs use (1, or 512 to 1024-pixel tiles: <= ~256).
+_MAX_COMPONENTS = 4
+MAX_TILES = 4096
 _RLE = "1.2.840.10008.1.2.5"
 
 
@@ -73,11 +78,15 @@ class DeclaredSize:
         kind: ``jpeg``, ``jpeg-ls``, ``jpeg2000`` or ``png``.
         rows: image height in pixels.
         cols: image width in pixels.
+        components: samples per pixel (JPEG 2000 Csiz; 1 where not read).
+        tiles: JPEG 2000 tiles on the reference grid (1 elsewhere).
     """
 
     kind: str
     rows: int
     cols: int
+    components: int = 1
+    tiles: int = 1
 
     @property
     def pixels(self) -> int:
@@ -136,6 +145,13 @@ def check_codestream(
             f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels, above the limit "
             f"of {max_pixels:,} pixels",
         )
+    if size.components > _MAX_COMPONENTS or size.tiles > MAX_TILES or size.pixels * size.components > max_pixels:
+        raise CodestreamError(
+            "too_large",
+            f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels x {size.components} "
+            f"components in {size.tiles:,} tiles (limits: {_MAX_COMPONENTS} components, {MAX_TILES:,} tiles, "
+            f"{max_pixels:,} samples): the decoder would allocate per tile and component",
+        )
     if expected is not None and (size.rows, size.cols) != tuple(expected):
         raise CodestreamError(
             "unreadable",
@@ -148,8 +164,10 @@ def check_codestream(
 def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
     """Check every frame of a DICOM data set's encapsulated pixel data before pydicom decodes it.
 
-    Native (uncompressed) pixel data cannot allocate more than the file holds, and RLE is decoded into
-    Rows x Columns, so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000, ...) are read here.
+    Native and RLE pixel data decode to Rows x Columns x samples, bounded from the header by the reader
+    (``cacxr.imaging.dicom.decoded_size_refusal``), so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000,
+    ...) are read here: the first fragment of every frame, and every other fragment that starts a
+    codestream (the decoder may be sent to any of them by an offset table).
 
     Args:
         ds: a fully read ``pydicom.Dataset``.
@@ -159,7 +177,7 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
         CodestreamError: a frame above the limit, disagreeing with Rows x Columns, truncated, or not
             a codestream of a known kind.
     """
-    from pydicom.encaps import generate_fragmented_frames
+    from pydicom.encaps import generate_fragmented_frames, generate_fragments
 
     syntax = ds.file_meta.get("TransferSyntaxUID", "")  # type: ignore[attr-defined]
     if not syntax or not syntax.is_encapsulated or syntax == _RLE:
@@ -177,6 +195,13 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
             first = fragments[0] if fragments else b""
             if check_codestream(first, max_pixels, expected, what) is None:
                 raise CodestreamError("unreadable", f"{what}: not a JPEG, JPEG-LS or JPEG 2000 codestream")
+        # The decoder may be handed any fragment (an Extended Offset Table points pydicom at fragments the
+        # frame walk above never reads): every fragment that starts a codestream is checked too.
+        items = generate_fragments(pixel_data)
+        next(items, None)  # the Basic Offset Table is always the first item
+        for index, fragment in enumerate(items, start=1):
+            if bytes(fragment[:12]).startswith(_SIGNATURES):
+                check_codestream(fragment, max_pixels, expected, f"fragment {index}")
     except CodestreamError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom's fragment parser on truncated/malformed items
@@ -416,7 +441,14 @@ def _siz_size(data: bytes | memoryview, start: int) -> DeclaredSize:
     xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, start + 8)
     if xosiz >= xsiz or yosiz >= ysiz:
         raise CodestreamError("unreadable", "JPEG 2000 SIZ declares an empty image")
-    return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz)
+    if len(data) < start + 42:  # the tile grid and the component count follow
+        return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz)
+    xtsiz, ytsiz, xtosiz, ytosiz = struct.unpack_from(">IIII", data, start + 24)
+    (components,) = struct.unpack_from(">H", data, start + 40)
+    if not xtsiz or not ytsiz or xtosiz > xosiz or ytosiz > yosiz or not components:
+        raise CodestreamError("unreadable", "JPEG 2000 SIZ declares an impossible tile grid or no component")
+    tiles = -(-(xsiz - xtosiz) // xtsiz) * -(-(ysiz - ytosiz) // ytsiz)
+    return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz, components, tiles)
 
 
 def _jp2_size(data: bytes | memoryview) -> DeclaredSize:
