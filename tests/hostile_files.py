@@ -223,3 +223,45 @@ def extended_offset_table_bypass(folder: Path, huge: int = 30000) -> Path:
     ds.ExtendedOffsetTable = struct.pack("<Q", len(good) + 8)
     ds.ExtendedOffsetTableLengths = struct.pack("<Q", len(bomb))
     return save(ds, folder / "eot_bypass.dcm")
+
+
+# ------------------------------------------------------------------------------------ 5. CPU bombs
+
+
+def progressive_jpeg(size: int = 512, scans: int = 200) -> bytes:
+    """A grey progressive JPEG of size x size whose AC scan is repeated ``scans`` times.
+
+    Each AC scan is a few bytes (EOBRUN symbols) but makes libjpeg visit every block: the work is
+    blocks x scans while the file stays small (4096 x 4096 with 10,000 scans: 373 KB, 15 s of CPU).
+    """
+    blocks = (size // 8) ** 2
+    dqt = b"\xff\xdb" + struct.pack(">HB", 67, 0) + bytes([1] * 64)
+    sof2 = b"\xff\xc2" + struct.pack(">HBHHB", 11, 8, size, size, 1) + bytes([1, 0x11, 0])
+    dht_dc = b"\xff\xc4" + struct.pack(">HB", 2 + 1 + 16 + 1, 0x00) + bytes([1] + [0] * 15) + bytes([0])
+    dht_ac = b"\xff\xc4" + struct.pack(">HB", 2 + 1 + 16 + 1, 0x10) + bytes([1] + [0] * 15) + bytes([0xE0])
+
+    def sos(ss: int, se: int) -> bytes:
+        return b"\xff\xda" + struct.pack(">HB", 8, 1) + bytes([1, 0, ss, se, 0])
+
+    def pack_bits(bits: str) -> bytes:
+        bits += "1" * (-len(bits) % 8)
+        return int(bits, 2).to_bytes(len(bits) // 8, "big").replace(b"\xff", b"\xff\x00")
+
+    dc_scan = sos(0, 0) + pack_bits("0" * blocks)
+    runs, bits = blocks, ""
+    while runs > 0:
+        run = min(runs, 32767)
+        bits += "0" + format(max(run - 16384, 0), "014b")
+        runs -= run
+    ac_scan = sos(1, 63) + pack_bits(bits)
+    return b"\xff\xd8" + dqt + sof2 + dht_dc + dht_ac + dc_scan + ac_scan * scans + b"\xff\xd9"
+
+
+def progressive_jpeg_dicom(folder: Path, size: int = 512, scans: int = 200) -> Path:
+    """The same codestream in a JPEG Baseline DICOM (Rows/Columns agreeing)."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = dataset(size, size, JPEGBaseline8Bit)
+    ds.PixelData = encapsulate([progressive_jpeg(size, scans)])
+    ds["PixelData"].VR = "OB"
+    return save(ds, folder / "scans_jpeg.dcm")

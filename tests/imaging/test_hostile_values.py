@@ -163,3 +163,24 @@ def test_every_fragment_that_starts_a_codestream_is_checked(tmp_path: Path) -> N
     # The Extended Offset Table points pydicom at fragment 2 (30000 x 30000); the frame walk saw fragment 1.
     result = read_image(hostile.extended_offset_table_bypass(tmp_path))
     assert result.reason == "too_large" and "fragment 2" in result.detail and "30000x30000" in result.detail
+
+
+@pytest.mark.parametrize("name", ["scans.jpg", "scans.png", "scans_jpeg.dcm"])
+def test_a_jpeg_with_thousands_of_scans_is_too_complex(tmp_path: Path, name: str) -> None:
+    if name.endswith(".dcm"):
+        path = hostile.progressive_jpeg_dicom(tmp_path)
+    else:
+        path = tmp_path / name
+        path.write_bytes(hostile.progressive_jpeg())
+    result = read_image(path)
+    assert result.reason == "too_complex" and "201 scans" in result.detail and str(path) in result.detail
+
+
+def test_ordinary_progressive_and_baseline_jpegs_still_read(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = Image.fromarray((np.arange(128 * 128) % 251).astype(np.uint8).reshape(128, 128))
+    image.save(tmp_path / "progressive.jpg", progressive=True)
+    image.save(tmp_path / "baseline.jpg")
+    for name in ("progressive.jpg", "baseline.jpg"):
+        assert read_image(tmp_path / name).ok, name

@@ -33,6 +33,8 @@ __all__ = [
     "CodestreamError",
     "DeclaredSize",
     "check_codestream",
+    "check_jpeg_scans",
+    "MAX_SCANS",
     "check_deflated",
     "check_element_lengths",
     "file_meta_syntax",
@@ -59,11 +61,15 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 # JPEG 2000: at most RGBA; tiles far above what radiographs use (1, or 512 to 1024-pixel tiles: <= ~256).
 _MAX_COMPONENTS = 4
 MAX_TILES = 4096
+# A progressive JPEG needs about 10 scans per component for the usual progressions (libjpeg's simple
+# progression: 10 for colour, 6 for grey); baseline, lossless and JPEG-LS use 1 to 4. Each scan makes the
+# decoder visit every block, so 10,000 scans of 30 bytes are minutes of CPU from a 400 KB file.
+MAX_SCANS = 64
 _RLE = "1.2.840.10008.1.2.5"
 
 
 class CodestreamError(Exception):
-    """A codestream that may not be decoded: ``reason`` is ``too_large`` or ``unreadable``."""
+    """A codestream that may not be decoded: ``reason`` is ``too_large``, ``too_complex`` or ``unreadable``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -161,6 +167,31 @@ def check_codestream(
     return size
 
 
+def check_jpeg_scans(data: bytes | memoryview, what: str = "image", limit: int = MAX_SCANS) -> int:
+    """Refuse a JPEG / JPEG-LS codestream with more than ``limit`` scans, before any decoder runs.
+
+    A scan starts with an SOS marker (FF DA); inside entropy-coded data an FF byte is always followed by
+    00 or a restart marker, so counting FF DA is exact for the codestream (an embedded thumbnail adds its
+    own scan, well within the limit).
+
+    Returns:
+        The number of scans (0 for data that is not JPEG).
+
+    Raises:
+        CodestreamError: ``too_complex`` above the limit.
+    """
+    if bytes(data[:2]) != b"\xff\xd8":
+        return 0
+    scans = bytes(data).count(b"\xff\xda")
+    if scans > limit:
+        raise CodestreamError(
+            "too_complex",
+            f"{what}: the JPEG codestream has {scans:,} scans (at most {limit} are accepted): decoding it would "
+            "take minutes of CPU",
+        )
+    return scans
+
+
 def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
     """Check every frame of a DICOM data set's encapsulated pixel data before pydicom decodes it.
 
@@ -195,6 +226,7 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
             first = fragments[0] if fragments else b""
             if check_codestream(first, max_pixels, expected, what) is None:
                 raise CodestreamError("unreadable", f"{what}: not a JPEG, JPEG-LS or JPEG 2000 codestream")
+            check_jpeg_scans(b"".join(bytes(f) for f in fragments) if len(fragments) > 1 else first, what)
         # The decoder may be handed any fragment (an Extended Offset Table points pydicom at fragments the
         # frame walk above never reads): every fragment that starts a codestream is checked too.
         items = generate_fragments(pixel_data)

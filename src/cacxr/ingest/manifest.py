@@ -42,6 +42,7 @@ EXCLUSION_REASONS: dict[str, str] = {
     "not_radiograph": "an image that is not a projection radiograph (CT, MR, ... or a ct/ folder)",
     "multi_frame": "more than one frame in one file",
     "too_large": "more pixels than the limit (declared by the header or by the compressed codestream)",
+    "too_complex": "a codestream whose decoding work is unbounded (a JPEG with more scans than the limit)",
     "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
     "lateral_view": "ViewPosition says lateral (LL, RL, LAT, LATERAL, LATERALE, ...)",
     "unknown_view": "no usable ViewPosition and the rule for unknown views did not keep it",

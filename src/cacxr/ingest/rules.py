@@ -137,8 +137,8 @@ def decode_file(path: str, patient_id: str) -> tuple[str, tuple[str, str]]:
         result = read_image(path, patient_id=patient_id)
     except Exception as exc:  # a decoder crash on one file must not stop the batch
         return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}")
-    if result.reason == "too_large":
-        return path, ("too_large", result.detail.removeprefix(f"{path}: "))
+    if result.reason in ("too_large", "too_complex"):
+        return path, (result.reason, result.detail.removeprefix(f"{path}: "))
     if result.reason or result.image is None:
         detail = result.detail.removeprefix(f"{path}: ") or result.reason or "no image"
         if not detail.startswith("pixel data cannot be decoded"):
