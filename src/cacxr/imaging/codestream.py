@@ -15,7 +15,7 @@ data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib 
 file meta group is walked here (:func:`file_meta_syntax`) and so are the top-level element lengths
 (:func:`check_element_lengths`: a small file declaring a 2 GB element).
 
-Why one module of ~470 lines: every check that reads what a file *declares* (codestream sizes, deflated
+Why one module of ~500 lines: every check that reads what a file *declares* (codestream sizes, deflated
 bodies, element lengths) before pydicom or a decoder allocates for it; they share the byte-level parsers.
 """
 
