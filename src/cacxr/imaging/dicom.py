@@ -97,7 +97,8 @@ def read_dicom(
         fragment = b""
     else:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+            # Values over 1 MB are not read up front (a forged length is never allocated; read on access).
+            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True, defer_size="1 MB")
             has_pixels = pixel_data_follows(fp, ds)
             fragment = first_fragment_head(fp, ds.original_encoding[1] is not False) if has_pixels else b""
     check_parsed(ds)
@@ -127,6 +128,8 @@ def read_dicom(
         image, voi = to_display(ds.pixel_array, ds, meta.voi, path)
     except GreyLevelError as exc:  # decoded, but nothing to score: one reason, naming the values
         raise Refusal("unreadable", f"{path}: {exc}", meta) from exc
+    except MemoryError as exc:  # within the size limits, yet over this process's memory (a capped worker)
+        raise Refusal("too_large", f"{path}: out of memory decoding it", meta) from exc
     except Exception as exc:  # noqa: BLE001 - decoder errors are a property of the file
         detail = f"{path}: pixel data cannot be decoded: " + scrub(describe(exc), ds, keep=(str(path),))
         raise Refusal("unreadable", detail, meta) from exc

@@ -453,6 +453,7 @@ def default_pool() -> DecodePool:
                 workers=int(os.environ.get("CACXR_DECODE_WORKERS", "2")),
                 memory_limit=int(os.environ.get("CACXR_DECODE_MEMORY_MB", "1536")) * 2**20,
                 time_limit=float(os.environ.get("CACXR_DECODE_SECONDS", "30")),
+                preload=("numpy", "pydicom", "PIL.Image", "cacxr.imaging.reader"),
             )
             atexit.register(shutdown_default_pool)
         return _default

@@ -153,11 +153,16 @@ def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndar
     Returns:
         ``(image, meta, warnings, error)``.
     """
-    from cacxr.imaging import read_image
+    from cacxr.imaging import read_image, run_isolated
     from cacxr.pixels import preprocess_read
 
     try:
-        result = read_image(path)
+        # Decoded in the bounded pool (cacxr.imaging.sandbox): a decoder that aborts, runs out of its
+        # memory cap or loops costs this file only, never the command or the server.
+        outcome = run_isolated(read_image, os.fspath(path))
+        if not outcome.ok:
+            return None, None, [], f"{outcome.reason}: {path}: {outcome.detail}"
+        result = outcome.value
         if not result.ok or result.image is None:
             return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         image = preprocess_read(result, run.profile, run.image_size)
