@@ -12,6 +12,7 @@ but deserve caution get warnings (lateral or unknown view, small image, PNG/JPEG
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -159,10 +160,16 @@ def prepare_input(run: LoadedRun, path: str | os.PathLike[str]) -> tuple[np.ndar
     try:
         # Decoded in the bounded pool (cacxr.imaging.sandbox): a decoder that aborts, runs out of its
         # memory cap or loops costs this file only, never the command or the server.
-        outcome = run_isolated(read_image, os.fspath(path))
+        # The workers keep the working folder they started in: they get the absolute path, the messages the
+        # path as given.
+        given, absolute = os.fspath(path), os.path.abspath(path)
+        outcome = run_isolated(read_image, absolute)
         if not outcome.ok:
             return None, None, [], f"{outcome.reason}: {path}: {outcome.detail}"
         result = outcome.value
+        if absolute != given:
+            meta = None if result.meta is None else dataclasses.replace(result.meta, path=given)
+            result = dataclasses.replace(result, meta=meta, detail=result.detail.replace(absolute, given))
         if not result.ok or result.image is None:
             return None, None, [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         image = preprocess_read(result, run.profile, run.image_size)
