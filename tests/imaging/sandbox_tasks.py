@@ -62,3 +62,8 @@ def read_image(path: str):
 
     result = read(path)
     return result.image if result.ok else (result.reason, result.detail)
+
+
+def fail_to_start() -> None:
+    """An initializer that kills the worker before it reports ready (a broken install, a bad import)."""
+    os._exit(5)

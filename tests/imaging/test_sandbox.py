@@ -110,3 +110,13 @@ def test_real_decode(real_cxr_dir: Path) -> None:
             assert result.ok
             if isinstance(inline, np.ndarray):
                 np.testing.assert_array_equal(result.value, inline)
+
+
+@pytest.mark.timeout(60)
+def test_workers_that_cannot_start_are_not_respawned_forever() -> None:
+    with DecodePool(workers=1, initializer=t.fail_to_start) as p:
+        result = p.submit(t.square, 2).result(timeout=40)
+        assert (result.ok, result.reason) == (False, "unreadable") and "cannot start" in result.detail, result
+        assert p.replaced <= 3
+        assert p.run(t.square, 3).reason == "unreadable"  # answered at once, no new worker
+        assert p.replaced <= 3

@@ -67,6 +67,7 @@ __all__ = ["DecodePool", "TaskResult", "default_pool", "run_isolated", "shutdown
 GiB = 2**30
 DEFAULT_MEMORY_LIMIT = int(1.5 * GiB)
 DEFAULT_TIME_LIMIT = 30.0
+_MAX_START_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ class DecodePool:
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._ids = itertools.count()
         self._closed = False
+        self._start_failures = 0  # workers in a row that died before reporting ready
+        self._broken = ""  # why workers cannot start: every task is then answered at once with it
         self.replaced = 0  # workers replaced after a crash, a kill or a retirement (for tests and logs)
         self._workers = [self._spawn() for _ in range(workers)]
         self._thread = threading.Thread(target=self._dispatch, name="DecodePool", daemon=True)
@@ -259,6 +262,9 @@ class DecodePool:
         if self._closed:
             raise RuntimeError("the pool is closed")
         future: Future = Future()
+        if self._broken:
+            future.set_result(TaskResult(False, None, "unreadable", self._broken))
+            return future
         with self._lock:
             self._pending.append(_Task(next(self._ids), fn, args, kwargs, future))
         self._wake()
@@ -430,6 +436,16 @@ class DecodePool:
             result = TaskResult(False, None, "unreadable", f"decoder crashed (worker exited with code {code})")
         if worker.task is not None:
             self._finish(worker, replace_seconds(result, time.monotonic() - worker.started))
+        if worker.ready:
+            self._start_failures = 0
+        else:  # died while starting (an import or the initializer failed): never respawn in a loop
+            self._start_failures += 1
+            if self._start_failures >= _MAX_START_FAILURES:
+                self._broken = f"the decode workers cannot start ({result.detail.removeprefix('decoder crashed ').strip('()')})"
+                with self._lock:
+                    while self._pending:
+                        self._pending.popleft().future.set_result(TaskResult(False, None, "unreadable", self._broken))
+                return
         self._replace(index)
 
 
