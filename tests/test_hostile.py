@@ -195,6 +195,7 @@ def test_deflated_zlib_bomb_is_refused(tmp_path: Path) -> None:
         result = reader(tmp_path / "zip.dcm", max_pixels=1_000_000)  # inflated limit: 4 MB + 16 MB
         assert result.reason == "too_large", result.detail
     del ds[0x00091010]  # the same file without the padding: an ordinary deflated image reads fine
+    ds.PixelData = (np.arange(64 * 64) % 251).astype(np.uint8).tobytes()  # with contrast (a blank one is refused)
     ds.save_as(tmp_path / "small.dcm", enforce_file_format=True)
     small = read_image(tmp_path / "small.dcm", max_pixels=1_000_000)
     assert small.ok and small.image.shape == (64, 64), small.detail

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except CacxrError as exc:
         print(f"cacxr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a last line of defence: one line naming the path, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cacxr {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cacxr {args.command}: interrupted (rerun the same command with --resume to continue)", file=sys.stderr)
         return 130

@@ -163,7 +163,49 @@ def test_platt_never_reverses_the_ranking() -> None:
     assert record["slope"] > 0 and "ranking kept" in record["note"]
     probabilities = apply_calibration(record, raw)
     assert np.all(np.diff(probabilities) >= 0)
-    assert probabilities == pytest.approx(0.5, abs=1e-4)
+    # Near-flat: within FALLBACK_SPREAD / 2 of the prevalence over the validation scores.
+    assert probabilities == pytest.approx(0.5, abs=0.0051)
+
+
+def test_the_fallback_map_keeps_float32_scores_distinct() -> None:
+    # Validation worse than chance: the fallback map. Test scores go through float32 (ModelScore.from_output):
+    # a slope of 1e-6 tied them (AUC 0.833 -> 0.583; 19 distinct probabilities of 200).
+    record = fit_calibration([0.9, 0.1, 0.5, -0.3, 0.2, 1.4, -0.8, 0.0], [0, 1, 0, 1, 1, 0, 1, 0], "platt")
+    assert "ranking kept" in record["note"]
+    module = CalibrationModule(record)
+    test = torch.tensor([0.0, 0.05, 0.10, 0.15, 0.20], dtype=torch.float32)
+    with torch.no_grad():
+        probabilities = module(test).numpy()
+    assert probabilities.dtype == np.float32 and np.all(np.diff(probabilities) > 0)
+    assert roc_auc([0, 1, 0, 1, 1], probabilities) == pytest.approx(roc_auc([0, 1, 0, 1, 1], test.numpy()))
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=200).astype(np.float32)
+    labels = (rng.random(200) < 1.0 / (1.0 + np.exp(-scores))).astype(int)
+    with torch.no_grad():
+        probabilities = module(torch.from_numpy(scores)).numpy()
+    assert len(np.unique(probabilities)) == len(np.unique(scores)) == 200
+    assert roc_auc(labels, probabilities) == roc_auc(labels, scores)
+
+
+def test_the_fallback_note_names_the_smoothed_prevalence() -> None:
+    # 2 positives of 8: Platt's targets 3/4 and 1/8 average to 0.281, not 2/8.
+    record = fit_calibration([0.9, 0.1, 0.5, -0.3, 0.2, 1.4, -0.8, 0.0], [1, 0, 0, 0, 0, 1, 0, 0][::-1], "platt")
+    if "note" not in record:
+        pytest.skip("this split happens to rank")
+    assert "0.281" in record["note"] and "2/8" in record["note"] and "smoothed" in record["note"]
+    middle = apply_calibration(record, [0.3])[0]
+    assert middle == pytest.approx(0.28125, abs=1e-9)
+
+
+def test_platt_is_fitted_to_convergence() -> None:
+    # sklearn's default tol 1e-4 stopped short; the fitted map makes the soft-target gradient vanish.
+    raw, labels = _logistic_sample(300, slope=0.8, intercept=-0.5, seed=4)
+    record = fit_calibration(raw, labels, "platt")
+    n_pos, n_neg = labels.sum(), len(labels) - labels.sum()
+    target = np.where(labels == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    p = 1.0 / (1.0 + np.exp(-(record["slope"] * raw + record["intercept"])))
+    gradient = [np.sum(p - target), np.sum((p - target) * raw)]
+    assert np.abs(gradient).max() < 1e-9
 
 
 def test_per_fold_calibration_removes_between_fold_drift_from_the_pooled_auc() -> None:

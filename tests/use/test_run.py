@@ -46,7 +46,12 @@ def test_a_fold_scores_its_test_patients_as_training_did(run_dir: Path, fold: in
     # Training scored cached float16 trunk maps; load_run runs the whole network in float32.
     np.testing.assert_allclose(comparable(loaded.task, scores), comparable(loaded.task, expected), atol=2e-3)
     labels = loaded.predict_label(scores)
-    assert labels.tolist() == [int(row["predicted_label"]) for row in rows]
+    # The same rule on the training scores. (predictions.csv's predicted_label applies the fold's own
+    # decision threshold, while a loaded run decides at the run's operating point: the two agree only when
+    # no score lies between them, which a near-flat fallback calibration map no longer guarantees.)
+    assert labels.tolist() == loaded.predict_label(expected).tolist()
+    if loaded.operating_threshold is None:
+        assert labels.tolist() == [int(row["predicted_label"]) for row in rows]
 
 
 def test_the_ensemble_averages_the_folds(run_dir: Path) -> None:

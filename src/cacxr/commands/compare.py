@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compare the runs and print one line per run and where the results are."""
-    from cacxr.core import refuse_overwrite
+    from cacxr.core import refuse_overwrite, require_writable
     from cacxr.runs import compare_runs, summary_lines
 
+    require_writable(args.out, "the comparison folder (--out)", folder=True)
     for name in ("compare.md", "compare.csv", "compare.json", "forest.png"):
         refuse_overwrite(Path(args.out) / name, args.overwrite)
     result = compare_runs(args.runs, args.out, viz=args.viz)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import time
 
+from cacxr.core import require_writable
 from cacxr.demo import FULL_DEMO, DemoSettings
 
 __all__ = ["add_arguments", "run"]
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     base = FULL_DEMO if args.full else DemoSettings()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoSettings) if getattr(args, f.name, None) is not None}
     settings = dataclasses.replace(base, **given)
+    require_writable(args.out, "the demo folder (--out)", folder=True)
     started = time.perf_counter()
     result = run_demo(
         args.out, settings, progress=args.progress, num_threads=args.num_threads, parallel=args.parallel

@@ -49,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the headline figures."""
+    from cacxr.core import require_writable
     from cacxr.use import evaluate_run
 
+    require_writable(args.out, "the evaluation folder (--out)", folder=True)
     metrics = evaluate_run(
         args.run_dir,
         args.data,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cacxr.commands import add_model_argument, add_overwrite_argument
-from cacxr.core import CacxrError
+from cacxr.core import CacxrError, require_writable
 
 __all__ = ["add_arguments", "run"]
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise CacxrError(f"--steps must be at least 1 (got {args.steps})")
+    require_writable(args.out, "the overlays (--out)", folder=Path(args.out).suffix.lower() != ".png")
     loaded = load_run(args.run_dir, fold=args.fold)
     rows = explain_paths(
         loaded,

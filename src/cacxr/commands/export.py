@@ -24,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print what the file contains."""
-    from cacxr.core import refuse_overwrite
+    from cacxr.core import refuse_overwrite, require_writable
     from cacxr.use import export_run, load_run
 
     refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/metrics.json: never replaced silently
+    require_writable(args.out, "the model file (--out)")
     info = export_run(load_run(args.run_dir, fold=args.fold), args.out, format=args.format)
     print(
         f"{info['path']}: {info['format']} {info['arch']} ({info['model']}), "

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ingest and print a short summary."""
+    from cacxr.core import require_writable
+
+    require_writable(args.out, "the ingest folder (--out)", folder=True)
     summary = ingest(
         args.data,
         args.out,

@@ -32,10 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the inputs; 0 when at least one input was scored (failed inputs are rows with an error)."""
-    from cacxr.core import refuse_overwrite
+    from cacxr.core import refuse_overwrite, require_writable
     from cacxr.use import format_table, load_run, score_paths, write_predictions_csv
 
     refuse_overwrite(args.out, args.overwrite)  # e.g. RUN/predictions.csv: never replaced silently
+    require_writable(args.out, "the predictions (--out)")  # before scoring, not after
     loaded = load_run(args.run_dir, fold=args.fold)
     rows = score_paths(loaded, args.inputs, batch_size=args.batch_size, progress=args.progress)
     if args.out:

@@ -43,11 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the store and print what was done; 1 when no image could be stored."""
-    from cacxr.core import CacxrError
+    from cacxr.core import CacxrError, require_writable
     from cacxr.pixels import build_store
 
     if args.workers is not None and args.workers < 1:
         raise CacxrError(f"--workers must be at least 1 (got {args.workers})")
+    require_writable(args.out, "the store (--out)", folder=True)
     store = build_store(
         args.manifest,
         args.out,

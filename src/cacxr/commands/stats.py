@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run cohort_stats and print where the results are."""
-    from cacxr.core import refuse_inside, refuse_overwrite
+    from cacxr.core import refuse_inside, refuse_overwrite, require_writable
 
     source = Path(args.source)
     data = source if source.is_dir() and not (source / "manifest.csv").exists() else None
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_inside(args.out, [data], "the stats folder (--out)")
     for name in ("stats.md", "stats.csv", "stats.json"):
         refuse_overwrite(Path(args.out) / name, args.overwrite)
+    require_writable(args.out, "the stats folder (--out)", folder=True)
     result = cohort_stats(args.source, args.out)
     overall = result["groups"]["all"]
     print(f"describes {result['description']}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cacxr.config import FINETUNE_MODES, LOSSES, TASKS, TrainConfig
-from cacxr.core import CacxrError
+from cacxr.core import CacxrError, require_writable
 from cacxr.runs import REPORT_FILE
 
 __all__ = ["add_arguments", "run", "config_from_args", "ARCH_CHOICES", "PROFILE_CHOICES"]
@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise CacxrError(f"missing {', '.join(missing)}: cacxr train DATA|MANIFEST --task TASK --out RUN")
         run_dir = cfg.out
+        require_writable(cfg.out, "the run folder (--out)", folder=True)
         metrics = train_run(cfg)
     from cacxr.training import launch_rank
 

@@ -3,7 +3,10 @@
 - :func:`file_kind` says what a path is without opening it: a FIFO would block the first ``open``
   forever and a link to ``/dev/zero`` never ends, so readers and folder walks skip anything that is
   not a regular file (following links).
-- :func:`refuse_overwrite` refuses to replace an existing file unless the user passed ``--overwrite``.
+- :func:`refuse_overwrite` refuses to replace an existing file unless the user passed ``--overwrite``, and
+  never replaces anything but a regular file (a FIFO or a device node stays, whatever the flag).
+- :func:`require_writable` checks, before any work, that an output can be written where it is asked for
+  (no file in the way of a folder, not a pseudo file system such as /proc, permission to create).
 - :func:`refuse_inside` refuses an output path inside a data folder (DATA is only ever read).
 
 Refusals are :class:`cacxr.core.errors.CacxrError` with one line naming the path: the command line prints
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from cacxr.core.errors import CacxrError
 
-__all__ = ["data_roots", "file_kind", "is_regular_file", "refuse_overwrite", "refuse_inside"]
+__all__ = ["data_roots", "file_kind", "is_regular_file", "refuse_overwrite", "refuse_inside", "require_writable"]
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -68,15 +72,58 @@ def refuse_overwrite(path: str | os.PathLike[str] | None, overwrite: bool, flag:
         flag: the option that allows it, for the message.
 
     Raises:
-        CacxrError: ``path`` exists (a folder is never replaced, even with ``overwrite``).
+        CacxrError: ``path`` exists (a folder, a FIFO, a socket or a device node is never replaced, even
+            with ``overwrite``: only a regular file is; a symbolic link to a regular file is replaced by the
+            new file, the file it pointed to is left as it was).
     """
     if path is None:
         return
     target = Path(path)
     if target.is_dir():
         raise CacxrError(f"{target}: is a folder; give a file name to write")
-    if (target.exists() or target.is_symlink()) and not overwrite:
+    if not (target.exists() or target.is_symlink()):
+        return
+    kind = file_kind(target)
+    if kind not in ("", "a broken symbolic link"):
+        raise CacxrError(f"{target}: is {kind}, not a regular file; not replacing it, even with {flag}")
+    if not overwrite:
         raise CacxrError(f"{target}: already exists; not replacing it (pass {flag} to replace it)")
+
+
+def require_writable(path: str | os.PathLike[str] | None, what: str = "the output", folder: bool = False) -> None:
+    """Refuse, before any work, an output that could not be written at the end.
+
+    Walks up from ``path`` (its parent for a file) to the nearest existing folder and creates and removes
+    a probe file there: the one test that is right on every file system (``/proc`` and ``/sys`` accept
+    ``os.access`` but refuse to create files). Nothing is left behind; missing folders are not created.
+
+    Args:
+        path: the output file (or, with ``folder``, the output folder); None: nothing to check.
+        what: how to name the output in the message (e.g. "the predictions (--out)").
+        folder: ``path`` is a folder the command writes into.
+
+    Raises:
+        CacxrError: one line naming the path and why it cannot be written.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    start = target if folder else target.parent
+    for candidate in (start, *start.parents):
+        if candidate.is_dir():
+            break
+        if candidate.exists() or candidate.is_symlink():
+            kind = file_kind(candidate) or "a file"
+            raise CacxrError(f"{target}: cannot write {what}: {candidate} is {kind}, not a folder")
+    else:  # pragma: no cover - the root always exists
+        candidate = Path(".")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".cacxr-write-test-", dir=candidate)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CacxrError(f"{target}: cannot write {what} in {candidate}: {reason}") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def data_roots(sources: Iterable[tuple[str | os.PathLike[str], str]]) -> set[Path]:

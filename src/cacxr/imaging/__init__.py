@@ -1,10 +1,11 @@
-"""Layer 1: one file to a float image: the reader (DICOM, PNG, JPEG), header and views, grey levels, codestream limits, decoders."""
+"""Layer 1: one file to a float image: the reader (DICOM, PNG, JPEG), header and views, grey levels, codestream limits, decoders, the bounded decode pool."""
 
 from cacxr.core import lazy_face
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS = {
     "DEFAULT_MAX_PIXELS": "codestream",
+    "is_deflated": "codestream",
     "first_data_tag": "header",
     "ImageMeta": "meta",
     "RADIOGRAPH_MODALITIES": "meta",
@@ -12,6 +13,9 @@ _EXPORTS = {
     "ReadResult": "meta",
     "read_header": "reader",
     "read_image": "reader",
+    "DecodePool": "sandbox",
+    "TaskResult": "sandbox",
+    "run_isolated": "sandbox",
     "FRONTAL_VIEWS": "views",
     "LATERAL_VIEWS": "views",
     "is_frontal": "views",

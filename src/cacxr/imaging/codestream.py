@@ -11,11 +11,17 @@ a decoder turns into gigabytes. So every codestream is read here first, a few by
 :func:`check_codestream` compares that declared size with a pixel limit (reason ``too_large``) and with
 the size the container declares (DICOM Rows x Columns; a mismatch is ``unreadable``), and
 :func:`check_dicom_pixel_data` applies it to every frame of encapsulated DICOM pixel data. Deflated DICOM
-data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib bomb is refused too.
+data sets are inflated with a bounded output (:func:`check_deflated`) so a zlib bomb is refused too; the
+file meta group is walked here (:func:`file_meta_syntax`) and so are the top-level element lengths
+(:func:`check_element_lengths`: a small file declaring a 2 GB element).
+
+Why one module of ~500 lines: every check that reads what a file *declares* (codestream sizes, deflated
+bodies, element lengths) before pydicom or a decoder allocates for it; they share the byte-level parsers.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -23,10 +29,16 @@ from typing import BinaryIO
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_TILES",
     "CodestreamError",
     "DeclaredSize",
     "check_codestream",
+    "check_jpeg_scans",
+    "MAX_SCANS",
     "check_deflated",
+    "check_element_lengths",
+    "file_meta_syntax",
+    "is_deflated",
     "check_dicom_pixel_data",
     "declared_size",
     "first_fragment_head",
@@ -43,13 +55,21 @@ _J2K_MAGIC = b"\xff\x4f\xff\x51"  # SOC then SIZ
 _SOF_MARKERS = frozenset(
     {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
 )
+_SIGNATURES = (_PNG_MAGIC, b"\xff\xd8", _J2K_MAGIC, _JP2_MAGIC)
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# JPEG 2000: at most RGBA; tiles far above what radiographs use (1, or 512 to 1024-pixel tiles: <= ~256).
+_MAX_COMPONENTS = 4
+MAX_TILES = 4096
+# A progressive JPEG needs about 10 scans per component for the usual progressions (libjpeg's simple
+# progression: 10 for colour, 6 for grey); baseline, lossless and JPEG-LS use 1 to 4. Each scan makes the
+# decoder visit every block, so 10,000 scans of 30 bytes are minutes of CPU from a 400 KB file.
+MAX_SCANS = 64
 _RLE = "1.2.840.10008.1.2.5"
 
 
 class CodestreamError(Exception):
-    """A codestream that may not be decoded: ``reason`` is ``too_large`` or ``unreadable``."""
+    """A codestream that may not be decoded: ``reason`` is ``too_large``, ``too_complex`` or ``unreadable``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -64,11 +84,15 @@ class DeclaredSize:
         kind: ``jpeg``, ``jpeg-ls``, ``jpeg2000`` or ``png``.
         rows: image height in pixels.
         cols: image width in pixels.
+        components: samples per pixel (JPEG 2000 Csiz; 1 where not read).
+        tiles: JPEG 2000 tiles on the reference grid (1 elsewhere).
     """
 
     kind: str
     rows: int
     cols: int
+    components: int = 1
+    tiles: int = 1
 
     @property
     def pixels(self) -> int:
@@ -127,6 +151,13 @@ def check_codestream(
             f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels, above the limit "
             f"of {max_pixels:,} pixels",
         )
+    if size.components > _MAX_COMPONENTS or size.tiles > MAX_TILES or size.pixels * size.components > max_pixels:
+        raise CodestreamError(
+            "too_large",
+            f"{what}: the {size.kind} codestream declares {size.cols}x{size.rows} pixels x {size.components} "
+            f"components in {size.tiles:,} tiles (limits: {_MAX_COMPONENTS} components, {MAX_TILES:,} tiles, "
+            f"{max_pixels:,} samples): the decoder would allocate per tile and component",
+        )
     if expected is not None and (size.rows, size.cols) != tuple(expected):
         raise CodestreamError(
             "unreadable",
@@ -136,11 +167,38 @@ def check_codestream(
     return size
 
 
+def check_jpeg_scans(data: bytes | memoryview, what: str = "image", limit: int = MAX_SCANS) -> int:
+    """Refuse a JPEG / JPEG-LS codestream with more than ``limit`` scans, before any decoder runs.
+
+    A scan starts with an SOS marker (FF DA); inside entropy-coded data an FF byte is always followed by
+    00 or a restart marker, so counting FF DA is exact for the codestream (an embedded thumbnail adds its
+    own scan, well within the limit).
+
+    Returns:
+        The number of scans (0 for data that is not JPEG).
+
+    Raises:
+        CodestreamError: ``too_complex`` above the limit.
+    """
+    if bytes(data[:2]) != b"\xff\xd8":
+        return 0
+    scans = bytes(data).count(b"\xff\xda")
+    if scans > limit:
+        raise CodestreamError(
+            "too_complex",
+            f"{what}: the JPEG codestream has {scans:,} scans (at most {limit} are accepted): decoding it would "
+            "take minutes of CPU",
+        )
+    return scans
+
+
 def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
     """Check every frame of a DICOM data set's encapsulated pixel data before pydicom decodes it.
 
-    Native (uncompressed) pixel data cannot allocate more than the file holds, and RLE is decoded into
-    Rows x Columns, so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000, ...) are read here.
+    Native and RLE pixel data decode to Rows x Columns x samples, bounded from the header by the reader
+    (``cacxr.imaging.dicom.decoded_size_refusal``), so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000,
+    ...) are read here: the first fragment of every frame, and every other fragment that starts a
+    codestream (the decoder may be sent to any of them by an offset table).
 
     Args:
         ds: a fully read ``pydicom.Dataset``.
@@ -150,7 +208,7 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
         CodestreamError: a frame above the limit, disagreeing with Rows x Columns, truncated, or not
             a codestream of a known kind.
     """
-    from pydicom.encaps import generate_fragmented_frames
+    from pydicom.encaps import generate_fragmented_frames, generate_fragments
 
     syntax = ds.file_meta.get("TransferSyntaxUID", "")  # type: ignore[attr-defined]
     if not syntax or not syntax.is_encapsulated or syntax == _RLE:
@@ -168,6 +226,14 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
             first = fragments[0] if fragments else b""
             if check_codestream(first, max_pixels, expected, what) is None:
                 raise CodestreamError("unreadable", f"{what}: not a JPEG, JPEG-LS or JPEG 2000 codestream")
+            check_jpeg_scans(b"".join(bytes(f) for f in fragments) if len(fragments) > 1 else first, what)
+        # The decoder may be handed any fragment (an Extended Offset Table points pydicom at fragments the
+        # frame walk above never reads): every fragment that starts a codestream is checked too.
+        items = generate_fragments(pixel_data)
+        next(items, None)  # the Basic Offset Table is always the first item
+        for index, fragment in enumerate(items, start=1):
+            if bytes(fragment[:12]).startswith(_SIGNATURES):
+                check_codestream(fragment, max_pixels, expected, f"fragment {index}")
     except CodestreamError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom's fragment parser on truncated/malformed items
@@ -215,16 +281,7 @@ def check_deflated(path: str, max_bytes: int) -> None:
     Raises:
         CodestreamError: ``too_large`` above ``max_bytes``, ``unreadable`` for a broken stream.
     """
-    from pydicom.filereader import read_file_meta_info
-
-    with open(path, "rb") as fp:  # fast path: the UID is in the file meta group, near the start
-        if _DEFLATED.encode() not in fp.read(4096):
-            return
-    try:
-        syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
-    except Exception:  # noqa: BLE001 - no readable file meta group: not a deflated part-10 file
-        return
-    if syntax != _DEFLATED:
+    if not is_deflated(path):
         return
     with open(path, "rb") as fp:
         body = _after_file_meta(fp.read())
@@ -241,6 +298,116 @@ def check_deflated(path: str, max_bytes: int) -> None:
         )
 
 
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_PIXEL_DATA = (0x7FE0, 0x0010)
+
+
+def check_element_lengths(path: str, max_elements: int = 1 << 16) -> None:
+    """Refuse a file whose top-level element declares more bytes than the file has left, before pydicom reads it.
+
+    pydicom reads an element's value with one ``read(length)``, which allocates ``length`` bytes up front: a
+    1 KB file declaring a 2 GB element either fails (MemoryError) or silently loses everything after it,
+    depending on the memory available. Walking the element headers (``seek`` past each value, never reading
+    one) gives one reason whatever the memory. Only part-10 files (``DICM``) are walked; the walk stops at
+    the pixel data (its truncation is reported by the reader), at an undefined length (a sequence or
+    encapsulated data) and at a deflated body (:func:`check_deflated`).
+
+    Raises:
+        CodestreamError: ``unreadable``, naming the element and the lengths.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        if fp.read(132)[128:132] != b"DICM":
+            return  # no part-10 header: the encoding would be a guess, leave the file to pydicom
+        pos, explicit, order, in_meta, syntax = 132, True, "<", True, ""
+        for _ in range(max_elements):
+            fp.seek(pos)
+            raw = fp.read(12)
+            if len(raw) < 8:
+                return
+            group, element = struct.unpack_from(order + "HH", raw)
+            if in_meta and group != 0x0002:
+                in_meta = False
+                if syntax == _DEFLATED:
+                    return
+                order = ">" if syntax == _BIG_ENDIAN else "<"
+                # As pydicom does: the first element says whether VRs are written, whatever the syntax says.
+                explicit = raw[4:6].isalpha() and raw[4:6].isupper()
+                group, element = struct.unpack_from(order + "HH", raw)
+            if group == 0xFFFE or (group, element) == _PIXEL_DATA:
+                return
+            if explicit and raw[4:6] in _LONG_VRS:
+                if len(raw) < 12:
+                    return
+                (length,), start = struct.unpack_from(order + "I", raw, 8), pos + 12
+            elif explicit:
+                (length,), start = struct.unpack_from(order + "H", raw, 6), pos + 8
+            else:
+                (length,), start = struct.unpack_from(order + "I", raw, 4), pos + 8
+            if length == 0xFFFFFFFF:
+                return
+            if start + length > size:
+                raise CodestreamError(
+                    "unreadable",
+                    f"element ({group:04X},{element:04X}) declares {length:,} bytes but the file has only "
+                    f"{max(size - start, 0):,} left (truncated or forged)",
+                )
+            if in_meta and (group, element) == (0x0002, 0x0010):
+                fp.seek(start)
+                syntax = fp.read(length).rstrip(b"\x00 ").decode("ascii", "replace")
+            pos = start + length
+
+
+def file_meta_syntax(path: str | os.PathLike[str], max_elements: int = 256) -> str | None:
+    """The TransferSyntaxUID of a file's meta group, read by walking it with seeks (no value but the UID read).
+
+    The group is explicit VR little endian, after the part-10 preamble (``DICM`` at byte 128) or at byte 0
+    (a data set saved without preamble). No window: the UID may follow a long (forged) element, and
+    pydicom's ``read_file_meta_info`` refuses a group at byte 0 that ``dcmread(force=True)`` then reads and
+    inflates whole.
+
+    Returns:
+        The UID, or None when there is no readable file meta group.
+    """
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        pos = 132 if fp.read(132)[128:132] == b"DICM" else 0
+        for _ in range(max_elements):
+            fp.seek(pos)
+            raw = fp.read(12)
+            if len(raw) < 8:
+                return None
+            group, element = struct.unpack_from("<HH", raw)
+            if group != 0x0002:
+                return None
+            if raw[4:6] in _LONG_VRS:
+                if len(raw) < 12:
+                    return None
+                (length,), start = struct.unpack_from("<I", raw, 8), pos + 12
+            else:
+                (length,), start = struct.unpack_from("<H", raw, 6), pos + 8
+            if length == 0xFFFFFFFF or start + length > size:
+                return None
+            if element == 0x0010:
+                fp.seek(start)
+                return fp.read(min(length, 64)).rstrip(b"\x00 ").decode("ascii", "replace")
+            pos = start + length
+    return None
+
+
+def is_deflated(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's meta group declares the Deflated Explicit VR Little Endian syntax.
+
+    Sniffers ask this before any ``dcmread``: pydicom inflates a deflated data set whole, even with
+    ``stop_before_pixels``, so a deflated file is taken as DICOM and left to the reader's bounded inflation.
+    """
+    try:
+        return file_meta_syntax(path) == _DEFLATED
+    except OSError:
+        return False
+
+
 def _after_file_meta(data: bytes) -> bytes | None:
     """The bytes following the part-10 file meta group (explicit VR little endian, group 0002)."""
     pos = 132 if data[128:132] == b"DICM" else 0
@@ -249,7 +416,7 @@ def _after_file_meta(data: bytes) -> bytes | None:
         if group != 0x0002:
             return data[pos:]
         vr = data[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+        if vr in _LONG_VRS:
             (length,) = struct.unpack_from("<I", data, pos + 8)
             pos += 12 + length
         else:
@@ -306,7 +473,14 @@ def _siz_size(data: bytes | memoryview, start: int) -> DeclaredSize:
     xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, start + 8)
     if xosiz >= xsiz or yosiz >= ysiz:
         raise CodestreamError("unreadable", "JPEG 2000 SIZ declares an empty image")
-    return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz)
+    if len(data) < start + 42:  # the tile grid and the component count follow
+        return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz)
+    xtsiz, ytsiz, xtosiz, ytosiz = struct.unpack_from(">IIII", data, start + 24)
+    (components,) = struct.unpack_from(">H", data, start + 40)
+    if not xtsiz or not ytsiz or xtosiz > xosiz or ytosiz > yosiz or not components:
+        raise CodestreamError("unreadable", "JPEG 2000 SIZ declares an impossible tile grid or no component")
+    tiles = -(-(xsiz - xtosiz) // xtsiz) * -(-(ysiz - ytosiz) // ytsiz)
+    return DeclaredSize("jpeg2000", ysiz - yosiz, xsiz - xosiz, components, tiles)
 
 
 def _jp2_size(data: bytes | memoryview) -> DeclaredSize:

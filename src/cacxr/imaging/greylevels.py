@@ -34,13 +34,41 @@ import numpy as np
 from cacxr.imaging.header import header_int, header_text
 from cacxr.imaging.meta import describe
 
-__all__ = ["to_display", "keep_stored_bits", "inverted", "minmax"]
+__all__ = ["to_display", "keep_stored_bits", "inverted", "minmax", "GreyLevelError", "MIN_CONTRAST", "check_contrast"]
 
 logger = logging.getLogger(__name__)
 # Above this many possible stored values, look up through np.unique instead of a dense table.
 _MAX_DENSE_TABLE = 1 << 17
 _GATHER_BLOCK = 1 << 16  # pixels per block of the table look-up
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# The least spread (0.1st to 99.9th percentile, on the [0, 1] display scale) of a usable image: two grey
+# levels of the uint8 store. Below it the image is blank (constant, or crushed by its LUTs) and never scored.
+MIN_CONTRAST = 2.0 / 255.0
+_CONTRAST_SAMPLES = 1 << 16  # pixels sampled (evenly strided) for the percentiles
+
+
+class GreyLevelError(ValueError):
+    """The grey levels of a decoded image are not usable: non-finite, or no contrast (the file is unreadable)."""
+
+
+def check_contrast(image: np.ndarray, what: str = "the image") -> None:
+    """Refuse a displayed image that is not finite or has no contrast (see :data:`MIN_CONTRAST`).
+
+    Raises:
+        GreyLevelError: naming what is wrong.
+    """
+    flat = image.reshape(-1)
+    if flat.size == 0:
+        raise GreyLevelError(f"{what} has no pixels")
+    if not (np.isfinite(flat.min()) and np.isfinite(flat.max())):  # NaN propagates; no copy of the image
+        raise GreyLevelError(f"{what} has non-finite grey levels")
+    sample = flat[:: max(1, -(-flat.size // _CONTRAST_SAMPLES))]
+    low, high = np.quantile(sample, [0.001, 0.999])
+    if float(high - low) < MIN_CONTRAST:
+        raise GreyLevelError(
+            f"blank: {what} has no contrast (99.8 % of the pixels within {float(high - low):.4f} of the display "
+            "range): a constant image, or one its modality/VOI LUT crushes to one grey level"
+        )
 
 
 def to_display(stored: np.ndarray, ds: Any, voi: str, path: str) -> tuple[np.ndarray, str]:
@@ -50,12 +78,16 @@ def to_display(stored: np.ndarray, ds: Any, voi: str, path: str) -> tuple[np.nda
     if header_text(ds, "PhotometricInterpretation").upper() == "PALETTE COLOR":
         stored = apply_color_lut(stored, ds)
     if stored.ndim == 3:  # colour: pydicom already converted YBR to RGB
-        return minmax(stored @ _BT601), "minmax"
+        image = minmax(stored @ _BT601)
+        check_contrast(image)
+        return image, "minmax"
     if stored.dtype.kind in "iu":
         stored = keep_stored_bits(stored, header_int(ds, "BitsStored"), signed=stored.dtype.kind == "i")
     levels, indices, offset, present = _levels(stored)
     table, voi = _display_table(levels, present, ds, voi, path)
-    return _gather(table, indices, offset), voi
+    image = _gather(table, indices, offset)
+    check_contrast(image, f"the image (VOI {voi})")
+    return image, voi
 
 
 def keep_stored_bits(stored: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
@@ -120,7 +152,13 @@ def _display_table(
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(levels, ds), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below, named in the refusal
+        values = np.asarray(apply_modality_lut(levels, ds), dtype=np.float64)
+    if not np.isfinite(values[present]).all():
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        raise GreyLevelError(
+            f"the modality LUT gives non-finite grey levels (RescaleSlope {slope}, RescaleIntercept {intercept})"
+        )
     table: np.ndarray | None = None
     try:
         if voi == "voi_lut":

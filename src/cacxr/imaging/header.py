@@ -211,16 +211,28 @@ def _ids_match(header_id: str, patient_id: str) -> bool | None:
     return _normalise_id(header_id) == _normalise_id(patient_id)
 
 
-def scrub(text: str, ds: Any) -> str:
-    """Remove identifying header values from a message (decoder errors may quote header values)."""
+def scrub(text: str, ds: Any, keep: tuple[str, ...] = ()) -> str:
+    """Remove identifying header values from a message (decoder errors may quote header values).
+
+    ``keep``: texts left as they are wherever they occur, e.g. the file's own path: the caller chose it (a
+    pseudonymous folder name may well equal the header's PatientID), and a mangled path no longer names
+    the file.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = [header_text(ds, k) for k in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")]
+    kept = [k for k in sorted(set(keep), key=len, reverse=True) if k]
+    pieces = re.split("(" + "|".join(map(re.escape, kept)) + ")", text) if kept else [text]
     # Whole values first, then the parts of names and multi-values (family name alone, ...).
     parts = [part for value in values for part in re.split(r"[\^=\\]", value)]
-    for value in sorted({v.strip() for v in values + parts if len(v.strip()) >= 2}, key=len, reverse=True):
-        text = text.replace(value, "<removed>")
-    return text
+    removed = sorted({v.strip() for v in values + parts if len(v.strip()) >= 2}, key=len, reverse=True)
+    out = []
+    for index, piece in enumerate(pieces):
+        if index % 2 == 0:  # between kept texts
+            for value in removed:
+                piece = piece.replace(value, "<removed>")
+        out.append(piece)
+    return "".join(out)
 
 
 def is_colour(ds: Any) -> bool:

@@ -26,6 +26,7 @@ REASONS: dict[str, str] = {
     "multi_frame": "more than one frame in one file",
     "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
     "too_large": "more pixels than the limit, declared by the header or by the compressed codestream itself",
+    "too_complex": "a codestream whose decoding work is unbounded (a JPEG with more scans than the limit)",
 }
 
 

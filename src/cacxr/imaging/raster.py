@@ -11,6 +11,7 @@ import numpy as np
 from cacxr.imaging.codestream import (
     CodestreamError,
     check_codestream,
+    check_jpeg_scans,
 )
 from cacxr.imaging.greylevels import minmax
 from cacxr.imaging.meta import ImageMeta, Refusal, describe, refusal_for
@@ -45,11 +46,14 @@ def read_raster(
     fmt = raster_format(path)
     with open(path, "rb") as fp:
         head = fp.read(1 << 16)
+        whole = head + fp.read() if decode and head.startswith(b"\xff\xd8") else head
     try:  # the size the PNG IHDR / JPEG SOF declares, before Pillow sees the file
         check_codestream(head, max_pixels, what=f"{fmt.upper()} image")
+        if decode:  # whatever the name says: a JPEG's scans are counted before Pillow decodes it
+            check_jpeg_scans(whole, f"{fmt.upper()} image")
     except CodestreamError as exc:
-        if exc.reason == "too_large":  # a malformed header is left to Pillow's own message
-            raise Refusal("too_large", f"{path}: {exc}", None) from exc
+        if exc.reason in ("too_large", "too_complex"):  # a malformed header is left to Pillow's own message
+            raise Refusal(exc.reason, f"{path}: {exc}", None) from exc
     try:
         # Pillow's lazy open reads the declared size (PNG IHDR, JPEG SOF) without decoding; the limit
         # is checked below (refusal_for) before any pixel is decoded. Pillow's own bomb check at open

@@ -110,6 +110,10 @@ def _read(
         )
     except Exception as exc:  # noqa: BLE001 - any failure of a parser is a property of the file
         return ReadResult(image=None, meta=None, reason="unreadable", detail=f"{name}: {describe(exc)}")
+    except BaseException as exc:  # a native library's panic (pyo3 PanicException) is not an Exception
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        return ReadResult(image=None, meta=None, reason="unreadable", detail=f"{name}: crashed: {describe(exc)}")
 
 
 # --------------------------------------------------------------------------------------------- formats

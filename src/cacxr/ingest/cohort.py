@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from cacxr.core import AGATSTON_BANDS, CacxrError, agatston_band, write_bytes, write_json, write_text
+from cacxr.core import (
+    AGATSTON_BANDS,
+    CacxrError,
+    agatston_band,
+    csv_text,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from cacxr.ingest.inventory import DEFAULT_LABELS
 from cacxr.ingest.labels import load_labels
 from cacxr.ingest.manifest import read_manifest
@@ -185,12 +193,10 @@ def _markdown(description: str, groups: dict[str, dict[str, Any]]) -> str:
 
 
 def _csv(groups: dict[str, dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["group", *MEASURES], lineterminator="\n")
-    writer.writeheader()
-    for name, values in groups.items():
-        writer.writerow({"group": name, **{k: "" if values[k] is None else values[k] for k in MEASURES}})
-    return buf.getvalue()
+    return csv_text(
+        ["group", *MEASURES],
+        ({"group": name, **{k: "" if values[k] is None else values[k] for k in MEASURES}} for name, values in groups.items()),
+    )
 
 
 def _histogram(path: Path, series: dict[str, np.ndarray], title: str, xlabel: str, bins: int = 30) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cacxr.core import CacxrError, write_text
+from cacxr.core import CacxrError, csv_text, csv_uncell, write_text
 
 __all__ = [
     "MANIFEST_FILE",
@@ -45,6 +44,7 @@ EXCLUSION_REASONS: dict[str, str] = {
     "not_radiograph": "not a chest radiograph: a CT/MR/... modality, a ct/ folder, or the view gate reading the pixels",
     "multi_frame": "more than one frame in one file",
     "too_large": "more pixels than the limit (declared by the header or by the compressed codestream)",
+    "too_complex": "a codestream whose decoding work is unbounded (a JPEG with more scans than the limit)",
     "not_regular_file": "a FIFO, socket, device or broken link, or a link to one: never opened",
     "lateral_view": "lateral: ViewPosition (LL, RL, LAT, ...), the path table's view, or the view gate on the pixels",
     "unknown_view": "no usable ViewPosition and the rule for unknown views did not keep it",
@@ -95,16 +95,14 @@ class ExcludedRow:
 
 
 def _write_rows(path: str | os.PathLike[str], cls: type, rows: list) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(cls)], lineterminator="\n")
-    writer.writeheader()
+    records = []
     for row in rows:
         record = asdict(row)
         for key, value in record.items():
             if isinstance(value, float) and math.isnan(value):
                 record[key] = ""
-        writer.writerow(record)
-    write_text(path, buf.getvalue())
+        records.append(record)
+    write_text(path, csv_text([f.name for f in fields(cls)], records))
 
 
 def _read_rows(path: str | os.PathLike[str], cls: type) -> list:
@@ -123,7 +121,7 @@ def _read_rows(path: str | os.PathLike[str], cls: type) -> list:
         for line, record in enumerate(reader, start=2):
             kwargs = {}
             for name, typ in types.items():
-                raw = record.get(name) or ""
+                raw = csv_uncell(record.get(name) or "")
                 try:
                     if typ in ("float", float):
                         kwargs[name] = float(raw) if raw != "" else math.nan

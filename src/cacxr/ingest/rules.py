@@ -204,7 +204,8 @@ def apply_ct_window(record: FileRecord, has_ct_date: bool, max_days: int) -> Non
 def decode_file(path: str, patient_id: str, gate: bool = False) -> tuple[str, tuple[str, str], Any]:
     """Rules 8 and 8b's input: ``(path, (reason, detail), verdict)``; reason is ``""`` when the pixels decode.
 
-    The reason is ``unreadable``, or ``too_large`` when the codestream declares more pixels than the limit.
+    The reason is ``unreadable``, ``too_large`` when the codestream declares more pixels than the limit, or
+    ``too_complex`` when decoding it would take too much work.
     ``verdict`` is the view gate's on the decoded image (with ``gate``), else None.
     """
     from cacxr.imaging import read_image
@@ -213,8 +214,8 @@ def decode_file(path: str, patient_id: str, gate: bool = False) -> tuple[str, tu
         result = read_image(path, patient_id=patient_id)
     except Exception as exc:  # a decoder crash on one file must not stop the batch
         return path, ("unreadable", f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"), None
-    if result.reason == "too_large":
-        return path, ("too_large", result.detail.removeprefix(f"{path}: ")), None
+    if result.reason in ("too_large", "too_complex"):
+        return path, (result.reason, result.detail.removeprefix(f"{path}: ")), None
     if result.reason or result.image is None:
         detail = result.detail.removeprefix(f"{path}: ") or result.reason or "no image"
         if not detail.startswith("pixel data cannot be decoded"):

@@ -11,7 +11,10 @@ Methods (``--calibration``):
 
 - ``platt`` (default): logistic regression of the label on the raw score, with Platt's (1999) smoothed
   targets ``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)`` so that a validation split that the model separates
-  perfectly still gives a finite slope; ``p = sigmoid(slope * raw + intercept)``.
+  perfectly still gives a finite slope; ``p = sigmoid(slope * raw + intercept)``, fitted to convergence by
+  Newton's method in float64 (:func:`platt_fit`). A fitted slope <= 0 (validation scores no better than
+  chance) falls back to a near-flat increasing map around the smoothed prevalence, steep enough that float32
+  scores keep their order.
 - ``isotonic``: :class:`sklearn.isotonic.IsotonicRegression` on the raw score, stored as its knots and
   applied by linear interpolation between them (constant beyond the ends).
 - ``none``: ``p = sigmoid(raw - offset)``: the softmax probability for classification (offset 0); for
@@ -35,11 +38,71 @@ from cacxr.core import CacxrError, cac_to_target
 
 __all__ = [
     "METHODS", "fit_calibration", "apply_calibration", "identity_calibration", "none_offset", "CalibrationModule",
+    "platt_fit",
 ]
 
 METHODS = ("platt", "isotonic", "none")
 # The smallest Platt slope: keeps the raw scores' order when the validation split cannot estimate one.
 MIN_SLOPE = 1e-6
+# The fallback map spreads the validation scores' range over this much probability around the prevalence:
+# near-flat, yet steep enough that float32 scores (the scoring path's dtype) keep distinct probabilities
+# (a slope of 1e-6 gave float32 ties between scores up to ~0.15 apart).
+FALLBACK_SPREAD = 0.01
+# Newton's method on Platt's two parameters stops when a step moves them by less than this (relative).
+_PLATT_TOL = 1e-12
+
+
+def platt_fit(x: np.ndarray, target: np.ndarray, max_iter: int = 200) -> tuple[float, float]:
+    """(slope, intercept) maximising the soft-target log-likelihood, fitted to convergence (Newton, float64).
+
+    The likelihood ``sum t log p + (1 - t) log(1 - p)``, ``p = sigmoid(a x + b)``, with soft targets
+    ``0 < t < 1`` is strictly concave with a finite maximum whenever ``x`` is not constant; Newton's method
+    with step halving converges to it quadratically (Platt 1999; Lin, Lin & Weng 2007). A constant ``x``
+    gives slope 0 and the intercept of the mean target.
+
+    Args:
+        x: raw scores (float64, finite).
+        target: soft targets in (0, 1), same length.
+        max_iter: Newton steps at most.
+
+    Returns:
+        ``(slope, intercept)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    mean_t = float(np.clip(t.mean(), 1e-12, 1 - 1e-12))
+    params = np.array([0.0, math.log(mean_t / (1.0 - mean_t))])
+    if len(x) < 2 or np.ptp(x) == 0:
+        return 0.0, float(params[1])
+    design = np.column_stack([x, np.ones_like(x)])
+
+    def loss(theta: np.ndarray) -> float:
+        z = design @ theta
+        return float(np.sum(np.logaddexp(0.0, z) - t * z))
+
+    current = loss(params)
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        grad = design.T @ (p - t)
+        hess = (design * (p * (1.0 - p))[:, None]).T @ design
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        size = 1.0
+        while size > 1e-10:
+            trial = params - size * step
+            value = loss(trial)
+            if value <= current:
+                break
+            size /= 2.0
+        else:
+            break
+        moved = np.max(np.abs(trial - params) / np.maximum(1.0, np.abs(params)))
+        params, current = trial, value
+        if moved < _PLATT_TOL:
+            break
+    return float(params[0]), float(params[1])
 
 
 def none_offset(task: str, threshold: float) -> float:
@@ -87,24 +150,25 @@ def fit_calibration(raw: ArrayLike, labels: ArrayLike, method: str, offset: floa
         note = "validation patients of one class: not calibrated"
         return {**identity_calibration(offset, note), "requested": method, **counts}
     if method == "platt":
-        from sklearn.linear_model import LogisticRegression
-
         n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
         target = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-        # Soft targets as two weighted copies of every patient: one labelled 1, one labelled 0.
-        fit = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000)
-        fit.fit(np.concatenate([x, x])[:, None], np.r_[np.ones(len(x)), np.zeros(len(x))],
-                sample_weight=np.r_[target, 1.0 - target])  # fmt: skip
-        slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-        if slope > 0:
+        slope, intercept = platt_fit(x, target)
+        prevalence = float(np.mean(target))
+        spread = float(np.ptp(x)) if len(x) > 1 and np.ptp(x) > 0 else 1.0
+        floor = max(MIN_SLOPE, FALLBACK_SPREAD / (prevalence * (1.0 - prevalence) * spread))
+        if slope >= floor:
             return {"method": "platt", "slope": slope, "intercept": intercept, **counts}
         # A map must never reverse the model's ranking (that would be choosing the direction on the
-        # validation split): a model no better than chance there keeps its order, at the smoothed prevalence.
-        prevalence = float(np.mean(target))
+        # validation split), nor flatten it into ties: a model no better than chance there keeps its order,
+        # near the smoothed prevalence.
+        middle = float(np.min(x) + np.max(x)) / 2.0 if len(x) else 0.0
         return {
-            "method": "platt", "slope": MIN_SLOPE, "intercept": math.log(prevalence / (1.0 - prevalence)), **counts,
-            "note": f"validation scores do not rank the patients (fitted slope {slope:.3g}): probabilities at "
-            "the validation prevalence, ranking kept",
+            "method": "platt", "slope": floor, **counts,
+            "intercept": math.log(prevalence / (1.0 - prevalence)) - floor * middle,
+            "note": f"validation scores do not rank the patients (fitted slope {slope:.3g}): probabilities near "
+            f"{prevalence:.3f}, the validation prevalence {n_pos}/{len(y)} smoothed as Platt's targets "
+            f"((n+ + 1)/(n+ + 2) for a positive, 1/(n- + 2) for a negative), within ±{FALLBACK_SPREAD / 2:g} over "
+            "the validation scores; ranking kept",
         }  # fmt: skip
     from sklearn.isotonic import IsotonicRegression
 

@@ -5,8 +5,6 @@ Everything here reads the result dict only (cacxr.runs.compare builds it), so th
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cacxr.core import atomic_path
+from cacxr.core import csv_text as table_text
 
 __all__ = ["METRIC_COLUMNS", "REGRESSION_ONLY", "csv_text", "forest_plot", "markdown"]
 
@@ -61,11 +60,7 @@ def csv_text(result: dict[str, Any]) -> str:
         row.update({key: run[key] for key in metric_keys})
         row.update({key: _csv_value(run["settings"].get(key)) for key in settings})
         rows.append({k: _csv_value(v) for k, v in row.items()})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return table_text(columns, rows)
 
 
 def _csv_value(value: Any) -> Any:
@@ -137,10 +132,11 @@ def _paired_cells(run: dict[str, Any]) -> list[str]:
     paired = run["paired"]
     if paired is None:
         return [run["paired_note"] or "n/a", "", ""]
-    lo, hi = paired["ci"]
+    lo, hi = paired.get("ci") or [None, None]
     how = "fold-stratified" if paired["stratified"] else "pooled"
+    interval = "no interval: DeLong variance 0" if lo is None or hi is None else f"{lo:+.3f} to {hi:+.3f}"
     return [
-        f"{paired['diff']:+.3f} ({lo:+.3f} to {hi:+.3f}), n={paired['n']}, {how}",
+        f"{paired['diff']:+.3f} ({interval}), n={paired['n']}, {how}",
         _p(paired["p_value"]),
         _p(paired["p_holm"]),
     ]

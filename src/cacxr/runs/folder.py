@@ -21,15 +21,13 @@ No other module spells one of these names; they import them (or the functions) f
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cacxr.core import CacxrError, read_json_object, write_json, write_text
+from cacxr.core import CacxrError, csv_text, read_csv_rows, read_json_object, write_json, write_text
 from cacxr.ingest import MANIFEST_FILE
 
 __all__ = [
@@ -231,7 +229,7 @@ def read_fold_predictions(run_dir: PathLike, fold: int) -> list[dict[str, Any]]:
     path = fold_dir(run_dir, fold) / PREDICTIONS
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+            rows = list(read_csv_rows(fh))
         return [_prediction_row(row) for row in rows]
     except FileNotFoundError:
         raise CacxrError(f"{path}: missing (fold {fold} has not finished)") from None
@@ -262,7 +260,7 @@ def read_run_predictions(run_dir: PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / PREDICTIONS
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            rows = [_prediction_row(row) for row in csv.DictReader(fh)]
+            rows = [_prediction_row(row) for row in read_csv_rows(fh)]
     except FileNotFoundError:
         raise CacxrError(f"{path}: missing (the run's out-of-fold predictions list its patients)") from None
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -282,7 +280,7 @@ def read_fold_roles(run_dir: PathLike) -> dict[int, dict[str, list[str]]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             table: dict[int, dict[str, list[str]]] = {}
-            for row in csv.DictReader(fh):
+            for row in read_csv_rows(fh):
                 table.setdefault(int(row["fold"]), {}).setdefault(row["role"], []).append(row["patient_id"])
     except FileNotFoundError:
         raise CacxrError(f"{path}: missing") from None
@@ -301,11 +299,7 @@ def csv_number(value: float | None) -> str:
 
 def write_csv(path: PathLike, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """Write rows (dicts keyed by ``columns``) as CSV atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    write_text(path, csv_text(columns, rows, extrasaction="ignore"))
 
 
 class FoldParts(Protocol):

@@ -26,6 +26,7 @@ from cacxr.runs.report_sections import (
     guideline_wording,
     headline,
     operating_point_section,
+    p_text,
 )
 from cacxr.runs.report_sections import esc as _e
 from cacxr.runs.report_sections import fmt as _fmt
@@ -318,7 +319,7 @@ def _comparison(comparison: Any) -> str:
         f"<p>Paired comparison with {_e(str(other))} on the same patients (DeLong): AUC "
         f"{_e(_fmt(comparison.get('auc_a')))} vs {_e(_fmt(comparison.get('auc_b')))}, difference "
         f"{_e(_fmt(comparison.get('diff')))} (95 % CI {_e(_fmt(ci[0]))} – {_e(_fmt(ci[1]))}), "
-        f"p = {_e(_fmt(comparison.get('p_value'), digits=4))}.</p>"
+        f"{_e(p_text(comparison.get('p_value'), comparison.get('note')))}.</p>"
     )
 
 

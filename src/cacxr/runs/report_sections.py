@@ -23,7 +23,15 @@ __all__ = [
     "headline",
     "number",
     "operating_point_section",
+    "p_text",
+    "RETRAINING_CAVEAT",
 ]
+
+# Said beside the fold-level interval: what it covers and what it leaves out.
+RETRAINING_CAVEAT = (
+    "This interval covers the chance in which patients were tested, not the chance in training: training "
+    "the models again (another seed or split) can give an AUC outside it."
+)
 
 
 def headline(task: str, metrics: dict, scope: str = "pooled out-of-fold") -> str:
@@ -46,7 +54,8 @@ def headline(task: str, metrics: dict, scope: str = "pooled out-of-fold") -> str
             f'<div><div>{esc(label)}, mean of {esc(str(fold_level["n_folds"]))} folds</div>'
             f'<span class="big">{esc(fmt(fold_level["auc_mean"]))}</span> <span class="ci">{esc(fci_text)}</span>'
             f'<div class="method">interval: {esc(fold_level.get("method", ""))}; folds range '
-            f'{esc(fmt(fold_level.get("auc_min")))} – {esc(fmt(fold_level.get("auc_max")))}</div></div>'
+            f'{esc(fmt(fold_level.get("auc_min")))} – {esc(fmt(fold_level.get("auc_max")))}</div>'
+            f'<div class="method">{esc(RETRAINING_CAVEAT)}</div></div>'
         )
         items.append(
             f'<div class="secondary">pooled out-of-fold {esc(label)} {esc(fmt(pooled.get("auc")))} '
@@ -106,7 +115,7 @@ def baseline_note(baseline: Any) -> str:
             "Image model vs clinical baseline, fold by fold (fold-stratified DeLong: mean of the within-fold "
             f"paired AUC differences): mean AUC {fmt(stratified.get('auc_a'))} vs {fmt(stratified.get('auc_b'))}, "
             f"difference {fmt(stratified.get('diff'))} (95 % CI {fmt(ci[0])} – {fmt(ci[1])}), "
-            f"p = {fmt(stratified.get('p_value'), digits=4)}."
+            f"{p_text(stratified.get('p_value'), stratified.get('note'))}."
         )
     test = baseline.get("delong_test")
     if isinstance(test, dict) and not test.get("skipped"):
@@ -115,7 +124,7 @@ def baseline_note(baseline: Any) -> str:
             ("For reference, on pooled scores " if parts else "Image model vs clinical baseline on the same patients ")
             + f"(paired DeLong): AUC {fmt(test.get('auc_a'))} vs {fmt(test.get('auc_b'))}, difference "
             f"{fmt(test.get('diff'))} (95 % CI {fmt(ci[0])} – {fmt(ci[1])}), "
-            f"p = {fmt(test.get('p_value'), digits=4)}"
+            f"{p_text(test.get('p_value'), test.get('note'))}"
             + ("; it includes the calibration differences between fold models." if parts else ".")
         )
     if not parts:
@@ -231,6 +240,17 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, list | dict):
         return json.dumps(value)
     return str(value)
+
+
+def p_text(value: Any, note: Any = None) -> str:
+    """``p = 0.0123``, ``p < 0.0001`` (never ``p = 0.0000``), or ``p n/a``; a test's note after it."""
+    if value is None:
+        text = "p n/a"
+    elif isinstance(value, int | float) and value < 0.0001:
+        text = "p < 0.0001"
+    else:
+        text = f"p = {fmt(float(value), digits=4)}"
+    return f"{text} ({note})" if note else text
 
 
 def number(value: Any) -> str:

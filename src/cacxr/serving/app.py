@@ -55,6 +55,8 @@ class Limits:
         explain_steps: default integrated-gradients steps of ``/explain``.
         read_timeout_s: seconds an upload may stall before it is answered 408 (a Content-Length larger
             than the body would otherwise hold the connection until the client gives up).
+        request_timeout_s: seconds the whole upload may take before it is answered 408, however steadily it
+            trickles in (one byte every few seconds never stalls, yet holds a worker for hours).
     """
 
     max_upload_bytes: int = 50 * 2**20
@@ -62,13 +64,15 @@ class Limits:
     worker_threads: int = 2
     explain_steps: int = 32
     read_timeout_s: float = 30.0
+    request_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_image_pixels", "worker_threads", "explain_steps"):
             if getattr(self, name) < 1:
                 raise CacxrError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if not self.read_timeout_s > 0:
-            raise CacxrError(f"read_timeout_s must be positive (got {self.read_timeout_s})")
+        for name in ("read_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise CacxrError(f"{name} must be positive (got {getattr(self, name)})")
 
 
 class ModelInfo(BaseModel):
@@ -288,7 +292,9 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
     )
     async def predict(request: Request) -> Prediction:
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
+            upload = await receive_upload(
+                request, folder, limits.max_upload_bytes, limits.read_timeout_s, limits.request_timeout_s
+            )
             return await in_worker(predict_upload, upload)
 
     @app.post(
@@ -300,7 +306,9 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
     )
     async def preview(request: Request) -> Response:
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
+            upload = await receive_upload(
+                request, folder, limits.max_upload_bytes, limits.read_timeout_s, limits.request_timeout_s
+            )
             return Response(await in_worker(preview_upload, upload), media_type="image/png")
 
     @app.post(
@@ -320,7 +328,9 @@ def build_app(model: ServedModel, limits: Limits) -> FastAPI:
                 501, "explanations need the optional package 'captum': pip install 'cacxr[explain]'"
             )
         with tempfile.TemporaryDirectory(prefix="cacxr-upload-") as folder:
-            upload = await receive_upload(request, folder, limits.max_upload_bytes, limits.read_timeout_s)
+            upload = await receive_upload(
+                request, folder, limits.max_upload_bytes, limits.read_timeout_s, limits.request_timeout_s
+            )
             png, score = await in_worker(explain_upload, upload, method, steps or limits.explain_steps)
         return Response(png, media_type="image/png", headers={"X-Cacxr-Score": f"{score:.6g}"})
 

@@ -54,6 +54,7 @@ def create_app(
     worker_threads: int = 2,
     explain_steps: int = 32,
     read_timeout_s: float = 30.0,
+    request_timeout_s: float = 120.0,
 ) -> FastAPI:
     """Build the FastAPI app serving a trained run.
 
@@ -64,6 +65,7 @@ def create_app(
         worker_threads: uploads decoded and scored at once; further uploads wait in a queue.
         explain_steps: default integrated-gradients steps of ``/explain``.
         read_timeout_s: seconds an upload may stall before it is answered 408.
+        request_timeout_s: seconds a whole upload may take, however steadily it trickles (408 after).
 
     Returns:
         The app (run it with uvicorn, or test it with ``fastapi.testclient.TestClient``).
@@ -80,6 +82,7 @@ def create_app(
         worker_threads=worker_threads,
         explain_steps=explain_steps,
         read_timeout_s=read_timeout_s,
+        request_timeout_s=request_timeout_s,
     )
     model = run if isinstance(run, ServedModel) else RunModel(run)
     return build_app(model, limits)

@@ -19,6 +19,7 @@ client gave it (never by a DICOM header field, never by the server's temporary p
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -98,7 +99,11 @@ def _too_large(name: str, limit: int, seen: int) -> UploadError:
 
 
 async def receive_upload(
-    request: Request, folder: str | os.PathLike[str], max_bytes: int, read_timeout: float = 30.0
+    request: Request,
+    folder: str | os.PathLike[str],
+    max_bytes: int,
+    read_timeout: float = 30.0,
+    request_timeout: float = 120.0,
 ) -> Upload:
     """Stream the request's ``file`` field into ``folder``, enforcing ``max_bytes`` while reading.
 
@@ -108,14 +113,16 @@ async def receive_upload(
         max_bytes: the largest accepted file; the whole body may exceed it by the multipart framing only.
         read_timeout: seconds to wait for the next piece of the body: a client that stops sending (a
             Content-Length larger than the body it sends) is answered 408 instead of held open.
+        request_timeout: seconds the whole body may take (a client trickling a byte every few seconds
+            never stalls, but is answered 408 after this long).
 
     Returns:
         The received :class:`Upload`.
 
     Raises:
         UploadError: 413 for a body or file above the limit (declared or counted), 415 for a body that is
-            not multipart, 400 for malformed multipart data, a missing ``file`` field or an empty file,
-            408 for a body that stops arriving.
+            not multipart, 400 for malformed multipart data (a truncated body whose closing boundary never
+            came included), a missing ``file`` field or an empty file, 408 for a body that stops arriving.
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -138,7 +145,7 @@ async def receive_upload(
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
     received = 0
     async with await anyio.open_file(target, "wb") as out:
-        async for chunk in _body(request, read_timeout):
+        async for chunk in _body(request, read_timeout, anyio.current_time() + request_timeout):
             received += len(chunk)
             if received > body_limit:
                 raise _too_large(receiver.name, max_bytes, received)
@@ -154,6 +161,11 @@ async def receive_upload(
             parser.finalize()
         except FormParserError as exc:
             raise UploadError(400, f"malformed multipart body: {exc}") from None
+    if receiver.found and not (receiver.file_complete and receiver.complete):
+        # python-multipart's finalize() does not complain when the closing boundary never came.
+        raise UploadError(
+            400, f"{receiver.name}: malformed multipart body: the closing boundary is missing (truncated upload?)"
+        )
     if not receiver.found:
         raise UploadError(400, f"no file field named '{UPLOAD_FIELD}' in the upload")
     if receiver.file_bytes == 0:
@@ -161,19 +173,23 @@ async def receive_upload(
     return Upload(path=target, name=receiver.name, size=receiver.file_bytes)
 
 
-async def _body(request: Request, read_timeout: float):
+async def _body(request: Request, read_timeout: float, deadline: float = math.inf):
     """The request body's chunks; a client that goes away mid-upload ends the request with a 400, one
-    that stops sending for ``read_timeout`` seconds with a 408."""
+    that stops sending for ``read_timeout`` seconds, or is still sending at ``deadline`` (anyio's clock),
+    with a 408."""
     from starlette.requests import ClientDisconnect
 
     chunks = request.stream().__aiter__()
     while True:
+        left = deadline - anyio.current_time()
         try:
-            with anyio.fail_after(read_timeout):
+            with anyio.fail_after(max(min(read_timeout, left), 0.0)):
                 chunk = await chunks.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:
+            if left <= read_timeout:
+                raise UploadError(408, "the upload took too long (over the request deadline); send it faster") from None
             raise UploadError(
                 408,
                 f"the upload stalled: no data for {read_timeout:g} s (the body is shorter than announced?)",
@@ -188,6 +204,8 @@ class _PartReceiver:
 
     def __init__(self) -> None:
         self.found = False
+        self.file_complete = False  # the file part's end was parsed
+        self.complete = False  # the closing boundary was parsed
         self.name = "upload"
         self.file_bytes = 0
         self._header_name = b""
@@ -205,6 +223,7 @@ class _PartReceiver:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
 
     def take(self) -> list[bytes]:
@@ -242,7 +261,12 @@ class _PartReceiver:
             self._pending.append(bytes(data[start:end]))
 
     def _part_end(self) -> None:
+        if self._in_file:
+            self.file_complete = True
         self._in_file = False
+
+    def _end(self) -> None:
+        self.complete = True
 
 
 def sniff_format(path: str | os.PathLike[str], name: str) -> str:
@@ -274,8 +298,10 @@ def _is_bare_dicom(path: str | os.PathLike[str]) -> bool:
     import pydicom
     from pydicom.datadict import dictionary_has_tag
 
-    from cacxr.imaging import first_data_tag
+    from cacxr.imaging import first_data_tag, is_deflated
 
+    if is_deflated(path):  # pydicom would inflate it whole; the reader inflates it with a bound
+        return True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote header values

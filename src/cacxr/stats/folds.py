@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from cacxr.core import CacxrError
+from cacxr.stats.intervals import ZERO_VARIANCE_NOTE, paired_permutation_test
 
 __all__ = [
     "FOLD_CI_METHOD",
@@ -105,7 +106,8 @@ def fold_level_auc(
         ``{"auc_mean", "auc_ci", "se", "method", "level", "n_folds", "auc_min", "auc_max",
         "per_fold": [{"fold", "auc", "se"}], "pooled_auc", "pooled_auc_ci", "pooled_label",
         "pooled_minus_mean"}``. A fold with fewer than two cases of a class has no AUC; the mean is then
-        over the other folds and its interval is ``[None, None]`` (the variance of that fold is unknown).
+        over the other folds and its interval is ``[None, None]`` (the variance of that fold is unknown); so it is
+        when every fold's DeLong variance is 0 (``se`` 0: a zero-width normal interval would claim certainty).
     """
     per_fold, means, variances = [], [], []
     for fold, y, s in folds:
@@ -122,7 +124,7 @@ def fold_level_auc(
     complete = len(means) == len(per_fold) and means
     se = math.sqrt(sum(variances)) / len(means) if complete else None
     z = stats.norm.ppf(1.0 - alpha / 2.0)
-    ci = [max(0.0, mean - z * se), min(1.0, mean + z * se)] if se is not None and mean is not None else [None, None]
+    ci = [max(0.0, mean - z * se), min(1.0, mean + z * se)] if se and mean is not None else [None, None]
     diff = None if pooled_auc is None or mean is None else float(pooled_auc) - mean
     return {
         "auc_mean": mean,
@@ -175,6 +177,8 @@ def fold_paired_test(
     Returns:
         ``{"diff" (mean over folds of AUC_A - AUC_B), "ci", "se", "z", "p_value", "auc_a", "auc_b" (means
         over folds), "method", "n_folds", "n", "per_fold": [{"fold", "auc_a", "auc_b", "diff", "se", "n"}]}``.
+        When the combined variance is 0, ``z`` is None, ``ci`` ``[None, None]``, ``p_value`` comes from a
+        within-fold, within-patient permutation test (exact up to 16 patients) and ``note`` says so.
 
     Raises:
         CacxrError: no folds, or a fold with fewer than two cases of a class (named).
@@ -201,15 +205,20 @@ def fold_paired_test(
     k = len(diffs)
     mean = float(np.mean(diffs))
     se = math.sqrt(sum(variances)) / k
+    extra: dict[str, Any] = {}
     if se > 0:
         z: float | None = mean / se
         p_value = float(2.0 * stats.norm.sf(abs(z)))
+        half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * se
+        ci: list[float | None] = [mean - half, mean + half]
     else:
-        z, p_value = None, 1.0 if mean == 0 else 0.0
-    half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * se
+        # Every fold's DeLong variance is 0: no normal interval; an exact (or sampled) permutation p instead.
+        permutation = paired_permutation_test([(y, a, b) for _, y, a, b in folds])
+        z, p_value, ci = None, permutation["p_value"], [None, None]
+        extra["note"] = f"{ZERO_VARIANCE_NOTE}: {permutation['method']}, swaps within each fold"
     return {
         "diff": mean,
-        "ci": [mean - half, mean + half],
+        "ci": ci,
         "se": se,
         "z": z,
         "p_value": p_value,
@@ -219,6 +228,7 @@ def fold_paired_test(
         "n_folds": k,
         "n": n,
         "per_fold": per_fold,
+        **extra,
     }
 
 

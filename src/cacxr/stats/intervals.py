@@ -18,7 +18,15 @@ from cacxr.stats.metrics import (
     per_case_thresholds,
 )
 
-__all__ = ["bootstrap_ci", "delong_test"]
+__all__ = ["bootstrap_ci", "delong_test", "paired_permutation_test", "EXACT_LIMIT", "ZERO_VARIANCE_NOTE"]
+
+# Up to this many patients a permutation test enumerates every swap (2^n); above it, a seeded sample of swaps.
+EXACT_LIMIT = 16
+_PERMUTATIONS = 9999
+ZERO_VARIANCE_NOTE = (
+    "DeLong variance of the difference is 0 (the scores separate or tie every pair the same way): the normal "
+    "approximation has nothing to stand on, so no interval, and p from a permutation test"
+)
 
 
 def bootstrap_ci(
@@ -97,8 +105,10 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, alpha
         alpha: 1 - confidence level of the interval of the difference.
 
     Returns:
-        ``auc_a``, ``auc_b``, ``diff`` (A - B), ``se`` of the difference, ``z`` (``None`` when
-        ``se`` is 0), two-sided ``p_value`` and ``ci`` ``[lo, hi]`` of the difference.
+        ``auc_a``, ``auc_b``, ``diff`` (A - B), ``se`` of the difference, ``z``, two-sided ``p_value`` and
+        ``ci`` ``[lo, hi]`` of the difference. When ``se`` is 0 the normal approximation says nothing: ``z``
+        is ``None``, ``ci`` is ``[None, None]``, ``p_value`` comes from :func:`paired_permutation_test` and
+        ``note`` says so.
 
     Raises:
         CacxrError: fewer than two cases of a class, or bad inputs.
@@ -123,20 +133,76 @@ def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, alpha
     diff = float(aucs[0] - aucs[1])
     se = math.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]), 0.0))
     if se > 0:
-        z: float | None = diff / se
-        p_value = float(2.0 * stats.norm.sf(abs(z)))
-    else:
-        z, p_value = None, 1.0 if diff == 0 else 0.0
-    half = stats.norm.ppf(1.0 - alpha / 2.0) * se
+        z = diff / se
+        half = stats.norm.ppf(1.0 - alpha / 2.0) * se
+        return {
+            "auc_a": float(aucs[0]),
+            "auc_b": float(aucs[1]),
+            "diff": diff,
+            "se": se,
+            "z": z,
+            "p_value": float(2.0 * stats.norm.sf(abs(z))),
+            "ci": [float(diff - half), float(diff + half)],
+        }
+    permutation = paired_permutation_test([(y, a, b)])
     return {
         "auc_a": float(aucs[0]),
         "auc_b": float(aucs[1]),
         "diff": diff,
         "se": se,
-        "z": z,
-        "p_value": p_value,
-        "ci": [float(diff - half), float(diff + half)],
+        "z": None,
+        "p_value": permutation["p_value"],
+        "ci": [None, None],
+        "note": f"{ZERO_VARIANCE_NOTE}: {permutation['method']}",
     }
+
+
+def paired_permutation_test(
+    folds: list[tuple[ArrayLike, ArrayLike, ArrayLike]], exact_limit: int = EXACT_LIMIT,
+    n_permutations: int = _PERMUTATIONS, seed: int = 0,
+) -> dict:
+    """Within-patient permutation test of the mean over folds of AUC(A) - AUC(B).
+
+    Under the null hypothesis the two scores of a patient are exchangeable, so every patient's pair may be
+    swapped. With at most ``exact_limit`` patients in all, every one of the 2^n swaps is enumerated (an exact
+    test); above it, ``n_permutations`` random swaps (seeded) give ``p = (1 + #{|T*| >= |T|}) / (1 + B)``.
+    For the cases where DeLong's variance is 0 and its normal approximation gives no answer.
+
+    Args:
+        folds: ``(labels, scores A, scores B)`` of each fold (one element: a plain paired test).
+        exact_limit: the most patients enumerated exactly.
+        n_permutations: random swaps above it.
+        seed: seed of the random swaps.
+
+    Returns:
+        ``{"diff", "p_value", "method", "n_permutations"}``.
+    """
+    parts = []
+    for y_raw, a_raw, b_raw in folds:
+        y, a = labels_and_scores(y_raw, a_raw)
+        _, b = labels_and_scores(y_raw, b_raw)
+        parts.append((y, a, b))
+    n = sum(len(y) for y, _, _ in parts)
+    if n <= exact_limit:
+        codes = np.arange(2**n, dtype=np.int64)[:, None]
+        swaps = ((codes >> np.arange(n)) & 1).astype(bool)
+        method = f"exact within-patient permutation test ({2**n} swaps)"
+    else:
+        rng = np.random.default_rng(seed)
+        swaps = np.vstack([np.zeros((1, n), bool), rng.random((n_permutations, n)) < 0.5])
+        method = f"within-patient permutation test ({n_permutations} random swaps, seed {seed})"
+    total = np.zeros(len(swaps))
+    start = 0
+    for y, a, b in parts:
+        swap = swaps[:, start : start + len(y)]
+        start += len(y)
+        rows = np.broadcast_to(y, swap.shape)
+        total += _auc_rows(rows, np.where(swap, b, a)) - _auc_rows(rows, np.where(swap, a, b))
+    stat = total / len(parts)
+    observed = abs(stat[0])
+    # Row 0 is the observed assignment (no swap): exact, #/2^n; sampled, (1 + #) / (1 + B).
+    p_value = int(np.sum(np.abs(stat) >= observed - 1e-12)) / len(stat)
+    return {"diff": float(stat[0]), "p_value": float(p_value), "method": method, "n_permutations": len(stat)}
 
 
 def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:

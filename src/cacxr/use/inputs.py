@@ -13,6 +13,7 @@ but deserve caution get warnings (lateral or unknown view, small image, PNG/JPEG
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -50,8 +51,10 @@ def _looks_like_dicom(path: Path) -> bool:
     import pydicom
     from pydicom.misc import is_dicom
 
+    from cacxr.imaging import is_deflated
+
     try:
-        if is_dicom(path):
+        if is_dicom(path) or is_deflated(path):  # deflated: never inflated here (the reader bounds it)
             return True
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
         return any(keyword in ds for keyword in ("SOPClassUID", "Modality", "Rows"))
@@ -162,11 +165,22 @@ def prepare_input(
         not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
         error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral, run_isolated
     from cacxr.pixels import preprocess_read, read_for_profile
 
     try:
-        result = read_for_profile(path, run.profile, run.image_size, full_decode=full_decode)
+        # Decoded in the bounded pool (cacxr.imaging.sandbox), no larger than the run needs: a decoder that
+        # aborts, runs out of its memory cap or loops costs this file only, never the command or the server.
+        # The workers keep the working folder they started in: they get the absolute path, the messages the
+        # path as given.
+        given, absolute = os.fspath(path), os.path.abspath(path)
+        outcome = run_isolated(read_for_profile, absolute, run.profile, run.image_size, full_decode=full_decode)
+        if not outcome.ok:
+            return None, None, "", [], f"{outcome.reason}: {path}: {outcome.detail}"
+        result = outcome.value
+        if absolute != given:
+            meta = None if result.meta is None else dataclasses.replace(result.meta, path=given)
+            result = dataclasses.replace(result, meta=meta, detail=result.detail.replace(absolute, given))
         if not result.ok or result.image is None:
             return None, None, "", [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         # The rule ingest follows (cacxr.imaging.decide): what it would exclude is refused, not scored.

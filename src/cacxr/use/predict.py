@@ -9,8 +9,6 @@ their path only: no DICOM header field that could identify a patient is ever cop
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cacxr.core import CacxrError, write_text
+from cacxr.core import CacxrError, csv_text, write_text
 from cacxr.use.inputs import clinical_values, expand_inputs, prepare_input
 
 if TYPE_CHECKING:
@@ -223,12 +221,7 @@ class _FixedCovariates(torch.nn.Module):
 
 def write_predictions_csv(rows: Sequence[PredictionRow], path: str | os.PathLike[str]) -> None:
     """Write rows as CSV (columns :data:`PREDICTION_COLUMNS`) atomically; missing values are empty."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _cell(value) for key, value in asdict(row).items()})
-    write_text(path, buf.getvalue())
+    write_text(path, csv_text(PREDICTION_COLUMNS, ({k: _cell(v) for k, v in asdict(row).items()} for row in rows)))
 
 
 def _cell(value: Any) -> str:
