@@ -61,7 +61,7 @@ def test_a_patient_id_equal_to_the_folder_never_mangles_the_path(tmp_path: Path)
     result = read_image(path, patient_id="CAC_002")
     assert result.reason == "unreadable" and result.detail.startswith(f"{path}: ")
     assert "<removed>" not in result.detail
-    _, (reason, detail) = decode_file(str(path), "CAC_002")
+    _, (reason, detail), _ = decode_file(str(path), "CAC_002")
     assert reason == "unreadable" and "<removed>" not in detail and str(path) not in detail
     assert detail.count("pixel data cannot be decoded") == 1
 

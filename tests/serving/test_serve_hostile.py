@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from cacxr.serving import create_app
 
@@ -18,9 +14,13 @@ def client(run) -> TestClient:
 
 
 def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)).save(buf, "PNG")
-    return buf.getvalue()
+    """A real chest radiograph export (the view gate refuses a synthetic pattern as not a radiograph)."""
+    from conftest import REAL_CXR_DIR
+
+    path = REAL_CXR_DIR / "txv_nih_00000001_000.png"
+    if not path.is_file():
+        pytest.skip(f"real radiographs not found at {REAL_CXR_DIR}")
+    return path.read_bytes()
 
 
 def _body(payload: bytes, closing: bool) -> bytes:

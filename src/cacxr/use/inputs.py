@@ -165,8 +165,8 @@ def prepare_input(
         not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
         error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral, run_isolated
-    from cacxr.pixels import preprocess_read, read_for_profile
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image, run_isolated
+    from cacxr.pixels import decode_side, preprocess_read
 
     try:
         # Decoded in the bounded pool (cacxr.imaging.sandbox), no larger than the run needs: a decoder that
@@ -174,7 +174,8 @@ def prepare_input(
         # The workers keep the working folder they started in: they get the absolute path, the messages the
         # path as given.
         given, absolute = os.fspath(path), os.path.abspath(path)
-        outcome = run_isolated(read_for_profile, absolute, run.profile, run.image_size, full_decode=full_decode)
+        side = 0 if full_decode else decode_side(run.profile, run.image_size)  # as pixels.read_for_profile
+        outcome = run_isolated(read_image, absolute, min_short_side=side)
         if not outcome.ok:
             return None, None, "", [], f"{outcome.reason}: {path}: {outcome.detail}"
         result = outcome.value
