@@ -180,9 +180,8 @@ class _Decoded:
 def _decode(upload: Upload, max_pixels: int, info: ModelInfo) -> _Decoded:
     """Sniff, check the dimensions, decode, let the view gate read the pixels: every failure is an
     :class:`UploadError` (never a 500); a lateral or a non-radiograph is refused as ingest excludes it."""
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral
     from cacxr.pixels import read_for_profile
-    from cacxr.use import image_warnings
+    from cacxr.use import image_warnings, judge_image
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)
@@ -190,9 +189,8 @@ def _decode(upload: Upload, max_pixels: int, info: ModelInfo) -> _Decoded:
     result = read_for_profile(upload.path, info.profile, info.image_size, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
-    meta, verdict = result.meta, classify(result.image)
-    recorded = "lateral" if is_lateral(meta) else ("frontal" if is_frontal(meta) else "")
-    decision = decide(verdict, recorded, meta.source_format, meta.modality)
+    meta = result.meta
+    verdict, decision = judge_image(result.image, meta)  # the rule predict and ingest follow
     if decision.reason:
         raise refusal(upload.name, upload.path, decision.reason, decision.detail)
     image = 1.0 - result.image if decision.invert else result.image

@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_run": "loaded_run",
     "format_table": "predict",
     "image_warnings": "inputs",
+    "judge_image": "inputs",
     "score_image": "predict",
     "score_paths": "predict",
     "write_predictions_csv": "predict",

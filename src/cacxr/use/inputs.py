@@ -34,6 +34,7 @@ __all__ = [
     "SMALL_IMAGE_PX",
     "expand_inputs",
     "image_warnings",
+    "judge_image",
     "load_input",
     "prepare_input",
     "clinical_values",
@@ -165,7 +166,7 @@ def prepare_input(
         not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
         error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import classify, decide, is_frontal, is_lateral, read_image, run_isolated
+    from cacxr.imaging import read_image, run_isolated
     from cacxr.pixels import decode_side, preprocess_read
 
     try:
@@ -185,10 +186,8 @@ def prepare_input(
         if not result.ok or result.image is None:
             return None, None, "", [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         # The rule ingest follows (cacxr.imaging.decide): what it would exclude is refused, not scored.
-        verdict = classify(result.image)
         meta = result.meta
-        recorded = "lateral" if is_lateral(meta) else ("frontal" if is_frontal(meta) else "")
-        decision = decide(verdict, recorded, meta.source_format, meta.modality)
+        verdict, decision = judge_image(result.image, meta)
         notes = image_warnings(meta, decision)
         if decision.reason:
             return None, meta, verdict.describe(), notes, f"{decision.reason}: {path}: {decision.detail}"
@@ -197,6 +196,23 @@ def prepare_input(
         logger.debug("cannot prepare %s", path, exc_info=True)
         return None, None, "", [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
     return image, meta, verdict.describe(), notes, ""
+
+
+def judge_image(image: np.ndarray, meta: Any) -> tuple[Any, Any]:
+    """The view gate's verdict on a decoded image and what it means under the one rule ingest follows.
+
+    Args:
+        image: the reader's float32 image.
+        meta: its ``cacxr.imaging.ImageMeta`` (the recorded view, modality and format).
+
+    Returns:
+        ``(GateVerdict, GateDecision)`` (``cacxr.imaging.classify`` and ``cacxr.imaging.decide``).
+    """
+    from cacxr.imaging import classify, decide, is_frontal, is_lateral
+
+    verdict = classify(image)
+    recorded = "lateral" if is_lateral(meta) else ("frontal" if is_frontal(meta) else "")
+    return verdict, decide(verdict, recorded, meta.source_format, meta.modality)
 
 
 def clinical_values(run: LoadedRun, meta: Any) -> tuple[tuple[float, str], list[str]]:
