@@ -20,6 +20,7 @@ _EXPORTS = {
     "MOVED": "moved",
     "install_old_paths": "moved",
     "worker_context": "processes",
+    "one_thread_per_worker": "processes",
     "data_roots": "safepaths",
     "file_kind": "safepaths",
     "refuse_inside": "safepaths",

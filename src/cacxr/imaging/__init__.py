@@ -14,6 +14,8 @@ _EXPORTS = {
     "read_header": "reader",
     "read_image": "reader",
     "DecodePool": "sandbox",
+    "READER_MODULES": "sandbox",
+    "bounded_pool": "sandbox",
     "TaskResult": "sandbox",
     "run_isolated": "sandbox",
     "FRONTAL_VIEWS": "views",

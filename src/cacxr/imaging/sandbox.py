@@ -62,12 +62,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-__all__ = ["DecodePool", "TaskResult", "default_pool", "run_isolated", "shutdown_default_pool"]
+__all__ = [
+    "READER_MODULES", "DecodePool", "TaskResult", "bounded_pool", "default_pool", "run_isolated",
+    "shutdown_default_pool",
+]
 
 GiB = 2**30
 DEFAULT_MEMORY_LIMIT = int(1.5 * GiB)
 DEFAULT_TIME_LIMIT = 30.0
 _MAX_START_FAILURES = 3
+# what a worker that only reads files imports before its address space is capped
+READER_MODULES = ("numpy", "pydicom", "PIL.Image", "cacxr.imaging.reader")
 
 
 @dataclass(frozen=True)
@@ -459,18 +464,26 @@ _default: DecodePool | None = None
 _default_lock = threading.Lock()
 
 
+def bounded_pool(workers: int, preload: Iterable[str] = READER_MODULES,
+                 initializer: Callable[[], None] | None = None) -> DecodePool:
+    """A pool with the configured limits: ``CACXR_DECODE_MEMORY_MB`` (default 1536) beyond each worker's
+    baseline and ``CACXR_DECODE_SECONDS`` (default 30) of wall clock per file."""
+    return DecodePool(
+        workers=workers,
+        memory_limit=int(os.environ.get("CACXR_DECODE_MEMORY_MB", "1536")) * 2**20,
+        time_limit=float(os.environ.get("CACXR_DECODE_SECONDS", "30")),
+        preload=preload,
+        initializer=initializer,
+    )
+
+
 def default_pool() -> DecodePool:
-    """The shared pool (created on first use): ``CACXR_DECODE_WORKERS`` workers (default: 2),
-    ``CACXR_DECODE_MEMORY_MB`` (default 1536) and ``CACXR_DECODE_SECONDS`` (default 30)."""
+    """The shared pool (created on first use): :func:`bounded_pool` with ``CACXR_DECODE_WORKERS`` workers
+    (default: 2) that import only the reader."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = DecodePool(
-                workers=int(os.environ.get("CACXR_DECODE_WORKERS", "2")),
-                memory_limit=int(os.environ.get("CACXR_DECODE_MEMORY_MB", "1536")) * 2**20,
-                time_limit=float(os.environ.get("CACXR_DECODE_SECONDS", "30")),
-                preload=("numpy", "pydicom", "PIL.Image", "cacxr.imaging.reader"),
-            )
+            _default = bounded_pool(int(os.environ.get("CACXR_DECODE_WORKERS", "2")))
             atexit.register(shutdown_default_pool)
         return _default
 

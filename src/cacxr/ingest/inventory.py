@@ -12,17 +12,16 @@ written atomically into the output folder, which may not lie inside DATA.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from cacxr.core import CacxrError, file_kind, refuse_overwrite, worker_context, write_json
+from cacxr.core import CacxrError, file_kind, one_thread_per_worker, refuse_overwrite, write_json
+from cacxr.imaging import READER_MODULES, bounded_pool
 from cacxr.ingest.labels import LabelTable, label_key, load_labels
 from cacxr.ingest.manifest import (
     EXCLUDED_FILE,
@@ -57,46 +56,43 @@ SITES: tuple[str, ...] = ("internal", "external", "all")
 DEFAULT_LABELS = "site.db"
 
 
-# --------------------------------------------------------------------------- workers (top level: picklable)
+# --------------------------------------------------------------------------- the bounded workers
 
-
-def _inspect_chunk(items: list[tuple[str, str, bool]]) -> list[FileRecord]:
-    return [inspect_file(*item) for item in items]
-
-
-def _decode_chunk(items: list[tuple[str, str, bool]]) -> list[tuple[str, tuple[str, str], Any]]:
-    return [decode_file(*item) for item in items]
-
+# A worker imports these before its address space is capped: the reader, and the view gate's network.
+GATE_MODULES = (*READER_MODULES, "cv2", "torch", "cacxr.imaging.viewgate")
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _run_chunks(
-    func: Callable[[list[T]], list[R]],
-    items: list[T],
-    workers: int,
+def _run_bounded(
+    pool: Any,
+    func: Callable[..., R],
+    items: list[tuple],
+    failed: Callable[[tuple, Any], R],
     progress: bool,
     desc: str,
 ) -> list[R]:
-    """Apply ``func`` to chunks of ``items`` (in a process pool when workers > 1), with a progress bar."""
+    """``func(*item)`` for every item in the bounded pool, with a progress bar.
+
+    One file per task: a decoder that aborts, exhausts its worker's memory cap or loops costs that file
+    (``failed(item, TaskResult)`` makes its result, with the pool's reason), never the run.
+    """
     results: list[R] = []
     with tqdm(total=len(items), desc=desc, unit="file", disable=not progress) as bar:
-        if workers <= 1 or len(items) <= 1:
-            for item in items:
-                results.extend(func([item]))
-                bar.update(1)
-            return results
-        # several chunks per worker keep all busy when files differ in size
-        size = max(1, min(64, math.ceil(len(items) / (workers * 4))))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        # never fork: workers run torch (the view gate), which a fork of a torch-using parent can deadlock
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=worker_context()) as pool:
-            futures = {pool.submit(func, chunk): len(chunk) for chunk in chunks}
-            for future in as_completed(futures):
-                results.extend(future.result())
-                bar.update(futures[future])
+        for item, outcome in zip(items, pool.map(func, items, star=True), strict=True):
+            results.append(outcome.value if outcome.ok else failed(item, outcome))
+            bar.update()
     return results
+
+
+def _header_failed(item: tuple[str, str, bool], outcome: Any) -> FileRecord:
+    path, patient_id, _ = item
+    return FileRecord(path=path, patient_id=patient_id, reason=outcome.reason, detail=outcome.detail)
+
+
+def _decode_failed(item: tuple[str, str, bool], outcome: Any) -> tuple[str, tuple[str, str], Any]:
+    return item[0], (outcome.reason, outcome.detail), None
 
 
 # --------------------------------------------------------------------------- the inventory
@@ -225,7 +221,8 @@ def ingest(
         labels: the label table (site.db or CSV); default ``data/site.db``.
         site: ``internal`` (folder names containing CAC), ``external``, ``all``, or a value of the label
             table's ``site`` column.
-        workers: processes reading files in parallel (default: the CPU count; 1 = no pool).
+        workers: bounded worker processes reading files in parallel (default: the CPU count); every file
+            is parsed and decoded in one of them, never in this process.
         decode_check: decode the pixels of the files that reach rule 8, so that an undecodable file
             never reaches the manifest.
         progress: show tqdm progress bars.
@@ -268,40 +265,44 @@ def ingest(
     workers = max(1, int(workers or os.cpu_count() or 1))
     logger.info("%s: %d candidate files, %d workers", data, len(candidates), workers)
 
-    # Rules 1-5 from the headers (parallel), then 6-7 from the site and the label table.
-    records = _run_chunks(_inspect_chunk, candidates, workers, progress, "ingest: headers")
-    records.sort(key=lambda r: r.path)
-    listing = {str((data / image.path).absolute()): image for image in table.images}
-    label_of, padding_fixes = table.match({r.patient_id for r in records if r.patient_id})
-    for record in records:
-        record.site = site_of_patient(record.patient_id) if record.patient_id else ""
-        image = listing.get(record.path)
-        if image is not None:
-            apply_table_view(record, image.view)
-            if image.study_date is not None:
-                record.study_date = image.study_date.isoformat()
-            elif image.note:
-                record.detail = image.note
-        if record.reason:
-            continue
-        if not record.patient_id:
-            record.reason, record.detail = "no_label", "file is not inside a patient folder"
-        elif sites_select and site != "all" and record.site != site:
-            record.reason, record.detail = "other_site", f"site {record.site}, --site {site}"
-        elif record.patient_id not in label_of:
-            record.reason, record.detail = "no_label", "no label row for this patient"
-
-    # Rules 8 and 8b: decode what is still a candidate, and let the view gate read its pixels.
-    if decode_check or gate:
-        todo = [(r.path, r.patient_id, gate) for r in records if not r.reason]
-        decoded = {path: (problem, verdict) for path, problem, verdict in
-                   _run_chunks(_decode_chunk, todo, workers, progress, "ingest: decoding")}  # fmt: skip
+    # Every file is parsed and decoded in bounded worker processes: whatever a file does to its decoder
+    # (abort, exhaust the memory cap, loop) costs that file one reason, never the run.
+    preload = GATE_MODULES if gate else READER_MODULES
+    with bounded_pool(min(workers, max(1, len(candidates))), preload, one_thread_per_worker) as pool:
+        # Rules 1-5 from the headers (parallel), then 6-7 from the site and the label table.
+        records = _run_bounded(pool, inspect_file, candidates, _header_failed, progress, "ingest: headers")
+        records.sort(key=lambda r: r.path)
+        listing = {str((data / image.path).absolute()): image for image in table.images}
+        label_of, padding_fixes = table.match({r.patient_id for r in records if r.patient_id})
         for record in records:
-            (reason, detail), verdict = decoded.get(record.path, (("", ""), None))
-            if reason:
-                record.reason, record.detail = reason, detail
-            elif verdict is not None:
-                apply_gate(record, verdict)
+            record.site = site_of_patient(record.patient_id) if record.patient_id else ""
+            image = listing.get(record.path)
+            if image is not None:
+                apply_table_view(record, image.view)
+                if image.study_date is not None:
+                    record.study_date = image.study_date.isoformat()
+                elif image.note:
+                    record.detail = image.note
+            if record.reason:
+                continue
+            if not record.patient_id:
+                record.reason, record.detail = "no_label", "file is not inside a patient folder"
+            elif sites_select and site != "all" and record.site != site:
+                record.reason, record.detail = "other_site", f"site {record.site}, --site {site}"
+            elif record.patient_id not in label_of:
+                record.reason, record.detail = "no_label", "no label row for this patient"
+
+        # Rules 8 and 8b: decode what is still a candidate, and let the view gate read its pixels.
+        if decode_check or gate:
+            todo = [(r.path, r.patient_id, gate) for r in records if not r.reason]
+            checked = _run_bounded(pool, decode_file, todo, _decode_failed, progress, "ingest: decoding")
+            decoded = {path: (problem, verdict) for path, problem, verdict in checked}
+            for record in records:
+                (reason, detail), verdict = decoded.get(record.path, (("", ""), None))
+                if reason:
+                    record.reason, record.detail = reason, detail
+                elif verdict is not None:
+                    apply_gate(record, verdict)
 
     # Rule 8c: the CT window.
     for record in records:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cacxr.core import CacxrError, atomic_path, data_roots, refuse_inside, worker_context, write_json
+from cacxr.core import CacxrError, atomic_path, data_roots, one_thread_per_worker, refuse_inside, write_json
 from cacxr.ingest import ManifestRow, read_manifest
 from cacxr.pixels.profiles import (
     DEFAULT_PROFILE,
@@ -50,12 +47,6 @@ from cacxr.pixels.store import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-
-# A worker process needs about 0.4 s to start and import its modules (more on a busy machine), while
-# this process goes on working: a pool is only started for more work than this, in seconds of one process.
-POOL_WORTHWHILE_S = 0.75
 
 
 @dataclass(frozen=True)
@@ -97,7 +88,8 @@ def build_store(
         out: the store folder (created if needed); nothing is written outside it.
         profile: preprocessing profile name or ``Profile``.
         image_size: side ``S`` of the stored images.
-        workers: worker processes; ``None`` uses every available core, 1 builds in this process.
+        workers: bounded worker processes (``cacxr.imaging.bounded_pool``); ``None`` uses every available
+            core. Files are never decoded in this process.
         progress: show a progress bar.
         full_decode: True decodes every file in full; False decodes JPEG 2000 and 8-bit JPEG files only as
             large as the profile needs (``pixels.read_for_profile``); None (default) keeps the decode mode
@@ -175,7 +167,7 @@ def build_store(
         if tasks:
             # The old index would describe entries about to change: a store is complete or says so.
             (root / INDEX_FILE).unlink(missing_ok=True)
-        for task, result in _run_tasks(tasks, workers, progress):
+        for task, result in _run_tasks(tasks, workers, progress, gate=any(map(_is_export, rows))):
             if result["status"] == "ok":
                 entries[task.patient_id] = index_entry(task.entry, result)
                 summary["built"] += 1
@@ -263,82 +255,41 @@ def _remove_stale_temporaries(root: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool) -> Iterator[tuple[_Task, dict]]:
-    """Yield ``(task, result)`` as entries finish.
+def _is_export(row: ManifestRow) -> bool:
+    """An image export (PNG/JPEG): its preprocessing asks the view gate whether its grey scale is inverted."""
+    fmt = row.source_format or Path(row.path).suffix.lower().lstrip(".")
+    return fmt in ("png", "jpeg", "jpg")
 
-    This process times its first tasks; when what is left would take longer than starting worker
-    processes is worth (``POOL_WORTHWHILE_S``), a pool of ``workers - 1`` processes takes tasks from
-    the front of the queue while this process goes on taking them from the back.
+
+def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool, gate: bool) -> Iterator[tuple[_Task, dict]]:
+    """Yield ``(task, result)`` as entries finish, every file read in a bounded worker process.
+
+    ``cacxr.imaging.bounded_pool``: a decoder that aborts, exhausts its worker's memory cap or loops costs
+    that entry (recorded as failed with the pool's reason, retried by the next build), never the build.
+    ``gate``: the workers load the view gate's network too (torch: seconds per worker, so only for exports).
     """
+    from cacxr.imaging import READER_MODULES, bounded_pool
+
+    if not tasks:
+        return
     workers = default_workers() if workers is None else max(1, int(workers))
-    pending = list(tasks)
-    seconds: list[float] = []
-    with tqdm(total=len(tasks), desc="preprocessing", unit="image", disable=not progress) as bar:
-        while pending and (
-            workers == 1 or len(seconds) < 2 or len(pending) * min(seconds) < POOL_WORTHWHILE_S
-        ):
-            task = pending.pop()
-            started = time.perf_counter()
-            result = _build_entry(task)
-            seconds.append(time.perf_counter() - started)
+    preload = (*READER_MODULES, "cv2", *(("torch", "cacxr.imaging.viewgate") if gate else ()), "cacxr.pixels.build")
+    with (
+        tqdm(total=len(tasks), desc="preprocessing", unit="image", disable=not progress) as bar,
+        # On Ctrl-C (or an error) the pool stops; finished entries are complete on disk.
+        bounded_pool(min(workers, len(tasks)), preload, one_thread_per_worker) as pool,
+    ):
+        for task, outcome in zip(tasks, pool.map(_build_entry, tasks), strict=True):
+            result = outcome.value if outcome.ok else _failed_entry(task, outcome.reason, outcome.detail)
             bar.update()
             yield task, result
-        if pending:
-            yield from _run_pool(pending, min(workers - 1, len(pending) - 1), bar)
 
 
-def _run_pool(tasks: list[_Task], processes: int, bar: tqdm) -> Iterator[tuple[_Task, dict]]:
-    """``_run_tasks`` with ``processes`` worker processes besides this one."""
-    pool = ProcessPoolExecutor(
-        max_workers=max(1, processes),
-        mp_context=worker_context(),  # never fork: the caller may hold torch's threads
-        initializer=_init_worker,
-    )
-    try:
-        futures = {pool.submit(_build_entry, task): task for task in tasks}
-        finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        for future in futures:
-            future.add_done_callback(finished.put)
-        backlog = list(futures)  # the pool starts tasks in this order
-        remaining = len(futures)
-        while remaining:
-            future = None
-            while backlog and future is None:
-                candidate = backlog.pop()
-                if candidate.cancel():  # not started by the pool: done here instead
-                    future = candidate
-                else:  # the pool has started every earlier task too
-                    backlog.clear()
-            if future is not None:
-                result = _build_entry(futures[future])
-            else:
-                future = finished.get()
-                if future.cancelled():  # one this process took
-                    continue
-                result = _pool_result(future)
-            remaining -= 1
-            bar.update()
-            yield futures[future], result
-    finally:
-        # On Ctrl-C (or an error) drop the queued tasks; finished entries are complete on disk.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pool_result(future: Future) -> dict[str, Any]:
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        raise CacxrError(
-            f"a preprocessing worker process died ({exc}); entries already written are kept: "
-            "rerun to resume, with --workers 1 to see the failing file"
-        ) from exc
-
-
-def _init_worker() -> None:
-    """One OpenCV thread per worker process: the pool already uses every core."""
-    import cv2
-
-    cv2.setNumThreads(1)
+def _failed_entry(task: _Task, reason: str, detail: str) -> dict[str, Any]:
+    """The sidecar of an entry whose worker could not finish it (it died or went over a limit)."""
+    sidecar = {"patient_id": task.patient_id, "key": task.key, "status": "failed", "reason": reason, "detail": detail}
+    write_json(Path(task.entries_dir) / f"{task.entry}.json", sidecar)
+    return sidecar
 
 
 def _build_entry(task: _Task) -> dict[str, Any]:

@@ -180,13 +180,13 @@ class _Decoded:
 def _decode(upload: Upload, max_pixels: int, info: ModelInfo) -> _Decoded:
     """Sniff, check the dimensions, decode, let the view gate read the pixels: every failure is an
     :class:`UploadError` (never a 500); a lateral or a non-radiograph is refused as ingest excludes it."""
-    from cacxr.pixels import read_for_profile
-    from cacxr.use import image_warnings, judge_image
+    from cacxr.use import image_warnings, judge_image, read_bounded
 
     fmt = sniff_format(upload.path, upload.name)
     check_dimensions(upload.path, fmt, upload.name, max_pixels)
-    # decoded no larger than the run needs, as predict and the image store decode it
-    result = read_for_profile(upload.path, info.profile, info.image_size, max_pixels=max_pixels)
+    # Decoded in the bounded pool (a decoder that aborts or loops costs this upload a 4xx, never the server)
+    # and no larger than the run needs, as predict and the image store decode it.
+    result = read_bounded(upload.path, info.profile, info.image_size, max_pixels=max_pixels)
     if not result.ok or result.image is None or result.meta is None:
         raise refusal(upload.name, upload.path, result.reason, result.detail)
     meta = result.meta

@@ -20,6 +20,7 @@ _EXPORTS = {
     "format_table": "predict",
     "image_warnings": "inputs",
     "judge_image": "inputs",
+    "read_bounded": "inputs",
     "score_image": "predict",
     "score_paths": "predict",
     "write_predictions_csv": "predict",

@@ -37,6 +37,7 @@ __all__ = [
     "judge_image",
     "load_input",
     "prepare_input",
+    "read_bounded",
     "clinical_values",
 ]
 
@@ -166,23 +167,10 @@ def prepare_input(
         not be decoded); a file the gate (or its header) says is lateral or not a chest radiograph gets the
         error ``lateral_view`` / ``not_radiograph``, as ingest would exclude it.
     """
-    from cacxr.imaging import read_image, run_isolated
-    from cacxr.pixels import decode_side, preprocess_read
+    from cacxr.pixels import preprocess_read
 
     try:
-        # Decoded in the bounded pool (cacxr.imaging.sandbox), no larger than the run needs: a decoder that
-        # aborts, runs out of its memory cap or loops costs this file only, never the command or the server.
-        # The workers keep the working folder they started in: they get the absolute path, the messages the
-        # path as given.
-        given, absolute = os.fspath(path), os.path.abspath(path)
-        side = 0 if full_decode else decode_side(run.profile, run.image_size)  # as pixels.read_for_profile
-        outcome = run_isolated(read_image, absolute, min_short_side=side)
-        if not outcome.ok:
-            return None, None, "", [], f"{outcome.reason}: {path}: {outcome.detail}"
-        result = outcome.value
-        if absolute != given:
-            meta = None if result.meta is None else dataclasses.replace(result.meta, path=given)
-            result = dataclasses.replace(result, meta=meta, detail=result.detail.replace(absolute, given))
+        result = read_bounded(path, run.profile, run.image_size, full_decode=full_decode)
         if not result.ok or result.image is None:
             return None, None, "", [], f"{result.reason}: {result.detail}" if result.detail else result.reason
         # The rule ingest follows (cacxr.imaging.decide): what it would exclude is refused, not scored.
@@ -196,6 +184,37 @@ def prepare_input(
         logger.debug("cannot prepare %s", path, exc_info=True)
         return None, None, "", [], f"unreadable: {path}: {type(exc).__name__}: {exc}"
     return image, meta, verdict.describe(), notes, ""
+
+
+def read_bounded(
+    path: str | os.PathLike[str],
+    profile: Any,
+    image_size: int,
+    *,
+    full_decode: bool = False,
+    max_pixels: int | None = None,
+) -> Any:
+    """``cacxr.pixels.read_for_profile`` in the bounded decode pool (``cacxr.imaging.run_isolated``).
+
+    A decoder that aborts, runs out of its memory cap or loops costs this file only (its ``ReadResult``
+    then has the pool's reason: ``unreadable``, ``too_large`` or ``too_complex``), never the command or
+    the server. The workers keep the working folder they started in: they get the absolute path, the
+    messages name the path as given.
+    """
+    from cacxr.imaging import ReadResult, read_image, run_isolated
+    from cacxr.pixels import decode_side
+
+    given, absolute = os.fspath(path), os.path.abspath(path)
+    side = 0 if full_decode else decode_side(profile, image_size)  # as pixels.read_for_profile
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    outcome = run_isolated(read_image, absolute, min_short_side=side, **limit)
+    if not outcome.ok:
+        return ReadResult(None, None, outcome.reason, f"{given}: {outcome.detail}")
+    result = outcome.value
+    if absolute != given:
+        meta = None if result.meta is None else dataclasses.replace(result.meta, path=given)
+        result = dataclasses.replace(result, meta=meta, detail=result.detail.replace(absolute, given))
+    return result
 
 
 def judge_image(image: np.ndarray, meta: Any) -> tuple[Any, Any]:
