@@ -265,3 +265,31 @@ def progressive_jpeg_dicom(folder: Path, size: int = 512, scans: int = 200) -> P
     ds.PixelData = encapsulate([progressive_jpeg(size, scans)])
     ds["PixelData"].VR = "OB"
     return save(ds, folder / "scans_jpeg.dcm")
+
+
+# ------------------------------------------------- 3, 4. frame headers and segment tables that lie
+
+
+def jpeg_frame(precision: int = 8, components: int = 1, length: int | None = None, size: int = 64) -> bytes:
+    """A JPEG codestream whose SOF0 declares ``components`` components of ``precision`` bits (``length``:
+    the segment length the header claims; the true one is 8 + 3 x components), then a stub scan."""
+    body = struct.pack(">BHHB", precision, size, size, components) + b"".join(
+        bytes([i + 1, 0x11, 0]) for i in range(components)
+    )
+    sof = b"\xff\xc0" + struct.pack(">H", length if length is not None else 2 + len(body)) + body
+    return b"\xff\xd8" + sof + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + bytes(16) + b"\xff\xd9"
+
+
+def jpeg_frame_dicom(folder: Path, name: str, **frame) -> Path:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    return encapsulated(folder / f"{name}.dcm", JPEGBaseline8Bit, jpeg_frame(**frame))
+
+
+def rle_segment_mismatch(folder: Path, declared: int = 12) -> Path:
+    """A 16-bit grey RLE data set (2 segments expected) whose frame header declares ``declared`` segments."""
+    ds = dataset(64, 64, RLELossless, bits=16)
+    header = struct.pack("<16I", declared, *[64 + 2 * i for i in range(declared)], *([0] * (15 - declared)))
+    ds.PixelData = encapsulate([header + bytes([0x81, 0]) * declared])
+    ds["PixelData"].VR = "OB"
+    return save(ds, folder / f"rle_{declared}_segments.dcm")

@@ -21,6 +21,7 @@ bodies, element lengths) before pydicom or a decoder allocates for it; they shar
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -34,6 +35,7 @@ __all__ = [
     "DeclaredSize",
     "check_codestream",
     "check_jpeg_scans",
+    "check_rle_frame",
     "MAX_SCANS",
     "check_deflated",
     "check_element_lengths",
@@ -196,9 +198,10 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
     """Check every frame of a DICOM data set's encapsulated pixel data before pydicom decodes it.
 
     Native and RLE pixel data decode to Rows x Columns x samples, bounded from the header by the reader
-    (``cacxr.imaging.dicom.decoded_size_refusal``), so only codestream syntaxes (JPEG, JPEG-LS, JPEG 2000,
-    ...) are read here: the first fragment of every frame, and every other fragment that starts a
-    codestream (the decoder may be sent to any of them by an offset table).
+    (``cacxr.imaging.dicom.decoded_size_refusal``); of RLE only the segment table is read here
+    (:func:`check_rle_frame`). Of codestream syntaxes (JPEG, JPEG-LS, JPEG 2000, ...): the first fragment of
+    every frame, and every other fragment that starts a codestream (the decoder may be sent to any of them
+    by an offset table).
 
     Args:
         ds: a fully read ``pydicom.Dataset``.
@@ -211,25 +214,30 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
     from pydicom.encaps import generate_fragmented_frames, generate_fragments
 
     syntax = ds.file_meta.get("TransferSyntaxUID", "")  # type: ignore[attr-defined]
-    if not syntax or not syntax.is_encapsulated or syntax == _RLE:
+    if not syntax or not syntax.is_encapsulated:
         return
     pixel_data = ds.get("PixelData")  # type: ignore[attr-defined]
     if not pixel_data:
         return
     expected = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))  # type: ignore[attr-defined]
     frames = int(ds.get("NumberOfFrames") or 1)  # type: ignore[attr-defined]
+    # RLE: one segment per sample and byte of the sample (PS3.5 G.2)
+    segments = int(ds.get("SamplesPerPixel") or 1) * -(-int(ds.get("BitsAllocated") or 8) // 8)  # type: ignore[attr-defined]
     seen = 0
     try:
         for index, fragments in enumerate(generate_fragmented_frames(pixel_data, number_of_frames=frames)):
             seen += 1
             what = f"frame {index + 1}" if frames > 1 else "pixel data"
             first = fragments[0] if fragments else b""
+            if syntax == _RLE:
+                check_rle_frame(b"".join(bytes(f) for f in fragments), segments, what)
+                continue
             if check_codestream(first, max_pixels, expected, what) is None:
                 raise CodestreamError("unreadable", f"{what}: not a JPEG, JPEG-LS or JPEG 2000 codestream")
             check_jpeg_scans(b"".join(bytes(f) for f in fragments) if len(fragments) > 1 else first, what)
         # The decoder may be handed any fragment (an Extended Offset Table points pydicom at fragments the
         # frame walk above never reads): every fragment that starts a codestream is checked too.
-        items = generate_fragments(pixel_data)
+        items = generate_fragments(pixel_data) if syntax != _RLE else iter(())
         next(items, None)  # the Basic Offset Table is always the first item
         for index, fragment in enumerate(items, start=1):
             if bytes(fragment[:12]).startswith(_SIGNATURES):
@@ -242,6 +250,26 @@ def check_dicom_pixel_data(ds: object, max_pixels: int) -> None:
         ) from exc
     if seen == 0:
         raise CodestreamError("unreadable", "encapsulated pixel data holds no frame")
+
+
+def check_rle_frame(frame: bytes | memoryview, segments: int, what: str = "pixel data") -> None:
+    """Refuse an RLE frame whose 64-byte header disagrees with the data set, before the decoder reads it.
+
+    The header holds the segment count and up to 15 offsets; the decoder trusts them to size and walk its
+    output. The count must be SamplesPerPixel x bytes per sample, and the offsets must rise from 64 and lie
+    inside the frame.
+    """
+    if len(frame) < 64:
+        raise CodestreamError("unreadable", f"{what}: RLE frame shorter than its 64-byte header")
+    count, *offsets = struct.unpack_from("<16I", frame)
+    if count != segments:
+        raise CodestreamError(
+            "unreadable",
+            f"{what}: the RLE header declares {count} segment(s), SamplesPerPixel x BitsAllocated needs {segments}",
+        )
+    used = offsets[:count]
+    if used[0] != 64 or any(b <= a for a, b in itertools.pairwise(used)) or used[-1] >= len(frame):
+        raise CodestreamError("unreadable", f"{what}: RLE segment offsets out of order or beyond the frame")
 
 
 def first_fragment_head(fp: BinaryIO, little_endian: bool = True, size: int = 1 << 16) -> bytes:
@@ -451,15 +479,22 @@ def _jpeg_size(data: bytes | memoryview) -> DeclaredSize:
             continue
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if marker in _SOF_MARKERS:
-            if pos + 9 > n or length < 8:
+            if pos + 10 > n or length < 8:
                 break
-            rows, cols = struct.unpack_from(">HH", data, pos + 5)
+            precision, rows, cols, components = struct.unpack_from(">BHHB", data, pos + 4)
             kind = "jpeg-ls" if marker == 0xF7 else "jpeg"
             if rows == 0 or cols == 0:  # rows 0 means "given later by a DNL marker": not supported
                 raise CodestreamError(
                     "unreadable", f"{kind} codestream declares an empty image ({cols}x{rows})"
                 )
-            return DeclaredSize(kind, rows, cols)
+            # T.81 / T.87: 2-16 bits per sample; the frame header lists each component in 3 bytes
+            if not 2 <= precision <= 16 or not components or length != 8 + 3 * components:
+                raise CodestreamError(
+                    "unreadable",
+                    f"{kind} frame header declares {components} component(s) of {precision} bits in a "
+                    f"{length}-byte segment: not a valid frame",
+                )
+            return DeclaredSize(kind, rows, cols, components)
         if marker in (0xDA, 0xD9) or length < 2:  # scan or end before any frame header
             raise CodestreamError("unreadable", "JPEG codestream without a frame header")
         pos += 2 + length
