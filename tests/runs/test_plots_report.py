@@ -275,7 +275,8 @@ def test_every_figure_in_the_report_equals_metrics_json(tmp_path: Path, task: st
     metrics = json.loads((run / "metrics.json").read_text())  # the figures as written to the file
     tagged = re.findall(r'<span data-key="([^"]+)">([^<]*)</span>', page)
     keys = {key for key, _ in tagged}
-    assert {"operating_point.threshold", "operating_point.sensitivity", "operating_point.npv_ci.1",
+    assert {"operating_point.threshold", "operating_point.target", "operating_point.sensitivity",
+            "operating_point.npv_ci.1", "operating_point.in_sample.sensitivity",
             "calibration.pooled.brier", "calibration.folds.2.calibration_slope"} <= keys  # fmt: skip
     assert ("endpoints.1.auc_mean" in keys) == (task == "regression")
     for key, text in tagged:

@@ -173,8 +173,7 @@ def test_cli_run_from_a_data_folder_writes_every_output(
     }  # fmt: skip
     report = (run / "report.html").read_text()
     assert "AUC" in report and f"{pooled['auc']:.3f}" in report
-    # The headline figures and the new sections (fold.json holds no validation records on this branch yet:
-    # the operating point says why it is missing rather than guessing one from a test fold).
+    # The headline figures and the new sections.
     fold_level = metrics["fold_level"]
     assert fold_level["auc_mean"] == pytest.approx(np.mean([f["auc"] for f in metrics["folds"]]))
     assert f'<span class="big">{fold_level["auc_mean"]:.3f}</span>' in report
@@ -183,7 +182,8 @@ def test_cli_run_from_a_data_folder_writes_every_output(
     assert point["rule"] == "sensitivity=0.90"
     assert point["threshold"] is not None, point.get("note")
     assert "Operating point fixed in advance" in report and "No operating point" not in report
-    _check_operating_point(point, run, y, p)
+    _check_operating_point(point, run, y, p, fold_of)
+    assert point["expected"] in printed  # the target beside the expected sensitivity, also on the console
     calibration = metrics["calibration"]
     assert [f["fold"] for f in calibration["folds"]] == [0, 1]
     assert calibration["pooled"]["brier"] == pytest.approx(brier_score_loss(y, p))
@@ -193,27 +193,24 @@ def test_cli_run_from_a_data_folder_writes_every_output(
     assert len(calibration["decision_curve"]["model"]) == len(calibration["decision_curve"]["thresholds"])
 
 
-def _check_operating_point(point: dict, run: Path, y: np.ndarray, p: np.ndarray) -> None:
-    """The sensitivity=0.90 point: its threshold from both folds' validation records, its figures on (y, p)."""
-    validation = [v for k in (0, 1) for v in json.loads((run / f"fold_{k}" / "fold.json").read_text())["validation"]]
-    assert len(validation) == sum(
-        json.loads((run / f"fold_{k}" / "fold.json").read_text())["n"]["val"] for k in (0, 1)
-    )
-    y_val = np.array([v["label"] for v in validation])
-    s_val = np.array([v["score"] for v in validation])
-    t = point["threshold"]
+def _check_operating_point(point: dict, run: Path, y: np.ndarray, p: np.ndarray, fold_of: np.ndarray) -> None:
+    """The sensitivity=0.90 point: its threshold from both folds' test predictions (for new patients), its
+    figures by leave-one-fold-out (each fold decided at the cut chosen on the other fold)."""
+    assert all(json.loads((run / f"fold_{k}" / "fold.json").read_text())["validation"] for k in (0, 1))
 
-    def val_sensitivity(cut: float) -> float:
-        return float(np.mean(s_val[y_val == 1] >= cut))
+    def cut_on(mask: np.ndarray) -> float:
+        """The highest cut keeping sensitivity >= 0.90 on p[mask], halfway between adjacent scores."""
+        s, positives = p[mask], p[mask & (y == 1)]
+        t = max(c for c in np.unique(s) if np.mean(positives >= c) >= 0.90)
+        below = s[s < t]
+        return float((t + below.max()) / 2) if below.size else float(t)
 
-    # the highest threshold keeping validation sensitivity >= 0.90, halfway between adjacent validation scores
-    assert val_sensitivity(t) >= 0.90
-    lowest_in = s_val[s_val >= t].min()
-    assert val_sensitivity(np.nextafter(lowest_in, np.inf)) < 0.90
-    below = s_val[s_val < t]
-    assert t == pytest.approx((lowest_in + below.max()) / 2 if below.size else lowest_in)
-    # its figures on the out-of-fold test predictions
-    called = p >= t
+    assert point["threshold"] == pytest.approx(cut_on(np.ones(len(y), dtype=bool)))
+    called = np.zeros(len(y), dtype=bool)
+    for k in (0, 1):
+        t = cut_on(fold_of != k)
+        assert point["fold_thresholds"][str(k)] == pytest.approx(t)
+        called[fold_of == k] = p[fold_of == k] >= t
     tp, fp = int(np.sum(called & (y == 1))), int(np.sum(called & (y == 0)))
     fn, tn = int(np.sum(~called & (y == 1))), int(np.sum(~called & (y == 0)))
     assert point["confusion_matrix"] == [[tn, fp], [fn, tp]]
@@ -226,6 +223,7 @@ def _check_operating_point(point: dict, run: Path, y: np.ndarray, p: np.ndarray)
             assert lo <= point[name] <= hi, name
         else:
             assert point[name] is None and point[f"{name}_ci"] == [None, None], name
+    assert point["expected"].startswith("target sensitivity 0.90; expected on new patients ")
 
 
 def test_no_patient_has_two_roles_in_a_fold(base_run: tuple[Path, dict]) -> None:

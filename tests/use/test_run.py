@@ -61,7 +61,7 @@ def test_the_ensemble_averages_the_folds(run_dir: Path) -> None:
     images = np.stack([store_of(run_dir).get(pid) for pid in store_of(run_dir).ids[:6]])
     per_fold = [comparable(ensemble.task, load_run(run_dir, fold=k).score(images)) for k in (0, 1)]
     np.testing.assert_allclose(comparable(ensemble.task, ensemble.score(images)), np.mean(per_fold, axis=0), atol=1e-9)
-    # The run's operating point (chosen on the folds' calibrated validation scores) decides, on the probability.
+    # The run's operating point (chosen on the folds' out-of-fold test predictions) decides, on the probability.
     point = json.loads((run_dir / "metrics.json").read_text())["operating_point"]
     assert ensemble.decision_threshold == point["threshold"] and ensemble.decision_on == "probability"
     scores = ensemble.scores(images)

@@ -124,8 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--operating-point",
         default=d.operating_point,
         metavar="youden|sensitivity=X|specificity=X",
-        help="rule fixing the reported operating point on all folds' validation predictions "
-        f"(default {d.operating_point}: a rule-out point)",
+        help="rule fixing the operating point of new patients on all folds' out-of-fold test predictions, "
+        f"reported by leave-one-fold-out (default {d.operating_point}: a rule-out point)",
     )
     parser.add_argument("--amp", action=switch, help="mixed precision on CUDA (default: bf16/fp16 where fast)")
     parser.add_argument("--channels-last", action=switch, help="channels-last tensors on CUDA (default: auto)")
@@ -245,10 +245,10 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"warning: {metrics['stability_warning']}")
     point = metrics.get("operating_point") or {}
     if point.get("threshold") is not None:
-        lines.append(
-            f"operating point {point['rule']}: threshold {point['threshold']:.3f}, sensitivity "
-            f"{_fmt(point.get('sensitivity'))}, specificity {_fmt(point.get('specificity'))}"
+        expected = point.get("expected") or (
+            f"sensitivity {_fmt(point.get('sensitivity'))}, specificity {_fmt(point.get('specificity'))}"
         )
+        lines.append(f"operating point {point['rule']}: threshold {point['threshold']:.3f}; {expected}")
     if metrics["task"] == "regression":
         lines.append(f"MAE of log CAC {_fmt(pooled.get('mae_log'))}, Spearman {_fmt(pooled.get('spearman'))}")
     lines.append(f"report: {run_dir / REPORT_FILE}")

@@ -85,8 +85,8 @@ class TrainConfig:
         compile: ``torch.compile`` the trained module on CUDA; ``None``: automatic.
         calibration: calibration map fitted on each fold's validation scores (and on the final model's
             calibration patients): ``platt``, ``isotonic`` or ``none`` (cacxr.model.calibration).
-        operating_point: the rule fixing the reported operating point on all folds' validation
-            predictions: ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.stats.decision_threshold).
+        operating_point: the rule fixing the operating point on all folds' out-of-fold test predictions
+            (for new patients; figures by leave-one-fold-out): ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.stats.decision_threshold).
         manifest_sha256: the SHA-256 the data's manifest must have (set when a run's config.json is given
             to ``--config``, so that a rerun checks it trains on the same data); ``None``: not checked.
         track: log the finished run to ``mlflow`` or ``tensorboard`` (cacxr.runs.tracking); ``None``: no tracking.

@@ -2,9 +2,10 @@
 
 ``add_run_figures`` is called by ``cacxr.training.crossval.merge_folds`` once every fold has finished. It adds:
 
-* ``operating_point``: the ``--operating-point`` rule, its threshold chosen on all folds' inner-validation
-  records (fold.json ``validation``) and sensitivity/specificity/PPV/NPV with intervals on the out-of-fold
-  test predictions (:mod:`cacxr.stats.decision_threshold`);
+* ``operating_point``: the ``--operating-point`` rule, its threshold chosen on all folds' out-of-fold test
+  predictions (for new patients only), and sensitivity/specificity/PPV/NPV with intervals estimated by
+  leave-one-fold-out, each fold decided at the threshold chosen on the other folds
+  (:mod:`cacxr.stats.decision_threshold`);
 * ``calibration``: Brier score, calibration intercept and slope with intervals per fold and pooled, and the
   decision curve (model, age + sex baseline, treat all, treat none) (:mod:`cacxr.stats.calibration`);
 * ``endpoints`` (regression runs): the AUC of the same out-of-fold predictions for the three guideline
@@ -78,7 +79,7 @@ def add_run_figures(
     has_validation = bool(fold_records) and all(record.get("validation") for record in fold_records.values())
     validation = [v for record in fold_records.values() for v in record.get("validation") or []]
     metrics["operating_point"] = operating_point(
-        rule, validation if has_validation else None, labels, probs, n_folds=len(fold_records)
+        rule, validation if has_validation else None, labels, probs, [row["fold"] for row in rows]
     )
     metrics["calibration"] = _calibration(rows, labels, probs, baseline_scores)
     if task == "regression":

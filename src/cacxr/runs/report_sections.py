@@ -150,23 +150,43 @@ def figure_ci(key: str, values: dict, digits: int = 3) -> str:
 
 
 def operating_point_section(point: Any, threshold: Any) -> str:
-    """The operating point fixed in advance: its rule, threshold and figures with intervals."""
+    """The operating point fixed in advance: the target beside the figure expected on new patients, then the
+    threshold and the leave-one-fold-out figures with intervals (in-sample figures labelled as such)."""
     if not isinstance(point, dict):
         return ""
     head = f"<h3>Operating point fixed in advance ({esc(str(point.get('rule', '')))})</h3>"
     if point.get("threshold") is None:
         return head + f'<p class="note">No operating point: {esc(str(point.get("note", "")))}.</p>'
+    kind = str(point.get("rule", "")).split("=")[0].strip().lower()
+    if point.get("target") is not None and kind in ("sensitivity", "specificity"):
+        line = (
+            f"<p><b>Target {esc(kind)} {figure('operating_point.target', point['target'], 2)}; expected on new "
+            f"patients {figure_ci(f'operating_point.{kind}', point)}</b> (95 % CI).</p>"
+        )
+    else:
+        line = f"<p><b>{esc(str(point.get('expected', '')))}</b></p>"
     rows = [
         ("rule", esc(str(point.get("rule")))),
-        ("probability threshold", figure("operating_point.threshold", point["threshold"], 4)),
+        ("probability threshold (new patients)", figure("operating_point.threshold", point["threshold"], 4)),
         ("chosen on", esc(str(point.get("chosen_on", "")))),
+        ("figures below", esc(str(point.get("estimate", "")))),
     ]
     for name, title in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"), ("npv", "NPV")):
         rows.append((f"{title} (95 % CI)", figure_ci(f"operating_point.{name}", point)))
+    inside = point.get("in_sample")
+    if isinstance(inside, dict):
+        rows.append((
+            "at the threshold, on the patients it was chosen on (not an independent estimate)",
+            f"sensitivity {figure('operating_point.in_sample.sensitivity', inside.get('sensitivity'))}, "
+            f"specificity {figure('operating_point.in_sample.specificity', inside.get('specificity'))}",
+        ))  # fmt: skip
     table = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in rows)
     return (
-        f"{head}<p>Positive = CAC &gt; {esc(number(threshold))} when the calibrated probability reaches the threshold. "
-        f"Intervals: {esc(str(point.get('ci_method', 'Wilson score')))}.</p><table><tbody>{table}</tbody></table>"
+        f"{head}{line}<p>Positive = CAC &gt; {esc(number(threshold))} when the calibrated probability reaches the "
+        "threshold. The threshold is chosen on every fold's test predictions and used only for new patients; the "
+        "figures are estimated on patients the threshold did not see (each fold at the threshold chosen on the "
+        f"other folds). Intervals: {esc(str(point.get('ci_method', 'Wilson score')))}.</p>"
+        f"<table><tbody>{table}</tbody></table>"
     )
 
 

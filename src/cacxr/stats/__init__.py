@@ -19,6 +19,8 @@ _EXPORTS = {
     "regression_metrics": "metrics",
     "operating_point": "decision_threshold",
     "parse_rule": "decision_threshold",
+    "choose_operating_threshold": "decision_threshold",
+    "nested_operating_figures": "decision_threshold",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

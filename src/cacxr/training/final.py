@@ -6,7 +6,8 @@ all the patients, with the settings the folds chose:
 - epochs: the median of the folds' best epochs (each chosen on its fold's validation patients), rounded
   half up, at least 1; the learning-rate schedule, optimiser and every other setting are the run's own;
 - decision threshold: the run's operating point (metrics.json ``operating_point``, chosen by
-  ``--operating-point`` on all folds' calibrated validation scores), the same cut as the fold ensemble's;
+  ``--operating-point`` on all folds' calibrated out-of-fold test predictions), the same cut as the fold
+  ensemble's;
   runs without one use the mean of the folds' decision thresholds (regression: threshold + 0.5);
 - calibration: a stratified share of the patients (``val_fraction``, 20 % by default; seeded by the run's
   seed) is held out as the final model's calibration patients; the model trains on the others, through
@@ -130,12 +131,13 @@ def fit_final(
     best_epochs = {k: int(r["best_epoch"]) for k, r in folds.items()}
     epochs = choose_epochs(list(best_epochs.values()))
     cuts = {k: float(r["decision_threshold"]) for k, r in folds.items()}
-    # The run's operating point (chosen on every fold's calibrated validation scores) when it has one:
-    # the final model's map puts its scores on the same probability scale, so the validated cut carries over.
+    # The run's operating point (chosen on every fold's calibrated out-of-fold test predictions) when it has
+    # one: the final model's map puts its scores on the same probability scale, so the cut carries over
+    # (benchmarks/sim_operating_point.py measures how near the target it lands on new patients).
     operating = runfolder.decision_threshold_override(root)
     decision_threshold = operating if operating is not None else float(statistics.fmean(cuts.values()))
     threshold_rule = (
-        f"the run's operating point ({cfg.operating_point}) on all folds' calibrated validation scores"
+        f"the run's operating point ({cfg.operating_point}) on all folds' calibrated out-of-fold test predictions"
         if operating is not None else "mean of the folds' validation-chosen decision thresholds"
     )
     ids, cac = _run_patients(root)

@@ -12,7 +12,8 @@ Predict, evaluate, explain, export and serve all call :meth:`LoadedRun.scores` (
 :attr:`LoadedRun.scorer`, the same computation as a torch module).
 
 Decision threshold: ``metrics.json["operating_point"]["threshold"]`` when the run has one (a calibrated
-probability chosen on every fold's validation patients; it then applies to the probability of every task);
+probability chosen on every fold's out-of-fold test predictions, for new patients; it then applies to the
+probability of every task);
 otherwise the mean of the loaded models' thresholds (each fold's chosen on its validation patients;
 regression: the user's threshold + 0.5 on the predicted CAC, i.e. the predicted score rounded to an integer
 Agatston score is above the threshold). A score is positive when it is >= that.
