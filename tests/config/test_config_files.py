@@ -83,9 +83,9 @@ def test_shipped_examples_are_the_original_recipe(name, task, lr):
 def test_a_finished_runs_config_json_reruns_it_with_the_same_numbers(run_dir: Path, tmp_path: Path, capsys):
     record = json.loads((run_dir / "config.json").read_text())
     new = tmp_path / "rerun"
-    # Execution options are not settings (not in config.json): one thread as the tiny run had.
+    # The thread count comes from config.json (one thread, as the tiny run had).
     code = cli_main(["train", "--config", str(run_dir / "config.json"), "--out", str(new), "--no-progress",
-                     "--num-threads", "1", "--workers", "1"])  # fmt: skip
+                     "--workers", "1"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rerun = json.loads((new / "config.json").read_text())
     same = {k: v for k, v in record.items() if k not in ("out", "manifest")}  # where it wrote, and its own ingest

@@ -1,7 +1,8 @@
 """`cacxr train DATA|MANIFEST --task classification|regression --out RUN`: k-fold cross-validated training.
 
 ``--config FILE`` reads the settings from a TOML, YAML or JSON file (cacxr.config.files), a run's config.json
-included; flags given on the command line override it.
+included; flags given on the command line override it. A run's config.json also carries the CPU thread count
+it trained on (reused) and its environment (compared; cacxr.training.reproducibility).
 
 ``cacxr train RUN --merge`` (or ``cacxr train DATA --out RUN --merge``) writes the run-level files of a run
 whose folds were trained as separate ``--fold K`` jobs.
@@ -95,7 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--store", metavar="DIR", help="image store folder (default RUN/../cacxr-cache/<data>-<hash>/store-...)"
     )
     parser.add_argument("--feature-cache-dir", metavar="DIR", help="feature cache folder (default <store>/features)")
-    parser.add_argument("--num-threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads, recorded in config.json (default: --config's num_threads, else a resumed "
+        "run's, else torch's); other counts give other figures",
+    )
     parser.add_argument(
         "--site", choices=("internal", "external", "all"), default=d.site, help="patients to train on (internal)"
     )
@@ -243,6 +250,8 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
                  f"balanced accuracy {_fmt(pooled.get('balanced_accuracy'))}")
     if metrics.get("stability_warning"):
         lines.append(f"warning: {metrics['stability_warning']}")
+    for line in metrics.get("environment_differences") or ():  # a rerun elsewhere than the recorded run
+        lines.append(f"warning: {line}")
     point = metrics.get("operating_point") or {}
     if point.get("threshold") is not None:
         expected = point.get("expected") or (

@@ -21,11 +21,12 @@ __all__ = ["TrainConfig", "TASKS", "FINETUNE_MODES", "LOSSES", "EXECUTION_FIELDS
 FINETUNE_MODES = ("last", "all", "head")
 LOSSES = ("mae", "mse")
 
-# How a job runs rather than what it computes: not recorded in config.json, so that every
-# `--fold K` job of a run writes the same file, and free to differ when a run is resumed.
+# How a job runs rather than what it computes: not among the settings that must match when a run is
+# resumed or shared by `--fold K` jobs. config.json leaves them out, except ``num_threads``: the thread
+# count changes the numbers, so a run records the one it trained on (cacxr.training.reproducibility).
 EXECUTION_FIELDS = (
     "fold", "resume", "progress", "workers", "num_threads", "device", "amp", "channels_last", "compile",
-    "manifest_sha256", "track",
+    "manifest_sha256", "track", "environment",
 )
 
 # Settings that locate files rather than define the run: they may change between a run and its resume
@@ -71,7 +72,8 @@ class TrainConfig:
         workers: parallel workers for ingest and preprocessing (``None``: the library's choice).
         store: image store folder; ``None`` means a cache folder shared by runs (see cacxr.training.crossval).
         feature_cache_dir: feature cache folder; ``None`` means ``<store>/features``.
-        num_threads: torch CPU threads (``None``: torch's default).
+        num_threads: torch CPU threads (``None``: the count the run recorded when resumed, else torch's
+            default); config.json records the count used, so ``--config RUN/config.json`` reuses it.
         progress: show progress bars.
         site: site used when ``data`` is a folder or a manifest (``internal``, ``external`` or ``all``).
         milestones: epochs at which the learning rate is multiplied by ``gamma``; ``None`` means
@@ -89,6 +91,9 @@ class TrainConfig:
             (for new patients; figures by leave-one-fold-out): ``youden``, ``sensitivity=X`` or ``specificity=X`` (see cacxr.stats.decision_threshold).
         manifest_sha256: the SHA-256 the data's manifest must have (set when a run's config.json is given
             to ``--config``, so that a rerun checks it trains on the same data); ``None``: not checked.
+        environment: what the run this configuration comes from recorded beside its settings (config.json's
+            ``environment``: device, deterministic-algorithm settings, library versions); a rerun warns
+            about each that differs here (cacxr.training.reproducibility). ``None``: not compared.
         track: log the finished run to ``mlflow`` or ``tensorboard`` (cacxr.runs.tracking); ``None``: no tracking.
     """
 
@@ -134,6 +139,7 @@ class TrainConfig:
     operating_point: str = "sensitivity=0.90"
     manifest_sha256: str | None = None
     track: str | None = None
+    environment: dict[str, Any] | None = None
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the task-dependent defaults filled in.

@@ -57,7 +57,8 @@ __all__ = [
     "compare_runs", "summary_lines", "METRIC_COLUMNS", "COMPARED_SETTINGS"]
 
 # config.json keys that define what a run computes: not where its files were, nor whether it drew plots.
-_VERSION_KEYS = ("cacxr_version", "torch_version", "store_profile_version")
+# (num_threads: an execution option, but recorded because another CPU thread count gives other figures)
+_VERSION_KEYS = ("cacxr_version", "torch_version", "store_profile_version", "num_threads")
 _NOT_COMPARED = {*EXECUTION_FIELDS, *LOCATION_FIELDS, "viz", "save"}
 COMPARED_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in _NOT_COMPARED) + _VERSION_KEYS
 

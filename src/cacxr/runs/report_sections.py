@@ -80,6 +80,8 @@ def headline(task: str, metrics: dict, scope: str = "pooled out-of-fold") -> str
         )
     warning = metrics.get("stability_warning")
     note = f'<p class="note"><strong>Stability warning.</strong> {esc(warning)}</p>' if warning else ""
+    for line in metrics.get("environment_differences") or ():  # a rerun in another environment
+        note += f'<p class="note"><strong>Rerun elsewhere.</strong> {esc(line)}</p>'
     return f'<div class="headline">{"".join(items)}</div>{note}'
 
 

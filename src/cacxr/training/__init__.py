@@ -1,4 +1,4 @@
-"""Layer 8: cross-validated training: splits, datasets and feature cache, the fold loop and checkpoints, the final model, accelerators, distributed runs."""
+"""Layer 8: cross-validated training: splits, datasets and feature cache, the fold loop and checkpoints, the final model, accelerators, distributed runs, what a rerun must reuse."""
 
 from cacxr.core import lazy_face
 
@@ -9,6 +9,9 @@ _EXPORTS = {
     "launch_rank": "distributed",
     "fit_final": "final",
     "make_folds": "splits",
+    "current_environment": "reproducibility",
+    "environment_differences": "reproducibility",
+    "torch_settings": "reproducibility",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

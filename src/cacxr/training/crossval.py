@@ -13,7 +13,7 @@ interrupted run: finished folds are kept and an interrupted fold continues from 
 Several processes: started by ``torchrun``, every process runs ``train_run`` and the folds train with
 DistributedDataParallel (:mod:`cacxr.training.distributed`); rank 0 alone writes the run folder.
 
-Why one module of ~400 lines: a run's life (new, resumed, one fold per job, merged) is one sequence of
+Why one module of ~420 lines: a run's life (new, resumed, one fold per job, merged) is one sequence of
 checks on one run folder; train_run and merge_folds share them.
 """
 
@@ -23,8 +23,6 @@ import dataclasses
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from cacxr.runs import writers as runfiles
 from cacxr.training.distributed import DistContext, session
 from cacxr.training.fold_setup import build_fold_model, model_metadata
 from cacxr.training.loop import train_fold
+from cacxr.training.reproducibility import current_environment, environment_differences, torch_settings
 from cacxr.training.splits import make_folds
 
 __all__ = ["train_run", "merge_folds", "default_store_dir"]
@@ -125,6 +124,8 @@ def merge_folds(run_dir: str | Path) -> dict[str, Any]:
             }
         )
     metrics = build_metrics(cfg.task, cfg.threshold, per_fold)
+    if record.get("environment_differences"):  # a rerun elsewhere: the figures may differ from the original's
+        metrics["environment_differences"] = list(record["environment_differences"])
     # The age + sex baseline on the same folds (skipped with a note when age/sex are mostly unknown).
     baseline_scores: dict[str, float] = {}
     metrics["clinical_baseline"] = run_clinical_baseline(run_dir, record, rows, cfg.threshold, baseline_scores)
@@ -173,15 +174,17 @@ def _train(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None, dis
     folds = make_folds(data.ids, data.labels, cfg.kfold, cfg.seed, cfg.val_fraction)
     use_cache = cfg.feature_cache and not cfg.augment and template.trunk_is_frozen()
     feature_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else data.store.root / "features"
-    if dist.is_main:
-        runfolder.write_config(run_dir, _config_record(cfg, run_dir, data, feature_dir, use_cache))
-        runfolder.write_folds_csv(run_dir, folds)
-
-    chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
-    pending = dist.broadcast([k for k in chosen if not runfolder.fold_done(run_dir, k)])
-    for k in sorted(set(chosen) - set(pending)):
-        logger.info("fold %d already finished; kept", k)
-    with _torch_settings(cfg.num_threads, device):
+    cfg = _resolve_threads(cfg, run_dir, previous)
+    with torch_settings(cfg.num_threads, device):
+        reproducibility = _reproducibility(cfg, previous, current_environment(device, dist.world_size))
+        if dist.is_main:
+            record = _config_record(cfg, run_dir, data, feature_dir, use_cache)
+            runfolder.write_config(run_dir, {**record, **reproducibility})
+            runfolder.write_folds_csv(run_dir, folds)
+        chosen = [cfg.fold] if cfg.fold is not None else list(range(cfg.kfold))
+        pending = dist.broadcast([k for k in chosen if not runfolder.fold_done(run_dir, k)])
+        for k in sorted(set(chosen) - set(pending)):
+            logger.info("fold %d already finished; kept", k)
         features = None
         if pending and use_cache:
             needed = sorted({pid for k in pending for pid in (*folds[k].train, *folds[k].val, *folds[k].test)})
@@ -309,6 +312,41 @@ def _config_record(cfg: TrainConfig, run_dir: Path, data: _Data, feature_dir: Pa
     }
 
 
+def _resolve_threads(cfg: TrainConfig, run_dir: Path, previous: dict[str, Any] | None) -> TrainConfig:
+    """``cfg`` with the CPU thread count this job trains on: ``--num-threads``, else the count its run
+    recorded (a resumed run, a sibling ``--fold K`` job), else torch's default."""
+    recorded = (previous or {}).get("num_threads")
+    threads = int(cfg.num_threads or recorded or torch.get_num_threads())
+    if recorded and threads != recorded:
+        logger.warning(
+            "%s: this job trains on %d CPU threads, the run's %s records %d: the folds it trains may not "
+            "rerun to the same figures from it", run_dir, threads, runfolder.CONFIG_FILE, recorded,
+        )  # fmt: skip
+    return dataclasses.replace(cfg, num_threads=threads)
+
+
+def _reproducibility(cfg: TrainConfig, previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """config.json's ``num_threads``, ``environment`` and ``environment_differences`` (when any).
+
+    The environment is compared with the one the run recorded (resumed, or a sibling job) or, for a rerun
+    from a run's config.json, with the one that run recorded; each difference is warned about once.
+    A resumed run keeps the thread count and environment its first job recorded.
+    """
+    previous = previous or {}
+    expected = previous.get("environment") or cfg.environment
+    differences = environment_differences(expected, current) if expected else []
+    for line in differences:
+        logger.warning("environment: %s", line)
+    kept = [line for line in previous.get("environment_differences", []) if line not in differences]
+    record: dict[str, Any] = {
+        "num_threads": previous.get("num_threads") or cfg.num_threads,
+        "environment": previous.get("environment") or current,
+    }
+    if kept or differences:
+        record["environment_differences"] = kept + differences
+    return record
+
+
 def _check_choices(cfg: TrainConfig) -> None:
     """Options whose valid values live in other modules."""
     from cacxr.model import ARCHS
@@ -381,29 +419,3 @@ def _labelled_rows(manifest: Path, site: str) -> list[ManifestRow]:
 def _summary(metrics: dict[str, Any]) -> str:
     keys = ("auc", "balanced_accuracy", "mae_log")
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), float))
-
-
-@contextmanager
-def _torch_settings(num_threads: int | None, device: torch.device) -> Iterator[None]:
-    """Thread count and deterministic kernels while the folds train, restored afterwards.
-
-    On the CPU every kernel used here has a deterministic version, so asking for them costs nothing and
-    the same seed gives the same numbers. On CUDA only cuDNN's deterministic convolutions are asked for
-    (some backward kernels, e.g. adaptive pooling, have no deterministic version): GPU runs may differ in
-    the last digits.
-    """
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn

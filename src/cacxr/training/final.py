@@ -37,8 +37,6 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +47,7 @@ from cacxr.runs import FINAL_DIR, FINAL_FOLD, FINAL_RECORD, MODEL_FILE, has_fina
 from cacxr.runs import folder as runfolder
 from cacxr.training.fold_setup import build_fold_model, model_metadata
 from cacxr.training.loop import FoldResult, train_fold
+from cacxr.training.reproducibility import torch_settings
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +98,8 @@ def fit_final(
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: train again when the run already has a final model.
         workers: processes for rebuilding the image store if its cache was deleted.
-        num_threads: torch CPU threads during training (``None``: torch's default).
+        num_threads: torch CPU threads during training (``None``: the count the run recorded, else
+            torch's default).
         progress: show progress bars.
 
     Returns:
@@ -154,7 +154,7 @@ def fit_final(
         "final model: %d patients (%d held out for calibration), %d epochs (median of the folds' best epochs)",
         len(ids), len(calibration_ids), epochs,
     )  # fmt: skip
-    with _torch_threads(num_threads):
+    with torch_settings(num_threads or record.get("num_threads"), target):  # the folds' threads and kernels
         result, cached = _train(cfg, root, record, fit_ids, calibration_ids, cac, store, covariates, epochs, target, progress)
     trained = result.record
     final = {
@@ -347,16 +347,3 @@ def _record_in_config(root: Path, record: dict[str, Any], final: dict[str, Any])
         "model": f"{FINAL_DIR}/{MODEL_FILE}",
     }
     runfolder.write_config(root, record)
-
-
-@contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
