@@ -88,7 +88,7 @@ def _run_bounded(
 
 def _header_failed(item: tuple[str, str, bool], outcome: Any) -> FileRecord:
     path, patient_id, _ = item
-    return FileRecord(path=path, patient_id=patient_id, reason=outcome.reason, detail=outcome.detail)
+    return FileRecord(path=path, patient_id=patient_id, site="", reason=outcome.reason, detail=outcome.detail)
 
 
 def _decode_failed(item: tuple[str, str, bool], outcome: Any) -> tuple[str, tuple[str, str], Any]:

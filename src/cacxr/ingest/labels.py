@@ -345,6 +345,8 @@ def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], set[str]]:
         raise CacxrError(f"{path}: the labels file is empty")
     try:  # spreadsheets export ';' or tab separated files as often as ','
         dialect: Any = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+        # from one header line the sniffer cannot see quoting: keep the standard "" escape of a quote
+        dialect.doublequote = True
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(text.splitlines(), dialect)
