@@ -54,6 +54,7 @@ _RESERVED_FDS = 64
 # connection attempts dropped and retried a second later); short turns let each batch be counted against the
 # cap (and the oldest idle connections closed) before the next batch takes more descriptors.
 ACCEPT_BATCH = 16
+_LINGER_S = 1.0
 LISTEN_QUEUE = 2048
 
 
@@ -94,6 +95,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
 
     class GuardedH11(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _lingering = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -102,6 +104,8 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
                 self._make_room()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:  # answered 408 and closing: what still trickles in is dropped
+                return
             super().data_received(data)
             if self._busy():
                 self._head_came()
@@ -139,12 +143,12 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
                 return
             started = bool(self.conn.trailing_data[0])
             logger.warning("%s %g s (%s)", HEAD_LATE, header_timeout_s, "part came" if started else "nothing came")
-            self._drop(f"the request head did not arrive within {header_timeout_s:g} s")
+            self._drop(f"the request head did not arrive within {header_timeout_s:g} s", linger=True)
 
-        def _drop(self, reason: str) -> None:
+        def _drop(self, reason: str, linger: bool = False) -> None:
             """Close a connection waiting for a head: with a 408 giving ``reason`` when part of a head came;
             without an answer when nothing came (an idle keep-alive, a browser's spare connection)."""
-            self._close(408 if self.conn.trailing_data[0] else None, reason)
+            self._close(408 if self.conn.trailing_data[0] else None, reason, linger)
 
         def _make_room(self) -> None:
             oldest = next((c for c in waiting if c is not self and not _unread(c.transport)), None)
@@ -157,8 +161,13 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
                 self._head_came()
                 self._close(503, f"the server is busy: {max_connections} connections open; try again shortly")
 
-        def _close(self, status: int | None, message: str) -> None:
-            """Answer ``status`` with ``{"detail": message}`` (when ours to send now) and close."""
+        def _close(self, status: int | None, message: str, linger: bool = False) -> None:
+            """Answer ``status`` with ``{"detail": message}`` (when ours to send now) and close.
+
+            ``linger``: after an answer, close our side only and read on for a second, dropping what comes
+            (nginx's lingering close): closing while a client still sends makes the kernel reset the
+            connection, and the client could lose the answer. Not while making room (that needs the file).
+            """
             self.connections.discard(self)  # closing: no longer counts against the cap
             if self.transport.is_closing():
                 return
@@ -177,6 +186,11 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
                         h11.EndOfMessage(),
                     ):
                         self.transport.write(self.conn.send(event))
+                    if linger and self.transport.can_write_eof():
+                        self._lingering = True
+                        self.transport.write_eof()
+                        self.loop.call_later(_LINGER_S, self.transport.close)
+                        return
             self.transport.close()
 
     return GuardedH11
