@@ -8,6 +8,7 @@ import sys
 
 from cacxr.commands import add_model_argument
 from cacxr.core import CacxrError
+from cacxr.serving import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 __all__ = ["add_arguments", "run"]
 
@@ -50,6 +51,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds an upload may stall before it is answered 408 (default %(default)s)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a whole upload may take, however steadily it trickles, before it is answered 408 "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        metavar="S",
+        help="seconds a client has to send a request's headers, from connecting or from the previous answer; "
+        "a slower one is answered 408 and closed, an idle one closed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections open at once (fewer if the open-file limit, ulimit -n, is low); past it a new "
+        "connection closes the oldest idle one, or is answered 503 when all are busy (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
             worker_threads=args.workers_threads,
             explain_steps=args.explain_steps,
             read_timeout_s=args.read_timeout,
+            request_timeout_s=args.request_timeout,
+            header_timeout_s=args.header_timeout,
+            max_connections=args.max_connections,
         )
     print("cacxr serve: stopped", file=sys.stderr)
     return 0

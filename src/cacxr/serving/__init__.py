@@ -14,13 +14,17 @@ Safety: the upload size is limited while the body streams in (413), formats are 
 (415 for anything else, 422 for a corrupt image), image dimensions are capped from the header before
 decoding (413), uploads live in a per-request temporary folder removed afterwards, no DICOM header field
 that could identify a patient is answered or logged, and model work runs in worker threads so that
-``/health`` answers while uploads queue.
+``/health`` answers while uploads queue. A request head must arrive within 10 s and at most 200 connections
+are kept (the oldest idle one is closed for a new one), so slow or idle clients cannot hold the server
+(``connections``).
 """
 
 from __future__ import annotations
 
 from cacxr.serving.model import RunModel, ServedModel
 from cacxr.serving.server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_UPLOAD_MB,
     create_app,
@@ -36,4 +40,6 @@ __all__ = [
     "ServedModel",
     "DEFAULT_MAX_UPLOAD_MB",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_HEADER_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
 ]

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from cacxr.use import LoadedRun
 
 __all__ = [
+    "DEFAULT_HEADER_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_UPLOAD_MB",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "create_app",
@@ -34,6 +36,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_MB = 50.0
 # 50 MP: well above any chest detector (about 4300 x 4300 = 18.5 MP), far below a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# A request head (request line and headers) must be complete this long after the connection opened or the
+# previous answer ended (nginx: 60 s; a browser sends it at once, and closes its own idle spares after 10 s).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+# Connections open at once (fewer when the open-file limit is low); one model scores a few uploads at a time.
+DEFAULT_MAX_CONNECTIONS = 200
 _APP_MODULES = (("fastapi", "fastapi"), ("python_multipart", "python-multipart"))
 
 
@@ -122,13 +129,37 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _server(app: FastAPI, access_log: bool):
+def _check_connection_limits(header_timeout_s: float, max_connections: int) -> None:
+    if not header_timeout_s > 0:
+        raise CacxrError(f"--header-timeout must be positive (got {header_timeout_s:g})")
+    if max_connections < 1:
+        raise CacxrError(f"--max-connections must be at least 1 (got {max_connections})")
+
+
+def _server(app: FastAPI, access_log: bool, header_timeout_s: float, max_connections: int):
+    """A uvicorn server whose connections a slow or idle client cannot hold (cacxr.serving.connections)."""
     import uvicorn
 
+    from cacxr.serving.connections import ACCEPT_BATCH, GuardedServer, fd_limits, guarded_protocol
+
+    connections = fd_limits(max_connections)
+    if connections < max_connections:
+        logger.warning(
+            "at most %d connections at once, not %d: the open-file limit is low (raise it with ulimit -n)",
+            connections,
+            max_connections,
+        )
     config = uvicorn.Config(
-        app, log_level="info", access_log=access_log, server_header=False, timeout_graceful_shutdown=5
+        app,
+        log_level="info",
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        http=guarded_protocol(header_timeout_s, connections),
+        ws="none",  # no websocket routes: an Upgrade header is answered as plain HTTP
+        backlog=ACCEPT_BATCH,
     )
-    return uvicorn.Server(config)
+    return GuardedServer(config)
 
 
 def serve(
@@ -140,6 +171,9 @@ def serve(
     worker_threads: int = 2,
     explain_steps: int = 32,
     read_timeout_s: float = 30.0,
+    request_timeout_s: float = 120.0,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Load a run once and serve it with uvicorn until interrupted (Ctrl-C).
 
@@ -152,6 +186,9 @@ def serve(
         worker_threads: uploads decoded and scored at once.
         explain_steps: default integrated-gradients steps of ``/explain``.
         read_timeout_s: seconds an upload may stall before it is answered 408.
+        request_timeout_s: seconds a whole upload may take, however steadily it trickles (408 after).
+        header_timeout_s: seconds a client has to send a request's head (408 and closed after).
+        max_connections: connections open at once; past it a new one closes the oldest idle one.
 
     Raises:
         CacxrError: a bad run folder or option, a missing dependency, or an address that cannot be bound.
@@ -163,23 +200,34 @@ def serve(
         raise CacxrError(f"--max-upload-mb must be positive (got {max_upload_mb:g})")
     if not 0 <= port <= 65535:
         raise CacxrError(f"--port must be between 0 and 65535 (got {port})")
+    _check_connection_limits(header_timeout_s, max_connections)
     app = create_app(
         load_run(run_dir, fold=fold),
         max_upload_bytes=int(max_upload_mb * 2**20),
         worker_threads=worker_threads,
         explain_steps=explain_steps,
         read_timeout_s=read_timeout_s,
+        request_timeout_s=request_timeout_s,
     )
+    from cacxr.serving.connections import throttled_logs
+
     with _bind(host, port) as sock:
         if not is_loopback(host):
             logger.warning("listening on %s: reachable from other machines, and there is no login", host)
         logger.info("cacxr serve: open %s/ in a browser (API docs at %s/docs)", _url(sock), _url(sock))
-        _server(app, access_log=True).run(sockets=[sock])
+        server = _server(app, True, header_timeout_s, max_connections)
+        with throttled_logs():
+            server.run(sockets=[sock])
 
 
 @contextlib.contextmanager
 def serve_in_background(
-    app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    start_timeout: float = 30.0,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> Iterator[str]:
     """Run an app with uvicorn in a background thread (for tests, benchmarks and notebooks).
 
@@ -188,16 +236,21 @@ def serve_in_background(
         host: the interface (loopback by default).
         port: the port (0: a free one, chosen by the system).
         start_timeout: seconds to wait for the server to start.
+        header_timeout_s: seconds a client has to send a request's head (408 and closed after).
+        max_connections: connections open at once; past it a new one closes the oldest idle one.
 
     Yields:
         The server's base URL, e.g. ``http://127.0.0.1:53817``; the server stops when the block ends.
 
     Raises:
-        CacxrError: the server did not start in time.
+        CacxrError: the server did not start in time, or a limit below 1.
     """
     _require(("uvicorn", "uvicorn"))
-    with _bind(host, port) as sock:
-        server = _server(app, access_log=False)
+    from cacxr.serving.connections import throttled_logs
+
+    _check_connection_limits(header_timeout_s, max_connections)
+    with _bind(host, port) as sock, throttled_logs():
+        server = _server(app, False, header_timeout_s, max_connections)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="cacxr-serve", daemon=True
         )
