@@ -116,6 +116,20 @@ def _check_paths(data: Path, out: Path, overwrite: bool) -> None:
         refuse_overwrite(out / name, overwrite)
 
 
+def _check_gate_loads() -> None:
+    """Load the view gate before any work: without it (torch missing, or refused the address space it maps
+    under ``ulimit -v``) every file would fail the same way in the workers."""
+    try:
+        from cacxr.imaging import gate_version
+
+        gate_version()
+    except (ImportError, OSError) as exc:
+        raise CacxrError(
+            f"the view gate cannot be loaded ({type(exc).__name__}: {exc}); torch must be installed and may need "
+            "about 4 GB of address space (ulimit -v); --no-gate ingests without reading the view from the pixels"
+        ) from None
+
+
 def _listed(data: Path, table: LabelTable) -> tuple[list[tuple[str, str, bool]], list[ExcludedRow]]:
     """A path table's candidates ``(path, patient_id, False)`` and its rows that name no usable file."""
     root = data.resolve()
@@ -243,6 +257,8 @@ def ingest(
     if max_days is not None and max_days < 0:
         raise CacxrError(f"--max-days must be 0 or more (got {max_days})")
     _check_paths(data, out, overwrite)
+    if gate:
+        _check_gate_loads()
     try:
         label_path = _resolve_labels(data, labels)
     except CacxrError:
