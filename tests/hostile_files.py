@@ -293,3 +293,10 @@ def rle_segment_mismatch(folder: Path, declared: int = 12) -> Path:
     ds.PixelData = encapsulate([header + bytes([0x81, 0]) * declared])
     ds["PixelData"].VR = "OB"
     return save(ds, folder / f"rle_{declared}_segments.dcm")
+
+
+def big_native(path: Path, size: int = 4000) -> Path:
+    """An ordinary 16-bit native image of size x size: 32 MB stored, 64 MB as float32 (over a 48 MiB worker cap)."""
+    ds = dataset(size, size, bits=16)
+    ds.PixelData = (np.arange(size * size, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
+    return save(ds, path)

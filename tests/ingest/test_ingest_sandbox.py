@@ -5,24 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 import hostile_files as hostile
 from cacxr.ingest import ingest, read_manifest
 from cacxr.ingest.manifest import read_excluded
-
-
-def _big_native(path: Path, size: int = 4000) -> Path:
-    ds = hostile.dataset(size, size, bits=16)
-    ds.PixelData = (np.arange(size * size, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
-    return hostile.save(ds, path)
 
 
 def test_a_file_over_the_workers_memory_cap_is_one_excluded_row(tmp_path: Path, monkeypatch) -> None:
     data = tmp_path / "data"
     for pid in ("P1", "P3"):
         hostile.native_dicom(data / pid / "rx.dcm")
-    _big_native(data / "P2" / "rx.dcm")  # 32 MB stored, 64 MB as float32: over a 48 MiB cap
+    hostile.big_native(data / "P2" / "rx.dcm")  # 32 MB stored, 64 MB as float32: over a 48 MiB cap
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id,cac_score\nP1,0\nP2,10\nP3,100\n")
     monkeypatch.setenv("CACXR_DECODE_MEMORY_MB", "48")

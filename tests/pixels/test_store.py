@@ -330,9 +330,7 @@ def test_an_entry_over_the_workers_memory_cap_fails_alone(cohort, tmp_path, monk
     """Every entry is read in a bounded worker (issue 21, item 21): one that exhausts it is one failed entry."""
     import hostile_files as hostile
 
-    big = hostile.dataset(4000, 4000, bits=16)
-    big.PixelData = (np.arange(4000 * 4000, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
-    path = hostile.save(big, tmp_path / "big" / "rx.dcm")  # 64 MB as float32: over a 48 MiB cap
+    path = hostile.big_native(tmp_path / "big" / "rx.dcm")  # 64 MB as float32: over a 48 MiB cap
     rows = [*cohort, ManifestRow(patient_id="BIG", path=str(path), site="internal", cac_score=0.0)]
     monkeypatch.setenv("CACXR_DECODE_MEMORY_MB", "48")
     store = build(rows, tmp_path / "store", workers=2)

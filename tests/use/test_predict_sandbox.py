@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 import hostile_files as hostile
 from cacxr.cli import main
 from cacxr.imaging.sandbox import shutdown_default_pool
 
 
-def _big_native(path: Path, size: int = 4000) -> Path:
-    ds = hostile.dataset(size, size, bits=16)
-    ds.PixelData = (np.arange(size * size, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
-    return hostile.save(ds, path)
-
-
 def test_a_file_over_the_workers_memory_cap_costs_one_row(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     small = [hostile.native_dicom(tmp_path / f"ok{i}.dcm") for i in range(2)]
-    big = _big_native(tmp_path / "big.dcm")  # 32 MB stored, 64 MB as float32: over a 48 MiB cap
+    big = hostile.big_native(tmp_path / "big.dcm")  # 32 MB stored, 64 MB as float32: over a 48 MiB cap
     shutdown_default_pool()
     monkeypatch.setenv("CACXR_DECODE_MEMORY_MB", "48")
     monkeypatch.setenv("CACXR_DECODE_WORKERS", "1")
