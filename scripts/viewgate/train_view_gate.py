@@ -162,6 +162,22 @@ def dicom_frames(path: str) -> list:
     return frames
 
 
+def dicom_family_items(folder: Path, families: dict, source: str, prefix: str, max_frames: int, where: str) -> list:
+    """not_radiograph items from DICOM files (file name -> image family), up to ``max_frames`` frames each."""
+    found = []
+    for fn, fam in families.items():
+        p = folder / fn
+        if not p.exists():
+            continue
+        try:
+            frs = dicom_frames(str(p))
+        except Exception as e:
+            print("skip", fn, e); continue
+        for k, fr in enumerate(frs[:max_frames]):
+            found.append(("not_radiograph", source, prefix + fam, f"{Path(fn).stem}_f{k}", fr, where + fn))
+    return found
+
+
 def thumb(img01: np.ndarray) -> np.ndarray:
     t = cv2.resize(img01.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA).ravel()
     t = t - t.mean()
@@ -363,16 +379,7 @@ def prepare() -> None:
         "parametric_map_float.dcm": "pmap", "HTJ2K_08_RGB.dcm": "htj2k-rgb", "liver.dcm": "seg-liver",
         "SC_rgb.dcm": "sc-rgb",
     }
-    for fn, fam in families.items():
-        p = pdd / fn
-        if not p.exists():
-            continue
-        try:
-            frs = dicom_frames(str(p))
-        except Exception as e:
-            print("skip", fn, e); continue
-        for k, fr in enumerate(frs[:10]):
-            items.append(("not_radiograph", "pydicom-data", "pdd-" + fam, f"{Path(fn).stem}_f{k}", fr, "data_store/data/" + fn))
+    items += dicom_family_items(pdd, families, "pydicom-data", "pdd-", 10, "data_store/data/")
     import pydicom
     tdir = Path(pydicom.__file__).parent / "data/test_files"
     tfam = {"CT_small.dcm": "ct-small", "MR_small.dcm": "mr-small", "JPEG2000.dcm": "j2k", "JPGExtended.dcm": "jpgext",
@@ -381,16 +388,7 @@ def prepare() -> None:
             "rtdose.dcm": "rtdose", "image_dfl.dcm": "image-dfl", "SC_rgb_small_odd.dcm": "sc-odd",
             "JPEGLSNearLossless_16.dcm": "jls16", "SC_jpeg_no_color_transform.dcm": "sc-jpeg-nct",
             "J2K_pixelrep_mismatch.dcm": "j2k-prm", "emri_small.dcm": "emri"}
-    for fn, fam in tfam.items():
-        p = tdir / fn
-        if not p.exists():
-            continue
-        try:
-            frs = dicom_frames(str(p))
-        except Exception as e:
-            print("skip", fn, e); continue
-        for k, fr in enumerate(frs[:6]):
-            items.append(("not_radiograph", "pydicom-tests", "pdt-" + fam, f"{Path(fn).stem}_f{k}", fr, "src/pydicom/data/test_files/" + fn))
+    items += dicom_family_items(tdir, tfam, "pydicom-tests", "pdt-", 6, "src/pydicom/data/test_files/")
     import skimage.data as skd
     for n in ["astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel", "horse",
               "hubble_deep_field", "immunohistochemistry", "microaneurysms", "retina", "rocket", "text", "clock",
