@@ -18,6 +18,9 @@ With ``--archive mixed`` the images are re-encoded in turn as uncompressed, RLE,
 plugins (pylibjpeg-libjpeg for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), the store with the decoders
 ``cacxr.imaging.decoders`` chooses. A per-syntax table compares the two decoders on the same files.
 
+(d) where the store's CPU goes: per transfer syntax, the read (decode) and profile CPU per file in one
+    store worker, with reduced and with full decoding, and the most any number of cores could gain from it;
+
 plus bytes per image on disk, RSS growth, the mean absolute difference between the baseline's
 uint8 pixels and the store's, and between the reduced-decode and full-decode stores. Targets (2-core machine): (b) >= 8x (a), (c) >= 200 images/s,
 <= 1.1 MiB per image, difference <= 1 grey level on average.
@@ -65,9 +68,11 @@ def reset_peak_rss() -> None:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process (the store's pool workers are not counted: they are not our children)."""
+    """CPU time of this process and of its finished children: the store's pool workers count once the
+    build has closed (joined) them."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 MIXED_SYNTAXES = (
@@ -136,6 +141,41 @@ def codec_table(rows: list, repeats: int = 2) -> list[tuple[str, str, float, str
             times[plugin] = 1e3 * float(np.mean(best))
         table.append((uid.name, default or "native", times[default], chosen or "native", times[chosen]))
     return table
+
+
+def entry_cost(path: str, image_size: int, full_decode: bool) -> tuple[str, float, float]:
+    """(syntax, read CPU s, profile CPU s) of one store entry, as a store worker computes it (no write)."""
+    import pydicom
+
+    from cacxr.pixels import get_profile, preprocess_read, read_for_profile
+
+    spec = get_profile("seed")
+    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
+    start = time.process_time()
+    result = read_for_profile(path, spec, image_size, full_decode=full_decode)
+    read = time.process_time()
+    preprocess_read(result, spec, image_size)
+    return syntax, read - start, time.process_time() - read
+
+
+def store_cost_table(rows: list, image_size: int, full_decode: bool) -> dict[str, tuple[int, float, float]]:
+    """Per transfer syntax: (files, read ms, profile ms) of CPU per file in one store worker (one thread).
+
+    The same bounded worker, modules and initializer as the store build, warmed up on every syntax first, so
+    this is where the build's CPU goes per file once the pool runs.
+    """
+    from cacxr.core import one_thread_per_worker
+    from cacxr.imaging import READER_MODULES, bounded_pool
+
+    warm_up = rows[: len(MIXED_SYNTAXES)]  # one file of each syntax: the decoders' lazy imports
+    jobs = [(r.path, image_size, full_decode) for r in (*warm_up, *rows)]
+    costs: dict[str, list[tuple[float, float]]] = {}
+    with bounded_pool(1, (*READER_MODULES, "cv2", "cacxr.pixels.build"), one_thread_per_worker) as pool:
+        outcomes = list(pool.map(entry_cost, jobs, star=True))
+    for outcome in outcomes[len(warm_up) :]:
+        syntax, read, profile = outcome.value
+        costs.setdefault(syntax, []).append((read, profile))
+    return {k: (len(v), *(1e3 * np.mean(v, axis=0))) for k, v in sorted(costs.items())}
 
 
 def make_data(folder: Path, n: int, size: int, archive: str = "uncompressed") -> list:
@@ -302,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rescaled = np.array([has_rescale(r.path) for r in rows], dtype=bool)
         codecs = codec_table(rows) if args.archive == "mixed" else []
+        costs = {mode: store_cost_table(rows, args.image_size, mode == "full") for mode in ("reduced", "full")}
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -315,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         ("(c) later epoch (StoreDataset, normalised)", epoch_m, epochs),
     ]
     print(f"\n{n} images {args.size}x{args.size} -> S={args.image_size}; {default_workers()} cores available")
-    print(f"{'path':<44}{'images/s':>10}{'ratio':>8}{'ms/image (CPU here)':>21}{'RSS growth':>12}")
+    print(f"{'path':<44}{'images/s':>10}{'ratio':>8}{'CPU ms/image':>21}{'RSS growth':>12}")
     rates = {}
     for name, m, repeats in table:
         rates[name] = rate = n * repeats / m.wall
-        cpu = f"{m.cpu / (n * repeats) * 1e3:.1f}" if m is not first_m else "(pool)"
+        cpu = f"{m.cpu / (n * repeats) * 1e3:.1f}"  # the store's workers included (joined by then)
         print(f"{name:<44}{rate:>10.1f}{rate / rate_a:>8.2f}{cpu:>21}{m.rss_growth:>9.1f} MiB")
     print(
         f"disk per image: {npy_bytes / 2**20:.4f} MiB (.npy), {store_bytes / 2**20:.4f} MiB with sidecar + index"
@@ -351,6 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{reduced_vs_full.mean(axis=1).max():.3f}), max {int(reduced_vs_full.max())}; per core "
         f"{full_m.cpu / max(serial_m.cpu, 1e-9):.2f}x less CPU with reduced decoding"
     )
+    baseline_ms = baseline_m.cpu / n * 1e3
+    print(f"\nwhere the store's CPU goes (ms per file, one worker, one thread; baseline {baseline_ms:.0f} ms per image)")
+    print(f"{'transfer syntax':<46}{'files':>6}{'read (reduced)':>16}{'profile':>9}{'read (full)':>13}{'profile':>9}")
+    for syntax, (count, read, profile) in costs["reduced"].items():
+        _, full_read, full_profile = costs["full"][syntax]
+        print(f"{syntax:<46}{count:>6}{read:>16.0f}{profile:>9.0f}{full_read:>13.0f}{full_profile:>9.0f}")
+    cores = default_workers()
+    for mode, per_syntax in costs.items():
+        mean_ms = sum(c * (r + p) for c, r, p in per_syntax.values()) / n
+        print(
+            f"{mode} decode: {mean_ms:.0f} ms of CPU per image of this archive; even with nothing else to do, "
+            f"{cores} cores could go at most {cores * baseline_ms / mean_ms:.1f}x the baseline's {baseline_ms:.0f} ms"
+        )
     rate_b, rate_c = rates[table[1][0]], rates[table[4][0]]
     checks = {
         "first pass >= 8x baseline": rate_b / rate_a >= 8,
