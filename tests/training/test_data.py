@@ -30,8 +30,11 @@ def left_bright(seed: int) -> np.ndarray:
     return image
 
 
-@pytest.fixture(params=["seed", "xrv"])
-def store(request, tmp_path: Path) -> ImageStore:
+@pytest.fixture(scope="module", params=["seed", "xrv"])
+def store(request, tmp_path_factory: pytest.TempPathFactory) -> ImageStore:
+    """Three PNG exports in a store (read-only in every test: built once per profile, as the gate's worker
+    start-up takes seconds)."""
+    tmp_path = tmp_path_factory.mktemp(f"store-{request.param}")
     rows = []
     for i in range(3):
         path = tmp_path / "data" / f"CAC_{i:03d}.png"
@@ -149,8 +152,8 @@ def test_bad_arguments_are_clear_errors(store, kwargs, message):
         StoreDataset(store, **kwargs)
 
 
-def test_preprocess_for_model_matches_the_store_path(store, tmp_path):
-    result = read_image(tmp_path / "data" / "CAC_001.png")
+def test_preprocess_for_model_matches_the_store_path(store):
+    result = read_image(Path(store.root).parent / "data" / "CAC_001.png")
     tensor = preprocess_for_model(result.image, store.profile, SIZE, meta=result.meta)
     assert tensor.shape == (1, SIZE, SIZE) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, StoreDataset(store, ["CAC_001"])[0]["image"])
