@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 22, item 5 and the acceptance on a many-core machine, as ONE prepared device call (see README,
 # "Performance"). Here first: `bash benchmarks/device/fetch_wheels.sh`; then the device tool's
-# run(command="bash benchmarks/device/gpu_check.sh", carry=[".whl"], timeout_s=540).
+# run(command="bash benchmarks/device/gpu_check.sh", carry=[".whl"], timeout_s=600).
+# Stage limits (160 + 240 + 150 s) keep it inside one call; each stage's log comes back even if a later one stops.
 # Writes under $OUT: env.txt, gpu.log + gpu.json (bench_gpu.py: training/inference images/s in fp32 and bf16,
 # the share of the card's peak, the store build's images/s on every core), mixed_1024.log and mixed_512.log
 # (bench_preprocess.py --archive mixed: the first pass against the original path in the same run, on every core).
@@ -13,7 +14,7 @@ OUT=${OUT:-/tmp/cacxr-device-check}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 SIZES=${SIZES:-512 1024}
-N=${N:-96}          # mixed-archive images (a quarter per syntax)
+N=${N:-48}          # mixed-archive images at S = 1024 (a quarter per syntax; S = 512 gets 2/3 of them)
 STORE=${STORE:-32}  # bench_gpu.py's store-build images
 WHEELS=${WHEELS-.whl}  # empty: install nothing
 mkdir -p "$OUT"
@@ -35,11 +36,12 @@ export PYTHONUNBUFFERED=1
 cat "$OUT/env.txt"
 status=0
 # shellcheck disable=SC2086  # SIZES is a list
-timeout 200 "$PY" benchmarks/bench_gpu.py --device "$DEVICE" --sizes $SIZES --store "$STORE" --json "$OUT/gpu.json" \
+timeout 160 "$PY" benchmarks/bench_gpu.py --device "$DEVICE" --sizes $SIZES --store "$STORE" --json "$OUT/gpu.json" \
   2>&1 | tee "$OUT/gpu.log" || status=1
-for size in 1024 512; do
+for stage in "1024 $N 240" "512 $((N * 2 / 3)) 150"; do
+  read -r size n limit <<<"$stage"
   # exit 1 only says a target line was missed; the figures are what counts
-  timeout 150 "$PY" benchmarks/bench_preprocess.py --archive mixed --n "$N" --image-size "$size" \
+  timeout "$limit" "$PY" benchmarks/bench_preprocess.py --archive mixed --n "$n" --image-size "$size" \
     2>&1 | tee "$OUT/mixed_$size.log"
   [ "${PIPESTATUS[0]}" -le 1 ] || status=1
 done
