@@ -165,12 +165,13 @@ def store_cost_table(rows: list, image_size: int, full_decode: bool) -> dict[str
     this is where the build's CPU goes per file once the pool runs.
     """
     from cacxr.core import one_thread_per_worker
-    from cacxr.imaging import READER_MODULES, bounded_pool
+    from cacxr.imaging import bounded_pool
+    from cacxr.pixels.build import store_worker_modules
 
     warm_up = rows[: len(MIXED_SYNTAXES)]  # one file of each syntax: the decoders' lazy imports
     jobs = [(r.path, image_size, full_decode) for r in (*warm_up, *rows)]
     costs: dict[str, list[tuple[float, float]]] = {}
-    with bounded_pool(1, (*READER_MODULES, "cv2", "cacxr.pixels.build"), one_thread_per_worker) as pool:
+    with bounded_pool(1, store_worker_modules(), one_thread_per_worker) as pool:
         outcomes = list(pool.map(entry_cost, jobs, star=True))
     for outcome in outcomes[len(warm_up) :]:
         syntax, read, profile = outcome.value

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from cacxr.model import build_model
 from cacxr.pixels import normalise
-from cacxr.training.features import FeatureCache
+from cacxr.training.features import FeatureCache, resolve_engine
 
 FOLDS, EPOCHS, COHORT = 5, 50, 506
 TRAIN_IMAGES = FOLDS * EPOCHS * round(COHORT * (FOLDS - 1) / FOLDS)
@@ -130,8 +130,7 @@ def bench_size(size: int, n_images: int, steps: int, batch: int, device: torch.d
         train_on(model(x))
 
     plain = _images_per_second(plain_step, store.ids, batch, steps, device)
-    if engine == "auto":  # what training picks for a whole cohort (the size of the pass does not change it)
-        engine = "onnx" if device.type == "cpu" and _has_onnxruntime() else "eager"
+    engine = resolve_engine(engine, device, COHORT * size * size)  # what training picks for the whole cohort
     export_s, feature_ips = _feature_pass(model, store, batch, device, engine)
     _, eager_ips = _feature_pass(model, store, batch, device, "eager")
     with tempfile.TemporaryDirectory(prefix="cacxr-bench-") as tmp:
@@ -144,13 +143,6 @@ def bench_size(size: int, n_images: int, steps: int, batch: int, device: torch.d
         cached = _images_per_second(cached_step, store.ids, batch, steps, device)
     return Row(size, plain, cached, feature_ips, eager_ips, export_s, engine)
 
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _print_table(rows: list[Row]) -> None:

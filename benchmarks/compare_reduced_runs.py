@@ -34,25 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from cacxr.demo import DemoSettings
+
 CODECS = ("jpeg", "j2k")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The cohort and the run (defaults: ``cacxr demo``'s classification run, images at 512 px)."""
+class Settings(DemoSettings):
+    """The cohort and the run: ``cacxr demo``'s classification run (its settings), images at 512 px."""
 
-    patients: int = 200
     synth_size: int = 512
-    plaque_scale: float = 3.0
-    image_size: int = 64
-    epochs: int = 8
-    arch: str = "resnet18"
-    finetune: str = "all"
-    kfold: int = 3
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = (6,)
-    batchsize: int = 16
-    seed: int = 0
     num_threads: int | None = None
     workers: int = 1
     control_seeds: tuple[int, ...] = ()  # also train both stores with these seeds (training noise)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from _torch_threads import torch_threads
 from cacxr.core import CacxrError
 from cacxr.imaging import (
     HEADER_CONTRADICTS_IMAGE,
@@ -34,10 +35,8 @@ FRONTALS = [
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_the_shipped_gate_is_small_and_versioned() -> None:

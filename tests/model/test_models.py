@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from _torch_threads import torch_threads
 from cacxr.core import CacxrError
 from cacxr.model import ARCHS, build_model
 
@@ -26,10 +27,8 @@ TRUNK_SHAPE = {"densenet121": (992, 2), "resnet18": (256, 4), "efficientnet-b0":
 
 @pytest.fixture(autouse=True, scope="module")
 def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

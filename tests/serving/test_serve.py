@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import cacxr
 from _tiny_run import IMAGE_SIZE, tiny_run
+from _torch_threads import torch_threads
 from cacxr.cli import build_parser, main
 from cacxr.core import CacxrError
 from cacxr.imaging import read_image
@@ -40,12 +41,8 @@ KB = 1024
 
 @pytest.fixture(scope="module", autouse=True)
 def _few_threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

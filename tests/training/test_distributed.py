@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from _torch_threads import torch_threads
 from cacxr.core import CacxrError
 from cacxr.training.accel import AccelPlan, choose_accel
 from cacxr.training.distributed import DistContext, ShardedBatchSampler, launch_env, split_evenly
@@ -227,14 +228,11 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     out = tmp_path / "bench.json"
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():  # --threads 1 sets them
         code = bench_gpu.main(
             ["--device", "cpu", "--sizes", "64", "--archs", "resnet18", "--batch", "2", "--warmup", "1",
              "--steps", "1", "--matmul-size", "256", "--peak-seconds", "0.2", "--threads", "1", "--json", str(out)]
         )
-    finally:
-        torch.set_num_threads(threads)
     assert code == 0
     result = json.loads(out.read_text())
     assert set(result["peak_tflops"]) == {"fp32", "bf16"} and all(v > 0 for v in result["peak_tflops"].values())
@@ -364,12 +362,9 @@ def test_two_processes_match_one_process(ddp_run: Path, tiny_manifest: Path, tmp
     from cacxr.training import train_run
 
     one_run = tmp_path / "run_one"
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():  # num_threads=1 sets them
         one = train_run(TrainConfig(data=str(tiny_manifest), out=str(one_run), store=str(ddp_run.parent / "store"),
                                     device="cpu", num_threads=1, **TINY))
-    finally:
-        torch.set_num_threads(threads)
     ddp = json.loads((ddp_run / "metrics.json").read_text())
 
     for k in range(2):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from _torch_threads import torch_threads
 from cacxr.core import CacxrError
 from cacxr.ingest import ManifestRow
 from cacxr.model import build_model
@@ -57,10 +58,8 @@ class CountingTrunk:
 
 @pytest.fixture(autouse=True, scope="module")
 def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 def _model(seed: int = 0, arch: str = "resnet18"):

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from _torch_threads import torch_threads
 
 pytestmark = pytest.mark.slow  # trains two small runs end to end (~40 s of CPU)
 
@@ -38,11 +39,8 @@ def bench():
 def test_same_fold_aucs_on_reduced_and_full_stores(tmp_path: Path, bench) -> None:
     settings = bench.Settings(patients=80, synth_size=192, plaque_scale=4.0, image_size=64, epochs=6, kfold=2,
                               milestones=(5,), num_threads=1)
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads():  # the run sets its own (num_threads=1)
         result = bench.compare(tmp_path, "j2k", settings)
-    finally:
-        torch.set_num_threads(threads)
     print(bench.markdown([result]))
     # the reduction happened: every file decoded at half size or less, and no store entry is the same
     assert result.reduction["reduced"] == result.reduction["files"] == settings.patients

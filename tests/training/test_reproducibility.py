@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _tiny_run import IMAGE_SIZE, tiny_cohort
+from _torch_threads import torch_threads
 from cacxr.cli import main as cli_main
 from cacxr.config import TrainConfig
 from cacxr.training import current_environment, environment_differences, train_run
@@ -22,10 +23,8 @@ from cacxr.training import current_environment, environment_differences, train_r
 @pytest.fixture
 def two_threads_by_default():
     """A process whose torch default is 2 threads, as `cacxr train` on the issue's 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import cacxr.training.loop
+from _torch_threads import torch_threads
 from cacxr.cli import build_parser
 from cacxr.cli import main as cli_main
 from cacxr.commands.train import ARCH_CHOICES, PROFILE_CHOICES, config_from_args
@@ -33,10 +34,8 @@ N_PATIENTS, SIZE = 48, 64
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     # One thread: on a shared 2-core machine, two OpenMP threads make small convolutions much slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

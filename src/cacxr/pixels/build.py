@@ -261,6 +261,13 @@ def _is_export(row: ManifestRow) -> bool:
     return fmt in ("png", "jpeg", "jpg")
 
 
+def store_worker_modules() -> tuple[str, ...]:
+    """What every store worker imports before it reads a DICOM (the gate's network only for exports)."""
+    from cacxr.imaging import READER_MODULES
+
+    return (*READER_MODULES, "cv2", "cacxr.pixels.build")
+
+
 def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool, gate: bool) -> Iterator[tuple[_Task, dict]]:
     """Yield ``(task, result)`` as entries finish, every file read in a bounded worker process.
 
@@ -268,12 +275,12 @@ def _run_tasks(tasks: list[_Task], workers: int | None, progress: bool, gate: bo
     that entry (recorded as failed with the pool's reason, retried by the next build), never the build.
     ``gate``: the workers load the view gate's network too (torch: seconds per worker, so only for exports).
     """
-    from cacxr.imaging import READER_MODULES, bounded_pool
+    from cacxr.imaging import bounded_pool
 
     if not tasks:
         return
     workers = default_workers() if workers is None else max(1, int(workers))
-    preload = (*READER_MODULES, "cv2", *(("torch", "cacxr.imaging.viewgate") if gate else ()), "cacxr.pixels.build")
+    preload = (*store_worker_modules(), *(("torch", "cacxr.imaging.viewgate") if gate else ()))
     with (
         tqdm(total=len(tasks), desc="preprocessing", unit="image", disable=not progress) as bar,
         # On Ctrl-C (or an error) the pool stops; finished entries are complete on disk.

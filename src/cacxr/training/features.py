@@ -44,7 +44,9 @@ from cacxr.core import CacxrError, atomic_path, missing_dependency, write_json
 from cacxr.model import CACNet
 from cacxr.pixels import get_profile, normalise
 
-__all__ = ["ENGINES", "FEATURE_VERSION", "ONNX_MIN_PIXELS", "TRUNK_TOLERANCE", "FeatureCache", "trunk_key"]
+__all__ = [
+    "ENGINES", "FEATURE_VERSION", "ONNX_MIN_PIXELS", "TRUNK_TOLERANCE", "FeatureCache", "resolve_engine", "trunk_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,22 +125,30 @@ class _TrunkModule(torch.nn.Module):
         return self.model.trunk_features(x)
 
 
+def resolve_engine(engine: str, device: torch.device, pixels: int) -> str:
+    """The engine ``auto`` stands for on ``device`` for a pass over ``pixels`` input pixels (others as given).
+
+    Raises:
+        CacxrError: an engine not in :data:`ENGINES`.
+    """
+    if engine not in ENGINES:
+        raise CacxrError(f"unknown trunk engine {engine!r} (choose one of: {', '.join(ENGINES)})")
+    if engine != "auto":
+        return engine
+    if device.type != "cpu" or pixels < ONNX_MIN_PIXELS:
+        return "eager"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "channels_last"
+    return "onnx"
+
+
 def _trunk_runner(
     model: CACNet, folder: Path, engine: str, device: torch.device, pixels: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function computing trunk maps for ``engine`` (see the module docstring); ``model`` is in eval mode."""
-    if engine not in ENGINES:
-        raise CacxrError(f"unknown trunk engine {engine!r} (choose one of: {', '.join(ENGINES)})")
-    if engine == "auto":
-        if device.type != "cpu" or pixels < ONNX_MIN_PIXELS:
-            engine = "eager"
-        else:
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                engine = "channels_last"
-            else:
-                engine = "onnx"
+    engine = resolve_engine(engine, device, pixels)
     if engine == "onnx":
         if device.type != "cpu":
             raise CacxrError(f"{folder}: the onnx trunk engine runs on the CPU, not {device}")
