@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the files as synthesised, or re-encoded in turn as uncompressed/RLE/JPEG-LS/JPEG 2000",
     )
     args = parser.parse_args(argv)
+    if min(args.n, args.size, args.image_size) < 1:
+        parser.error("--n, --size and --image-size must be at least 1")
 
     import torch
 

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from cacxr.model import build_model
 from cacxr.pixels import normalise
-from cacxr.training.features import FeatureCache, resolve_engine
+from cacxr.training.features import ENGINES, FeatureCache, resolve_engine
 
 FOLDS, EPOCHS, COHORT = 5, 50, 506
 TRAIN_IMAGES = FOLDS * EPOCHS * round(COHORT * (FOLDS - 1) / FOLDS)
@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="the original recipe uses 4")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--engine", default="auto", help="trunk engine of the feature pass (training's default: auto)")
+    parser.add_argument(
+        "--engine", default="auto", choices=ENGINES, help="trunk engine of the feature pass (training's default: auto)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
